@@ -1,0 +1,299 @@
+"""The ``odecli`` command: a thin Typer layer that maps commands to configs and overrides."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from odecli import __version__
+from odecli.console import console, error_console
+from odecli.errors import UserError
+
+app = typer.Typer(
+    name="odecli",
+    help="Experiment runner for Neural ODEs: fit dynamics, sweep solver tolerances, classify digits, "
+    "latent ODEs and continuous normalizing flows — configs by Hydra, results in TensorBoard.",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+OVERRIDES_HELP = "Hydra overrides: key=value, group=option, +new_key=value, ~key (e.g. solver=rk4 solver.step_size=0.05)."
+Overrides = typer.Argument(None, help=OVERRIDES_HELP, show_default=False)
+MultirunOption = typer.Option(False, "--multirun", "-m", help="Hydra multirun: sweep comma-separated values, one run directory per job.")
+DebugOption = typer.Option(False, "--debug", help="Show Python tracebacks (same as HYDRA_FULL_ERROR=1).")
+
+EXIT_USER_ERROR = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        console.print(f"odecli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Experiment runner for Neural ODEs."""
+
+
+def _debug_requested(debug: bool) -> bool:
+    return debug or os.environ.get("HYDRA_FULL_ERROR", "") == "1"
+
+
+def _guard(debug: bool, action: Callable[[], Any]) -> Any:
+    """Run ``action``; turn known failures into one clear message and an exit code (no traceback)."""
+    from odecli.solvers.errors import InvalidInputError, SolverError
+
+    try:
+        return action()
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        error_console.print("[yellow]interrupted[/]")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Exception as exc:
+        if _debug_requested(debug):
+            traceback.print_exc()
+        if isinstance(exc, (UserError, InvalidInputError)):
+            error_console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(getattr(exc, "exit_code", EXIT_USER_ERROR)) from None
+        if isinstance(exc, SolverError):
+            error_console.print(f"[bold red]solver failed:[/] {exc}")
+            raise typer.Exit(EXIT_FAILED) from None
+        if not _debug_requested(debug):
+            error_console.print(f"[bold red]unexpected error:[/] {type(exc).__name__}: {exc}\n(run again with --debug for the traceback)")
+        raise typer.Exit(EXIT_FAILED) from None
+
+
+def _load_plugins(overrides: list[str]) -> None:
+    """Plugins must be registered before configs compose, since they add config options."""
+    from odecli.registry import load_all
+
+    chosen = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("paths.plugins_dir=")]
+    if chosen:
+        os.environ["ODECLI_PLUGINS"] = chosen[-1]
+    load_all()
+
+
+def _run_task(task: str, overrides: list[str] | None, multirun: bool, debug: bool) -> None:
+    overrides = list(overrides or [])
+
+    def action() -> None:
+        from odecli import hydra_bridge
+        from odecli.errors import TaskNotAvailable
+        from odecli.registry import TASKS
+
+        _load_plugins(overrides)
+        if task not in TASKS or task not in hydra_bridge.primary_configs():
+            available = ", ".join(t for t in TASKS.names() if t in hydra_bridge.primary_configs())
+            raise TaskNotAvailable(f"`odecli {task}` is not available yet: the {task} task has not been built in this version. Available: {available}.")
+        hydra_bridge.run(task, overrides, multirun=multirun)
+
+    _guard(debug, action)
+
+
+@app.command(epilog="Examples:  odecli fit dynamics=lotka solver=dopri5   ·   odecli fit dynamics=spiral iters=500 solver.tol=1e-5   ·   odecli fit -m solver=dopri5,bosh3 solver.tol=1e-3,1e-5")
+def fit(overrides: list[str] | None = Overrides, multirun: bool = MultirunOption, debug: bool = DebugOption) -> None:
+    """Learn a 2-D dynamical system with a neural vector field; plots true (solid) vs model (dotted)."""
+    _run_task("fit", overrides, multirun, debug)
+
+
+@app.command(epilog="Examples:  odecli classify mnist   ·   odecli classify mnist model=resnet   ·   odecli classify mnist data.dir=~/mnist")
+def classify(
+    dataset: str = typer.Argument("mnist", help="Data set (mnist)."),
+    overrides: list[str] | None = Overrides,
+    multirun: bool = MultirunOption,
+    debug: bool = DebugOption,
+) -> None:
+    """Train ODE-Net against ResNet, RK-Net and MLP baselines on MNIST."""
+    extra = list(overrides or [])
+    if "=" in dataset:  # `odecli classify model=resnet`: no dataset given
+        extra.insert(0, dataset)
+        dataset = "mnist"
+    _run_task("classify", [f"data={dataset}", *extra], multirun, debug)
+
+
+@app.command(epilog="Examples:  odecli vae   ·   odecli vae data.n_obs=30   ·   odecli vae data=csv data.path=series.csv")
+def vae(overrides: list[str] | None = Overrides, multirun: bool = MultirunOption, debug: bool = DebugOption) -> None:
+    """Latent ODE on irregularly sampled noisy spirals vs an RNN baseline."""
+    _run_task("vae", overrides, multirun, debug)
+
+
+@app.command(epilog="Examples:  odecli cnf   ·   odecli cnf data=moons   ·   odecli cnf trace=hutchinson")
+def cnf(overrides: list[str] | None = Overrides, multirun: bool = MultirunOption, debug: bool = DebugOption) -> None:
+    """Continuous normalizing flows on 2-D densities."""
+    _run_task("cnf", overrides, multirun, debug)
+
+
+@app.command(epilog="Examples:  odecli sweep tol   ·   odecli sweep solvers hydra/launcher=joblib")
+def sweep(
+    name: str = typer.Argument(..., help="Sweep config name (conf/sweep/NAME.yaml; `odecli list sweeps`)."),
+    overrides: list[str] | None = Overrides,
+    debug: bool = DebugOption,
+) -> None:
+    """Run a sweep defined in conf/sweep/NAME.yaml (a Hydra multirun config)."""
+
+    def action() -> None:
+        from odecli import hydra_bridge
+
+        extra = list(overrides or [])
+        _load_plugins(extra)
+        names = hydra_bridge.sweep_names()
+        if name not in names:
+            from odecli.errors import did_you_mean
+
+            listing = ", ".join(names) if names else "none are defined yet"
+            raise UserError(f"Unknown sweep '{name}'.{did_you_mean(name, names)} Sweeps: {listing}.")
+        hydra_bridge.run(f"sweep/{name}", extra, multirun=False)
+
+    _guard(debug, action)
+
+
+@app.command(epilog="Examples:  odecli report outputs/fit/multirun/2026-11-23/14-05-09")
+def report(
+    directory: Path = typer.Argument(..., help="A sweep directory (or any directory of runs)."),
+    debug: bool = DebugOption,
+) -> None:
+    """Summarise every run under DIRECTORY (status, overrides, metrics); writes summary.csv and summary.json there."""
+
+    def action() -> None:
+        from odecli.report import find_runs, rows, write_summary
+
+        records = find_runs(directory)
+        if not records:
+            raise UserError(f"No runs under {directory}: expected job directories with .hydra/ or metrics.json.")
+        header, table_rows = rows(directory, records)
+        table = Table(title=f"{len(records)} runs in {directory}", title_justify="left")
+        for column in header:
+            table.add_column(column, overflow="fold")
+        for row in table_rows:
+            table.add_row(*(_cell(v) for v in row))
+        console.print(table, width=max(console.width, 140), crop=False)
+        csv_path, _ = write_summary(directory, records)
+        counts = {s: sum(r.status == s for r in records) for s in sorted({r.status for r in records})}
+        console.print(f"{', '.join(f'{n} {s}' for s, n in counts.items())} — summary: {csv_path}")
+
+    _guard(debug, action)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+LIST_KINDS = ("dynamics", "solvers", "models", "tasks", "sweeps")
+
+
+@app.command("list", epilog="Examples:  odecli list   ·   odecli list solvers")
+def list_(kind: str | None = typer.Argument(None, help=f"One of: {', '.join(LIST_KINDS)}. All when omitted."), debug: bool = DebugOption) -> None:
+    """List registered dynamics, solvers, models, tasks and sweeps, with their sources."""
+
+    def action() -> None:
+        from odecli.errors import did_you_mean
+
+        _load_plugins([])
+        if kind is not None and kind not in LIST_KINDS:
+            raise UserError(f"Unknown kind '{kind}'.{did_you_mean(kind, LIST_KINDS)} Choose one of: {', '.join(LIST_KINDS)}.")
+        for each in [kind] if kind else LIST_KINDS:
+            console.print(_table(each), width=max(console.width, 140), crop=False)
+
+    _guard(debug, action)
+
+
+def _table(kind: str) -> Table:
+    from odecli import hydra_bridge
+    from odecli.registry import REGISTRIES
+
+    table = Table(title=kind, title_justify="left", title_style="bold")
+    if kind == "sweeps":
+        table.add_column("name", style="cyan")
+        table.add_column("config")
+        for name in hydra_bridge.sweep_names():
+            table.add_row(name, str(hydra_bridge.config_root() / "sweep" / f"{name}.yaml"))
+        return table
+    registry = REGISTRIES[kind]
+    table.add_column("name", style="cyan", no_wrap=True)
+    table.add_column("aliases", no_wrap=True)
+    if kind == "solvers":
+        for column in ("order", "adaptive", "implicit", "FSAL"):
+            table.add_column(column, justify="center", no_wrap=True)
+    table.add_column("description", ratio=3, min_width=30)
+    table.add_column("source", ratio=1, min_width=12, overflow="fold")
+    for entry in registry.entries():
+        cells = [entry.name, ", ".join(entry.aliases)]
+        if kind == "solvers":
+            obj = entry.obj
+            cells += [str(getattr(obj, "order", "?")), _yes(getattr(obj, "adaptive", None)), _yes(getattr(obj, "implicit", None)), _yes(getattr(obj, "fsal", None))]
+        cells += [entry.description, entry.source]
+        table.add_row(*cells)
+    return table
+
+
+def _yes(value: Any) -> str:
+    return "?" if value is None else ("yes" if value else "no")
+
+
+@app.command(epilog="Examples:  odecli config fit dynamics=lotka solver=dopri5   ·   odecli config fit --yaml")
+def config(
+    task: str = typer.Argument(..., help="Task config to compose (fit, classify, vae, cnf)."),
+    overrides: list[str] | None = Overrides,
+    yaml: bool = typer.Option(False, "--yaml", help="Print YAML instead of a tree."),
+    debug: bool = DebugOption,
+) -> None:
+    """Print the composed config for TASK with OVERRIDES applied; runs nothing."""
+
+    def action() -> None:
+        from omegaconf import OmegaConf
+
+        from odecli import hydra_bridge
+        from odecli.console import config_tree
+
+        extra = list(overrides or [])
+        _load_plugins(extra)
+        cfg = hydra_bridge.compose(task, extra)
+        if yaml:
+            sys.stdout.write(OmegaConf.to_yaml(cfg, resolve=True))
+        else:
+            console.print(config_tree(cfg, label=task))
+
+    _guard(debug, action)
+
+
+@app.command(epilog="Examples:  odecli board   ·   odecli board --logdir outputs/fit --port 6007")
+def board(
+    logdir: Path = typer.Option(Path("outputs"), "--logdir", help="Directory of runs (searched recursively for event files)."),
+    port: int = typer.Option(6006, "--port", help="Port to serve on."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0 to share on a network)."),
+    debug: bool = DebugOption,
+) -> None:
+    """Start TensorBoard over run directories."""
+
+    def action() -> None:
+
+        if not logdir.exists():
+            raise UserError(f"No such directory: {logdir}. Run a task first (e.g. `odecli fit`) or pass --logdir.")
+        console.print(f"TensorBoard on http://{host}:{port} over {logdir} (Ctrl-C to stop)")
+        command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port), "--host", host]
+        raise typer.Exit(subprocess.call(command))
+
+    _guard(debug, action)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,427 @@
+"""Hydra on our terms: compose configs (inspection, validation, tests) and run tasks in run directories.
+
+Runs go through Hydra's own machinery (run directories, ``.hydra/`` snapshots, multirun,
+launcher and sweeper plugins) but errors come back to the CLI as typed exceptions instead of
+Hydra's printed tracebacks, and every override is checked first so a typo costs one clear
+message rather than a half-created run directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from odecli.errors import ConfigError, did_you_mean
+from odecli.registry import DYNAMICS, MODELS, SOLVERS, TASKS, Registry, load_all
+
+CONFIG_MODULE = "odecli.conf"
+VERSION_BASE = "1.3"
+SOLVER_TEMPLATE = "dopri5"
+
+# Registry → config group whose options it provides.
+REGISTRY_GROUPS: dict[str, Registry[Any]] = {"dynamics": DYNAMICS, "model": MODELS}
+
+
+def config_root() -> Path:
+    """The directory holding the shipped configs (``conf/`` in a checkout, ``odecli/conf`` when installed)."""
+    return Path(str(importlib.resources.files(CONFIG_MODULE)))
+
+
+def primary_configs() -> list[str]:
+    """Task entry configs (``fit``, ``classify``, ...), one per top-level YAML file."""
+    return sorted(p.stem for p in config_root().glob("*.yaml"))
+
+
+def sweep_names() -> list[str]:
+    return sorted(p.stem for p in (config_root() / "sweep").glob("*.yaml"))
+
+
+# ----- registry entries as config options ---------------------------------------------------
+_stored: set[tuple[str, str]] = set()
+
+
+def register_config_options() -> None:
+    """Make every registered dynamics, model and solver selectable as ``group=name`` without YAML."""
+    from hydra.core.config_store import ConfigStore
+
+    load_all()
+    store = ConfigStore.instance()
+    for group, registry in REGISTRY_GROUPS.items():
+        for entry in registry.entries():
+            yaml_file = config_root() / group / f"{entry.name}.yaml"
+            if yaml_file.exists():  # aliases (dynamics=lotka) select the same YAML content
+                node: Any = OmegaConf.to_container(OmegaConf.load(yaml_file), resolve=False)
+            elif entry.defaults is not None:
+                node = {"name": entry.name, **entry.defaults}
+            else:
+                continue
+            for option in (entry.name, *entry.aliases):
+                _store_once(store, group, option, node)
+    template = OmegaConf.load(config_root() / "solver" / f"{SOLVER_TEMPLATE}.yaml")
+    for entry in SOLVERS.entries():
+        for option in (entry.name, *entry.aliases):
+            node = OmegaConf.to_container(template, resolve=False)
+            node["method"] = entry.name
+            _store_once(store, "solver", option, node)
+
+
+def _store_once(store: Any, group: str, name: str, node: Any) -> None:
+    # A YAML file of the same name takes precedence; storing both would make Hydra treat the
+    # stored node as a schema for the file (deprecated automatic schema matching).
+    if (config_root() / group / f"{name}.yaml").exists():
+        return
+    if (group, name) not in _stored:
+        store.store(group=group, name=name, node=node)
+        _stored.add((group, name))
+
+
+# ----- composing ----------------------------------------------------------------------------
+@contextlib.contextmanager
+def _initialized() -> Iterator[None]:
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_config_options()
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base=VERSION_BASE):
+        yield
+
+
+def compose(config_name: str, overrides: Sequence[str] = (), *, with_hydra: bool = False) -> DictConfig:
+    """The composed config, as a task would see it; raises ``ConfigError`` for bad overrides."""
+    if config_name not in primary_configs() and not config_name.startswith("sweep/"):
+        raise ConfigError(f"Unknown task '{config_name}'.{did_you_mean(config_name, primary_configs())} Tasks: {', '.join(primary_configs())}.")
+    with _initialized():
+        return _compose_checked(config_name, list(overrides), with_hydra)
+
+
+def _compose_checked(config_name: str, overrides: list[str], with_hydra: bool) -> DictConfig:
+    from hydra import compose as hydra_compose
+
+    try:
+        cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=with_hydra)
+    except Exception as exc:  # Hydra raises several unrelated types; translate them all
+        raise _explain_compose_error(config_name, overrides, exc) from exc
+    _check_types(config_name, overrides, cfg)
+    return cfg
+
+
+def group_options(group: str) -> list[str]:
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    return sorted(set(loader.get_group_options(group)))
+
+
+def _explain_compose_error(config_name: str, overrides: list[str], exc: Exception) -> ConfigError:
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    text = str(exc)
+    if isinstance(exc, OverrideParseException):
+        return ConfigError(f"Cannot parse override: {text.splitlines()[0]}. Overrides look like key=value, group=option, +new_key=value or ~key.")
+    if isinstance(exc, MissingConfigException) or "Could not find" in text:
+        match = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
+        if match:
+            group, option = match.groups()
+            options = group_options(group)
+            return ConfigError(
+                f"Unknown {group} '{option}'.{did_you_mean(option, options)} Valid choices for {group}: {', '.join(options)}."
+            )
+    match = re.search(r"Key '([^']+)' is not in struct", text) or re.search(r"Could not override '([^']+)'", text)
+    if match:
+        key = match.group(1)
+        full_key = next((o.split("=", 1)[0].lstrip("+~") for o in overrides if key in o.split("=", 1)[0]), key)
+        known = _known_keys(config_name)
+        return ConfigError(
+            f"Unknown config key '{full_key}'.{did_you_mean(full_key, known)} "
+            f"To add a new key use +{full_key}=VALUE; `odecli config {config_name}` shows every key."
+        )
+    first_line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return ConfigError(f"Invalid configuration: {first_line}")
+
+
+def _known_keys(config_name: str) -> list[str]:
+    from hydra import compose as hydra_compose
+
+    cfg = hydra_compose(config_name=config_name, overrides=[])
+    return flatten_keys(cfg)
+
+
+def flatten_keys(cfg: Any, prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    if isinstance(cfg, DictConfig):
+        for key in cfg.keys():
+            full = f"{prefix}{key}"
+            keys.append(full)
+            node = cfg._get_node(key)
+            if isinstance(node, DictConfig):
+                keys.extend(flatten_keys(node, full + "."))
+    return keys
+
+
+def _check_types(config_name: str, overrides: list[str], cfg: DictConfig) -> None:
+    """A value override must keep the type of the default it replaces (YAML configs carry no schema)."""
+    from hydra import compose as hydra_compose
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+
+    loader = GlobalHydra.instance().config_loader()
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    value_overrides = [o for o in parsed if o.type == OverrideType.CHANGE and not _is_group(loader, o.key_or_group)]
+    if not value_overrides:
+        return
+    group_choices = [o for o in overrides if _is_group_choice(o)]
+    base = hydra_compose(config_name=config_name, overrides=group_choices)
+    for override in value_overrides:
+        key = override.key_or_group
+        if key.startswith("hydra."):
+            continue
+        default = OmegaConf.select(base, key, throw_on_missing=False, throw_on_resolution_failure=False)
+        new = OmegaConf.select(cfg, key, throw_on_missing=False, throw_on_resolution_failure=False)
+        expected = _type_name(default)
+        if expected is None or new is None:
+            continue
+        if expected == "number" and isinstance(new, (int, float)) and not isinstance(new, bool):
+            continue
+        if expected == "integer" and isinstance(new, int) and not isinstance(new, bool):
+            continue
+        if expected == "boolean" and isinstance(new, bool):
+            continue
+        if expected in ("text", "mapping", "list"):
+            continue
+        raise ConfigError(f"{key} expects {_article(expected)} {expected} (default {default!r}), got {new!r}. Example: {key}={default!r}")
+
+
+def _is_group(loader: Any, key: str) -> bool:
+    return "/" in key or bool(loader.get_group_options(key))
+
+
+def _is_group_choice(override: str) -> bool:
+    from hydra.core.global_hydra import GlobalHydra
+
+    key = override.split("=", 1)[0].lstrip("+~")
+    return "=" in override and _is_group(GlobalHydra.instance().config_loader(), key)
+
+
+def _type_name(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, DictConfig):
+        return "mapping"
+    return "list"
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def validate(config_name: str, overrides: Sequence[str], *, multirun: bool) -> DictConfig:
+    """Check every override (each value of a sweep separately) before anything runs; return the first job's config."""
+    overrides = list(overrides)
+    if not multirun:
+        return compose(config_name, overrides)
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as exc:
+        raise ConfigError(f"Cannot parse override: {str(exc).splitlines()[0]}") from exc
+    first: list[str] = []
+    variants: list[list[str]] = []
+    for text, override in zip(overrides, parsed, strict=True):
+        if override.key_or_group.startswith("hydra") or not override.is_sweep_override():
+            first.append(text)
+            continue
+        values = [str(v) for v in override.sweep_string_iterator()]
+        prefix = text.split("=", 1)[0]
+        first.append(f"{prefix}={values[0]}")
+        variants.extend([[f"{prefix}={value}"] for value in values[1:]])
+    cfg = compose(config_name, first)
+    for variant in variants:
+        compose(config_name, [o for o in first if o.split("=", 1)[0] != variant[0].split("=", 1)[0]] + variant)
+    return cfg
+
+
+# ----- running ------------------------------------------------------------------------------
+@dataclass
+class JobFailure:
+    """Returned (not raised) by a failed job so Hydra does not print its own traceback."""
+
+    error: BaseException
+
+
+def override_summary(overrides: Sequence[str], limit: int = 48) -> str:
+    """A short, filesystem-safe digest of the user's overrides for the run directory name."""
+    kept = [o for o in overrides if not o.lstrip("+~").startswith(("hydra", "paths.", "resume"))]
+    text = ",".join(o.replace("/", "-") for o in kept)
+    text = re.sub(r"[^A-Za-z0-9=,._+-]", "-", text)
+    return text[:limit].rstrip(",-")
+
+
+def unique_run_dir(parent: Path, stem: str) -> Path:
+    """Create and return ``parent/stem`` or ``parent/stem_2``, ... — atomic, so two runs never share a directory."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 10_000):
+        candidate = parent / (stem if attempt == 1 else f"{stem}_{attempt}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise ConfigError(f"Could not create a new run directory under {parent}: too many runs with the name {stem}.")
+
+
+def _user_set(overrides: Sequence[str], key: str) -> bool:
+    return any(o.lstrip("+").split("=", 1)[0] == key for o in overrides)
+
+
+def _default_dirs(cfg: DictConfig, overrides: Sequence[str], multirun: bool) -> list[str]:
+    """Overrides that put this run (or sweep) into a fresh directory, unless the user chose one."""
+    now = datetime.now()
+    parent = Path(str(cfg.paths.output_dir)) / str(cfg.task) / ("multirun" if multirun else "")
+    parent = parent / now.strftime("%Y-%m-%d")
+    summary = override_summary(overrides)
+    stem = now.strftime("%H-%M-%S") + (f"_{summary}" if summary else "")
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    if _user_set(overrides, key):
+        return []
+    quoted = str(unique_run_dir(parent, stem)).replace("\\", "\\\\").replace("'", "\\'")
+    return [f"{key}='{quoted}'"]  # quoted: the summary holds '=' and ','
+
+
+def _check_resume_target(config_name: str, overrides: Sequence[str]) -> None:
+    """``resume=true`` continues an existing run, so it needs that run's directory."""
+    chosen = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").split("=", 1)[0] == "hydra.run.dir"]
+    if not chosen:
+        raise ConfigError(
+            f"resume=true continues an earlier run: add hydra.run.dir=<its directory>, e.g. "
+            f"`odecli {config_name} resume=true hydra.run.dir=outputs/{config_name}/<date>/<time>` "
+            f"(`odecli report outputs/{config_name}` lists runs)."
+        )
+    if not Path(chosen[-1]).is_dir():
+        raise ConfigError(f"resume=true: there is no run directory {chosen[-1]}; check the path (`odecli report outputs` lists runs).")
+
+
+def is_multirun_config(cfg: DictConfig) -> bool:
+    mode = OmegaConf.select(cfg, "hydra.mode")
+    return str(mode).upper().endswith("MULTIRUN")
+
+
+def run(config_name: str, overrides: Sequence[str] = (), *, multirun: bool = False) -> Any:
+    """Validate, then run the task through Hydra. Returns the metrics (run) or the job returns (multirun)."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = list(overrides)
+    validate(config_name, overrides, multirun=multirun)
+    if not multirun:
+        multirun = is_multirun_config(compose(config_name, overrides, with_hydra=True))
+    cfg = compose(config_name, [o for o in overrides if not _has_sweep_value(o)] if multirun else overrides)
+    if OmegaConf.select(cfg, "resume", default=False) and not multirun:
+        _check_resume_target(config_name, overrides)
+    overrides = overrides + _default_dirs(cfg, overrides, multirun)
+
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    hydra = Hydra.create_main_hydra2(task_name=config_name.replace("/", "_"), config_search_path=create_config_search_path(f"pkg://{CONFIG_MODULE}"))
+    try:
+        if multirun:
+            returns = hydra.multirun(config_name=config_name, task_function=_job, overrides=overrides)
+            return [r for batch in returns for r in batch] if returns and isinstance(returns[0], list) else returns
+        job = hydra.run(config_name=config_name, task_function=_job, overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+    if isinstance(job.return_value, JobFailure):
+        raise job.return_value.error
+    return job.return_value
+
+
+def flat_config(cfg: DictConfig) -> dict[str, Any]:
+    """``{'solver.rtol': 1e-6, ...}`` for TensorBoard's HParams view (lists become strings)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = node if isinstance(node, (int, float, str, bool)) else str(node)
+
+    walk(container, "")
+    return flat
+
+
+def _has_sweep_value(override: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(override).is_sweep_override()
+    except Exception:
+        return False
+
+
+def _job(cfg: DictConfig) -> Any:
+    """One task execution inside its run directory (also what launcher plugins pickle and ship)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from odecli.console import console, print_config
+    from odecli.tracking import Run
+
+    load_all()
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    tracked = Run(run_dir, console=console, tensorboard=bool(OmegaConf.select(cfg, "logger.tensorboard", default=True)))
+    console.print(f"[bold]odecli {cfg.task}[/] run directory: [cyan]{run_dir}[/]")
+    if not multirun:
+        print_config(cfg)
+    task = TASKS.get(str(cfg.task))
+    started = time.time()
+    metrics: dict[str, Any] = {}
+    status = "failed"
+    try:
+        metrics = dict(task(cfg, tracked) or {})
+        status = "completed"
+        return metrics
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    except Exception as exc:
+        # Returned, not raised: a failed job is recorded and the rest of a sweep goes on.
+        metrics = {"error": f"{type(exc).__name__}: {exc}"}
+        if multirun:
+            console.print(f"[red]job {hydra_cfg.job.num} failed:[/] {exc}")
+        return JobFailure(exc)
+    finally:
+        metrics.update(status=status, wall_time_s=round(time.time() - started, 3), task=str(cfg.task), run_dir=str(run_dir))
+        tracked.write_metrics(metrics)
+        if status == "completed":
+            tracked.hparams(flat_config(cfg), {f"hparams/{k}": v for k, v in metrics.items()})
+        tracked.close()
+        if status == "completed":
+            console.print(f"[green]done[/] in {metrics['wall_time_s']:.1f}s", highlight=False)
+            for label, path in (("metrics", run_dir / "metrics.json"), ("plots", tracked.plots_dir), ("events", tracked.tb_dir)):
+                console.print(f"  {label:<8}{path}", soft_wrap=True, highlight=False)
+            console.print(f"  view with: odecli board --logdir {run_dir}", soft_wrap=True, highlight=False)

@@ -1,0 +1,261 @@
+"""Everything a run writes: TensorBoard events, figures, checkpoints, metrics.json, progress.
+
+One ``Run`` per run directory. Files that must never be seen half-written (checkpoints,
+metrics.json) go through a temporary file and an atomic rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+METRICS_FILE = "metrics.json"
+CHECKPOINT_PREFIX = "ckpt_"
+KEEP_CHECKPOINTS = 3
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    return str(obj)
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint file that cannot be read back."""
+
+
+class Run:
+    """The directory of one run and the writers into it.
+
+    Layout: ``tb/`` TensorBoard events, ``plots/`` PNG figures, ``checkpoints/`` ``ckpt_<step>.pt``,
+    ``metrics.json`` final metrics with status and wall time.
+    """
+
+    def __init__(self, directory: str | Path, *, console: Console | None = None, tensorboard: bool = True):
+        self.dir = Path(directory)
+        self.plots_dir = self.dir / "plots"
+        self.checkpoints_dir = self.dir / "checkpoints"
+        self.tb_dir = self.dir / "tb"
+        for d in (self.dir, self.plots_dir, self.checkpoints_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.console = console or Console(stderr=False, highlight=False)
+        self._tensorboard = tensorboard
+        self._writer: Any = None
+        self._purge_step: int | None = None
+        self.started = time.time()
+
+    # ----- TensorBoard -------------------------------------------------------------------------
+    def resume_at(self, step: int) -> None:
+        """Continue logging at ``step``: events a killed run wrote after it are dropped, so curves stay continuous."""
+        if self._writer is not None:
+            raise RuntimeError("resume_at must be called before anything is logged")
+        self._purge_step = step
+
+    @property
+    def writer(self) -> Any:
+        if self._writer is None and self._tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.tb_dir), purge_step=self._purge_step)
+        return self._writer
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, float(value), step)
+
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        for tag, value in values.items():
+            self.scalar(tag, value, step)
+
+    def figure(self, tag: str, fig: Any, step: int, *, filename: str | None = None, close: bool = True) -> Path:
+        """Save a matplotlib figure as ``plots/<filename or tag>.png`` and log it as a TensorBoard image."""
+        name = filename or tag.replace("/", "_")
+        path = self.plots_dir / f"{name}.png"
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+        atomic_write_bytes(path, buffer.getvalue())
+        if self.writer is not None:
+            self.writer.add_figure(tag, fig, step, close=False)
+        if close:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+        return path
+
+    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float] | None = None) -> None:
+        """Log hyperparameters (flattened config) so TensorBoard's HParams view compares runs."""
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
+        metric_values = {k: float(v) for k, v in (metrics or {}).items() if _is_number(v)}
+        exp, ssi, sei = hparams_summary(clean, metric_values)
+        file_writer = self.writer._get_file_writer()
+        for summary in (exp, ssi, sei):
+            file_writer.add_summary(summary)
+        for tag, value in metric_values.items():  # the HParams view reads metric values from scalars
+            self.writer.add_scalar(tag, value)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    # ----- checkpoints -------------------------------------------------------------------------
+    def checkpoint_path(self, step: int) -> Path:
+        return self.checkpoints_dir / f"{CHECKPOINT_PREFIX}{step:09d}.pt"
+
+    def checkpoints(self) -> list[Path]:
+        """Checkpoint files, newest first."""
+        return sorted(self.checkpoints_dir.glob(f"{CHECKPOINT_PREFIX}*.pt"), reverse=True)
+
+    def save_checkpoint(self, state: Mapping[str, Any], step: int) -> Path:
+        """Write ``state`` atomically and keep only the newest few checkpoints."""
+        buffer = io.BytesIO()
+        torch.save({"step": step, "state": dict(state)}, buffer)
+        path = self.checkpoint_path(step)
+        atomic_write_bytes(path, buffer.getvalue())
+        for old in self.checkpoints()[KEEP_CHECKPOINTS:]:
+            with contextlib.suppress(FileNotFoundError):
+                old.unlink()
+        return path
+
+    def load_latest_checkpoint(self) -> dict[str, Any] | None:
+        """The newest readable checkpoint's state (with ``step``); corrupt ones are reported and skipped."""
+        for path in self.checkpoints():
+            try:
+                payload = _read_checkpoint(path)
+            except CorruptCheckpoint as exc:
+                warnings.warn(f"Checkpoint {path} is unreadable ({exc}); falling back to the previous one.", stacklevel=2)
+                self.log(f"[yellow]warning:[/] checkpoint {path.name} is corrupt ({exc}); using the previous one")
+                continue
+            state = dict(payload["state"])
+            state["step"] = payload["step"]
+            return state
+        return None
+
+    # ----- metrics and messages ----------------------------------------------------------------
+    def write_metrics(self, metrics: Mapping[str, Any]) -> Path:
+        path = self.dir / METRICS_FILE
+        atomic_write_json(path, dict(metrics))
+        return path
+
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+    def log(self, message: str) -> None:
+        self.console.print(message)
+
+    def progress(self, total: int, *, start: int = 0, description: str = "train") -> ProgressReporter:
+        return ProgressReporter(self.console, total, start=start, description=description)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        # Our own files: they hold RNG states (numpy arrays, Python tuples), so not weights-only.
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated zip, pickle errors, ...
+        raise CorruptCheckpoint(f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(payload, dict) or "state" not in payload or "step" not in payload:
+        raise CorruptCheckpoint("not an odecli checkpoint")
+    return payload
+
+
+class ProgressReporter:
+    """A rich progress bar on a terminal; plain periodic lines elsewhere (CI, pipes, log files)."""
+
+    def __init__(self, console: Console, total: int, *, start: int = 0, description: str = "train"):
+        self.console = console
+        self.total = total
+        self.start = start
+        self.description = description
+        self.interactive = console.is_terminal and not os.environ.get("CI")
+        self._progress: Progress | None = None
+        self._task: Any = None
+        self._last_print = 0.0
+        self._print_every = max(1, total // 10)
+        self._t0 = time.time()
+
+    def __enter__(self) -> ProgressReporter:
+        if self.interactive:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(self.description, total=self.total, completed=self.start, info="", rate="")
+        return self
+
+    def update(self, step: int, **fields: float) -> None:
+        """Report that ``step`` iterations are done; ``fields`` (loss, nfe, ...) are shown beside the bar."""
+        info = "  ".join(f"{k} {_fmt(v)}" for k, v in fields.items())
+        elapsed = time.time() - self._t0
+        done = step - self.start
+        rate = f"{done / elapsed:.1f} it/s" if elapsed > 0 and done > 0 else ""
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, info=info, rate=rate)
+            return
+        now = time.time()
+        if step == self.total or step % self._print_every == 0 or now - self._last_print > 30:
+            self._last_print = now
+            self.console.print(f"{self.description} {step}/{self.total}  {info}  {rate}", highlight=False)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def _fmt(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.4g}"

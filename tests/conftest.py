@@ -1,0 +1,33 @@
+"""Shared fixtures: isolated output directories and registries that tests may modify."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs started by tests land in tmp_path, never in the repository's outputs/."""
+    monkeypatch.setenv("ODECLI_OUTPUT_DIR", str(tmp_path / "outputs"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+
+
+@pytest.fixture
+def clean_registries() -> Iterator[None]:
+    """Let a test register or remove entries; everything is restored afterwards."""
+    from odecli import registry
+
+    registry.load_all()
+    saved = {kind: (copy.copy(r._entries), copy.copy(r._aliases)) for kind, r in registry.REGISTRIES.items()}
+    saved_sources = set(registry._loaded_plugin_sources)
+    yield
+    for kind, r in registry.REGISTRIES.items():
+        r._entries, r._aliases = saved[kind]
+    registry._loaded_plugin_sources.clear()
+    registry._loaded_plugin_sources.update(saved_sources)

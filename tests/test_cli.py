@@ -1,0 +1,132 @@
+"""The odecli command line: help, listing, config inspection, and clean errors for bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from odecli import __version__
+from odecli.cli import app
+
+runner = CliRunner()
+COMMANDS = ["fit", "classify", "vae", "cnf", "sweep", "report", "list", "config", "board"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_version() -> None:
+    result = invoke("--version")
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_help_lists_every_command() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        assert command in result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_examples(command: str) -> None:
+    result = invoke(command, "--help")
+    assert result.exit_code == 0, result.output
+    assert "Examples" in result.output
+
+
+def test_unknown_command_exits_2_with_suggestion() -> None:
+    result = invoke("fitt")
+    assert result.exit_code == 2
+    assert "fit" in result.output
+
+
+@pytest.mark.parametrize("kind", ["dynamics", "solvers", "models", "tasks", "sweeps"])
+def test_list_kind(kind: str) -> None:
+    result = invoke("list", kind)
+    assert result.exit_code == 0, result.output
+    assert kind in result.output
+
+
+def test_list_all_shows_every_kind_and_sources() -> None:
+    result = invoke("list")
+    assert result.exit_code == 0
+    for kind in ("dynamics", "solvers", "models", "tasks", "sweeps"):
+        assert kind in result.output
+
+
+def test_list_unknown_kind() -> None:
+    result = invoke("list", "solver")
+    assert result.exit_code == 2
+    assert "Did you mean 'solvers'" in result.output
+
+
+def test_config_prints_tree_and_yaml() -> None:
+    tree = invoke("config", "fit", "dynamics=lotka", "solver=dopri5")
+    assert tree.exit_code == 0, tree.output
+    assert "dynamics" in tree.output and "dopri5" in tree.output
+    yaml = invoke("config", "fit", "solver=rk4", "--yaml")
+    assert yaml.exit_code == 0, yaml.output
+    assert "method: rk4" in yaml.output
+
+
+def test_config_tol_sets_rtol_and_atol() -> None:
+    result = invoke("config", "fit", "solver.tol=1e-4", "--yaml")
+    assert result.exit_code == 0, result.output
+    assert "rtol: 0.0001" in result.output and "atol: 0.0001" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["fit", "dynamics=lotkaa"], ["Unknown dynamics 'lotkaa'", "Did you mean 'lotka'", "spiral"]),
+        (["fit", "solver=dopri55"], ["Unknown solver 'dopri55'", "dopri5"]),
+        (["fit", "solver.rtol=abc"], ["solver.rtol expects a number", "'abc'"]),
+        (["fit", "iters=many"], ["iters expects an integer"]),
+        (["fit", "solvr.rtol=1e-3"], ["Unknown config key 'solvr.rtol'", "Did you mean 'solver.rtol'"]),
+        (["fit", "seed=="], ["Cannot parse override"]),
+        (["config", "fitt"], ["Unknown task 'fitt'", "Did you mean 'fit'"]),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_message(args: list[str], expected: list[str]) -> None:
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    for text in expected:
+        assert text in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_override_in_a_real_process_has_no_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "ODECLI_OUTPUT_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "odecli.cli", "fit", "dynamics=nope"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert "Unknown dynamics 'nope'" in proc.stderr and "lotka_volterra" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "fit").exists(), "a rejected run must not create a run directory"
+
+
+def test_debug_flag_shows_traceback() -> None:
+    result = invoke("fit", "dynamics=nope", "--debug")
+    assert result.exit_code == 2
+
+
+def test_board_refuses_missing_logdir(tmp_path: Path) -> None:
+    result = invoke("board", "--logdir", str(tmp_path / "missing"))
+    assert result.exit_code == 2 and "No such directory" in result.output
+
+
+def test_unbuilt_task_says_so_and_fails() -> None:
+    from odecli.registry import TASKS, load_all
+
+    load_all()
+    missing = [t for t in ("vae", "cnf") if t not in TASKS]
+    if not missing:
+        pytest.skip("every task command is built")
+    result = invoke(missing[0])
+    assert result.exit_code == 1
+    assert "not available yet" in result.output

@@ -1,0 +1,59 @@
+"""`odecli report`: a summary table of a sweep, including running and failed jobs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from odecli.cli import app
+from odecli.report import find_runs
+
+
+def _job(root: Path, num: int, overrides: list[str], metrics: dict | None) -> None:
+    job = root / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in [*overrides, "hydra.run.dir=x"]))
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+
+
+def _sweep(tmp_path: Path) -> Path:
+    root = tmp_path / "sweep"
+    _job(root, 0, ["solver=dopri5"], {"status": "completed", "val_mse": 0.01, "nfe_forward": 26.0, "wall_time_s": 3.0})
+    _job(root, 1, ["solver=bosh3"], {"status": "failed", "error": "StepSizeTooSmall: at t=3", "wall_time_s": 1.0})
+    _job(root, 2, ["solver=euler"], None)  # still running
+    _job(root, 10, ["solver=rk4"], {"status": "completed", "val_mse": 0.02, "nfe_forward": 40.0, "wall_time_s": 2.0})
+    (root / "3" / ".hydra").mkdir(parents=True)
+    (root / "3" / "metrics.json").write_text("{not json")
+    return root
+
+
+def test_find_runs_orders_jobs_numerically_and_reads_status(tmp_path: Path) -> None:
+    records = find_runs(_sweep(tmp_path))
+    assert [r.path.name for r in records] == ["0", "1", "2", "3", "10"]
+    assert [r.status for r in records] == ["completed", "failed", "running", "unreadable", "completed"]
+    assert records[0].overrides == ["solver=dopri5"]
+    assert "StepSizeTooSmall" in records[1].error
+
+
+def test_report_command_prints_table_and_writes_summary(tmp_path: Path) -> None:
+    root = _sweep(tmp_path)
+    result = CliRunner().invoke(app, ["report", str(root)])
+    assert result.exit_code == 0, result.output
+    assert "2 completed" in result.output and "1 failed" in result.output and "1 running" in result.output
+    with open(root / "summary.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 5
+    assert table[0]["val_mse"] == "0.01" and table[0]["overrides"] == "solver=dopri5"
+    assert list(table[0])[:4] == ["run", "overrides", "status", "val_mse"]
+    assert json.loads((root / "summary.json").read_text())[1]["status"] == "failed"
+
+
+def test_report_on_missing_or_empty_directory_is_a_clear_error(tmp_path: Path) -> None:
+    missing = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "No such directory" in missing.output
+    empty = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert empty.exit_code == 2 and "No runs under" in empty.output
