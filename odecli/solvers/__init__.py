@@ -1,0 +1,41 @@
+"""odecli's solver core: ``odeint`` (torchdiffeq's interface) over registered solvers.
+
+Importing this package registers every built-in method in ``odecli.registry.SOLVERS``.
+"""
+
+from __future__ import annotations
+
+# Each module registers its methods in odecli.registry.SOLVERS on import.
+from odecli.solvers import adams, implicit, runge_kutta, scipy_solver  # noqa: F401
+from odecli.solvers.adjoint import odeint_adjoint
+from odecli.solvers.errors import (
+    FuncOutputMismatch,
+    InvalidInputError,
+    InvalidTimeGrid,
+    MaxStepsExceeded,
+    NonFiniteState,
+    SolverError,
+    StepSizeTooSmall,
+    UnknownMethod,
+    UnknownOption,
+)
+from odecli.solvers.events import odeint_event
+from odecli.solvers.odeint import odeint
+from odecli.solvers.stats import SolveStats, track_stats
+
+__all__ = [
+    "odeint",
+    "odeint_adjoint",
+    "odeint_event",
+    "track_stats",
+    "SolveStats",
+    "SolverError",
+    "StepSizeTooSmall",
+    "MaxStepsExceeded",
+    "NonFiniteState",
+    "InvalidInputError",
+    "InvalidTimeGrid",
+    "FuncOutputMismatch",
+    "UnknownMethod",
+    "UnknownOption",
+]

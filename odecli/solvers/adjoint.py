@@ -1,0 +1,423 @@
+"""``odeint_adjoint``: gradients of an ODE solve by solving the adjoint ODE backwards in time.
+
+Chen et al. 2018 (Neural Ordinary Differential Equations), Section 2 and Appendix B: the forward
+solve keeps no graph; the backward pass integrates the augmented system
+
+    d/dt [ t_adj, y, a, a_params ] = [ -a·∂f/∂t, f(t, y), -a·∂f/∂y, -a·∂f/∂θ ]
+
+from each output time to the previous one, so memory is O(1) in the number of solver steps. At
+every output time the state is reset to its stored forward value (so errors in re-solving ``y``
+backwards do not accumulate) and the incoming gradient ``dL/dy(t_i)`` is added to ``a``.
+
+``adjoint_options={'norm': 'seminorm'}`` (Kidger, Chen and Lyons 2021, "Hey, that's not an ODE")
+leaves the parameter adjoint ``a_params`` out of the step-size error norm: it is a pure integral
+that feeds back into nothing, so its local error need not limit the step, and backward NFE drops.
+
+Semantics follow ``torchdiffeq.odeint_adjoint`` (keyword names, defaults, tuple states, decreasing
+``t``, ``adjoint_params``, ``callback_*_adjoint``) so existing Neural-ODE code runs unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from odecli.registry import SOLVERS
+from odecli.solvers import stats
+from odecli.solvers.errors import InvalidInputError
+
+# Callbacks a vector field may define; the ``*_adjoint`` variants are called during the backward solve.
+CALLBACK_NAMES = ("callback_step", "callback_accept_step", "callback_reject_step")
+ADJOINT_CALLBACK_NAMES = tuple(f"{name}_adjoint" for name in CALLBACK_NAMES)
+
+DEFAULT_METHOD = "dopri5"
+
+
+def _odeint() -> Callable[..., Any]:
+    # Imported on use: odeint.py is the front end and may import this module for re-export.
+    from odecli.solvers.odeint import odeint
+
+    return odeint
+
+
+# --------------------------------------------------------------------------------------------
+# Flattening a tensor or a tuple of tensors into one 1-D state, and back.
+
+
+class _Structure:
+    """Shapes of a tensor or tuple state, to flatten it into one vector and restore it."""
+
+    def __init__(self, y0: torch.Tensor | Sequence[torch.Tensor]):
+        self.is_tuple = isinstance(y0, (tuple, list))
+        tensors = tuple(y0) if self.is_tuple else (y0,)
+        for i, tensor in enumerate(tensors):
+            if not torch.is_tensor(tensor):
+                raise InvalidInputError(f"y0{f'[{i}]' if self.is_tuple else ''} must be a torch.Tensor, got {type(tensor).__name__}.")
+        self.shapes = [tensor.shape for tensor in tensors]
+        self.sizes = [tensor.numel() for tensor in tensors]
+
+    def flatten(self, y: torch.Tensor | Sequence[torch.Tensor], lead: int = 0) -> torch.Tensor:
+        """One tensor ``(*lead_dims, n)`` from a state whose components have ``lead`` leading dims."""
+        tensors = tuple(y) if self.is_tuple else (y,)
+        return torch.cat([tensor.reshape(*tensor.shape[:lead], -1) for tensor in tensors], dim=-1)
+
+    def unflatten(self, flat: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Inverse of ``flatten`` for any leading dims of ``flat``."""
+        lead = flat.shape[:-1]
+        parts = [part.reshape(*lead, *shape) for part, shape in zip(torch.split(flat, self.sizes, dim=-1), self.shapes, strict=True)]
+        return tuple(parts) if self.is_tuple else parts[0]
+
+
+def _rms(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.abs().pow(2).mean().sqrt() if tensor.numel() else tensor.new_zeros(())
+
+
+def _mixed_rms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Max over components of each component's RMS (torchdiffeq's norm for tuple states)."""
+    return torch.stack([_rms(t) for t in tensors]).max() if tensors else torch.zeros(())
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics: the backward pass calls odeint, whose solves must count as backward work.
+
+
+@contextlib.contextmanager
+def _count_as_backward() -> Iterator[stats.SolveStats]:
+    """Collect the solves run inside the block privately instead of as forward solves.
+
+    The adjoint reuses ``odeint``, which reports every solve with ``record_forward``; during the
+    backward pass those reports are diverted here and re-reported once with ``record_backward``.
+    """
+    if not stats.tracking():
+        yield stats.SolveStats()
+        return
+    private = stats.SolveStats()
+    with stats._lock:
+        saved = list(stats._active)
+        stats._active[:] = [private]
+    try:
+        yield private
+    finally:
+        with stats._lock:
+            stats._active[:] = saved
+
+
+def count_direct_backward(func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Wrap a vector field so direct backprop through it reports backward NFE.
+
+    For the front end (``odeint``) to apply to its flat ``func`` when a tracker is active. Every
+    evaluation whose output takes part in the graph gets one gradient hook; autograd calls it once
+    per backward pass that reaches that evaluation, i.e. once per vector-Jacobian product of
+    ``func`` — exactly what a backward NFE is. Evaluations cut from the graph (rejected steps
+    under ``no_grad`` step-size control) are never counted. Without a tracker it adds nothing.
+    """
+
+    def counted(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = func(t, y)
+        if torch.is_tensor(out) and out.requires_grad and stats.tracking():
+            out.register_hook(_count_one_backward_evaluation)
+        return out
+
+    for name in (*CALLBACK_NAMES, *ADJOINT_CALLBACK_NAMES):
+        if hasattr(func, name):
+            setattr(counted, name, getattr(func, name))
+    return counted
+
+
+def _count_one_backward_evaluation(grad: torch.Tensor) -> None:
+    stats.record_backward(1)
+
+
+# --------------------------------------------------------------------------------------------
+# The autograd Function.
+
+
+class _AdjointSolve(torch.autograd.Function):
+    """Forward: odeint without a graph. Backward: the augmented adjoint ODE between output times."""
+
+    @staticmethod
+    def forward(ctx, setup: _AdjointSetup, y0_flat: torch.Tensor, t: torch.Tensor, *params: torch.Tensor):
+        structure = setup.structure
+        with torch.no_grad():
+            y0 = structure.unflatten(y0_flat)
+            answer = _odeint()(setup.func, y0, t, rtol=setup.rtol, atol=setup.atol, method=setup.method,
+                               options=setup.options, event_fn=setup.event_fn)
+        if setup.event_fn is None:
+            y_flat = structure.flatten(answer, lead=1)
+            ctx.save_for_backward(t, y_flat, *params)
+            ctx.setup = setup
+            return y_flat
+        event_t, solution = answer
+        y_flat = structure.flatten(solution, lead=1)
+        event_t = event_t.to(t)
+        ctx.save_for_backward(t, y_flat, event_t, *params)
+        ctx.setup = setup
+        ctx.mark_non_differentiable(event_t)  # the event time's gradient is odeint_event's job
+        return event_t, y_flat
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        setup: _AdjointSetup = ctx.setup
+        if setup.event_fn is None:
+            t, y, *params = ctx.saved_tensors
+            grad_y = grads[0]
+            times = t
+        else:
+            t, y, event_t, *params = ctx.saved_tensors
+            grad_y = grads[1]
+            # Backpropagate as if the solve had been asked for the event time (not through it).
+            times = torch.cat([t[0].reshape(1), event_t.reshape(1)])
+        with torch.no_grad(), _count_as_backward() as inner:
+            grad_y0, time_vjps, grad_params, direct_nfe = _solve_adjoint(setup, times, y, grad_y, tuple(params))
+        stats.record_backward(inner.nfe_forward + direct_nfe, inner.steps_accepted)
+        if time_vjps is not None and setup.event_fn is not None:
+            time_vjps = torch.cat([time_vjps[0].reshape(1), torch.zeros_like(t[1:])])
+        return (None, grad_y0, time_vjps, *grad_params)
+
+
+class _AdjointSetup:
+    """Everything the Function needs besides tensors (autograd cannot save non-tensors in ctx otherwise)."""
+
+    def __init__(self, **fields: Any):
+        self.__dict__.update(fields)
+
+
+def _solve_adjoint(setup, t, y, grad_y, params):
+    """Integrate the augmented system from t[-1] back to t[0]; returns (dL/dy0, dL/dt, dL/dparams, nfe)."""
+    structure, func = setup.structure, setup.func
+    n = y.shape[-1]
+    param_sizes = [p.numel() for p in params]
+    t_requires_grad = setup.t_requires_grad
+    direct_nfe = 0
+
+    def flat_func(time: torch.Tensor, y_flat: torch.Tensor) -> torch.Tensor:
+        out = func(time, structure.unflatten(y_flat))
+        return structure.flatten(out)
+
+    def augmented_dynamics(time: torch.Tensor, aug: torch.Tensor) -> torch.Tensor:
+        y_now, adj_y = aug[1 : 1 + n], aug[1 + n : 1 + 2 * n]
+        with torch.enable_grad():
+            time_ = time.detach().requires_grad_(t_requires_grad)
+            y_now = y_now.detach().requires_grad_(True)
+            f = flat_func(time_ if t_requires_grad else time.detach(), y_now)
+            inputs = (time_, y_now, *params) if t_requires_grad else (y_now, *params)
+            vjps = torch.autograd.grad(f, inputs, -adj_y, allow_unused=True)
+        if not t_requires_grad:
+            vjps = (None, *vjps)
+        vjp_t, vjp_y, *vjp_params = vjps
+        pieces = [
+            (vjp_t if vjp_t is not None else torch.zeros_like(time)).reshape(1).to(aug),
+            f.detach(),
+            vjp_y if vjp_y is not None else torch.zeros_like(adj_y),
+        ]
+        # Parameters the vector field does not use get zero (not None) gradients, as in torchdiffeq.
+        pieces += [(g if g is not None else torch.zeros_like(p)).reshape(-1).to(aug) for g, p in zip(vjp_params, params, strict=True)]
+        return torch.cat(pieces)
+
+    _attach_adjoint_callbacks(augmented_dynamics, func)
+
+    options = dict(setup.adjoint_options)
+    if setup.adjoint_norm is not None:
+        options["norm"] = _adjoint_norm(setup, n, param_sizes)
+
+    dtype, device = y.dtype, y.device
+    aug = torch.cat([
+        torch.zeros(1, dtype=dtype, device=device),
+        y[-1],
+        grad_y[-1],
+        torch.zeros(sum(param_sizes), dtype=dtype, device=device),
+    ])
+    time_vjps = torch.empty(len(t), dtype=t.dtype, device=t.device) if t_requires_grad else None
+    odeint = _odeint()
+    for i in range(len(t) - 1, 0, -1):
+        if t_requires_grad:
+            # Moving the output time t_i moves y(t_i) by f(t_i, y_i): dL/dt_i = <dL/dy_i, f>.
+            f_i = flat_func(t[i], y[i])
+            direct_nfe += 1
+            dL_dti = (f_i.reshape(-1) * grad_y[i].reshape(-1)).sum()
+            aug[0] -= dL_dti
+            time_vjps[i] = dL_dti
+        aug = odeint(augmented_dynamics, aug, t[i - 1 : i + 1].flip(0), rtol=setup.adjoint_rtol,
+                     atol=setup.adjoint_atol, method=setup.adjoint_method, options=options)[1]
+        aug = aug.clone()
+        aug[1 : 1 + n] = y[i - 1]  # restart from the stored forward state, not the re-solved one
+        aug[1 + n : 1 + 2 * n] += grad_y[i - 1]
+    if t_requires_grad:
+        time_vjps[0] = aug[0]
+    grad_y0 = aug[1 + n : 1 + 2 * n]
+    grad_params = [g.reshape(p.shape).to(p) for g, p in zip(torch.split(aug[1 + 2 * n :], param_sizes), params, strict=True)]
+    return grad_y0, time_vjps, grad_params, direct_nfe
+
+
+def _attach_adjoint_callbacks(augmented_dynamics: Callable, func: Any) -> None:
+    """``func.callback_step_adjoint`` etc. become the augmented system's ``callback_step`` etc."""
+    for name, adjoint_name in zip(CALLBACK_NAMES, ADJOINT_CALLBACK_NAMES, strict=True):
+        callback = getattr(func, adjoint_name, None)
+        if callback is not None:
+            setattr(augmented_dynamics, name, callback)
+
+
+def _adjoint_norm(setup, n: int, param_sizes: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The error norm of the backward solve on the flat augmented state ``[t_adj, y, a, a_params]``."""
+    structure = setup.structure
+    state_norm = setup.state_norm
+
+    def split(aug: torch.Tensor):
+        adj_t, y_part, adj_y = aug[0], aug[1 : 1 + n], aug[1 + n : 1 + 2 * n]
+        adj_params = [p.reshape(s) for p, s in zip(torch.split(aug[1 + 2 * n :], param_sizes), setup.param_shapes, strict=True)]
+        return adj_t, y_part, adj_y, adj_params
+
+    if setup.adjoint_norm == "seminorm":
+
+        def seminorm(aug: torch.Tensor) -> torch.Tensor:
+            adj_t, y_part, adj_y, _ = split(aug)
+            return torch.stack([adj_t.abs(), state_norm(y_part), state_norm(adj_y)]).max()
+
+        return seminorm
+
+    if setup.adjoint_norm == "default":
+
+        def default_norm(aug: torch.Tensor) -> torch.Tensor:
+            adj_t, y_part, adj_y, adj_params = split(aug)
+            return torch.stack([adj_t.abs(), state_norm(y_part), state_norm(adj_y), _mixed_rms(adj_params).to(aug)]).max()
+
+        return default_norm
+
+    user_norm = setup.adjoint_norm
+
+    def custom_norm(aug: torch.Tensor) -> torch.Tensor:
+        # The user's norm sees the augmented state in the user's structure: (t, *y, *a, *a_params).
+        adj_t, y_part, adj_y, adj_params = split(aug)
+        if structure.is_tuple:
+            return user_norm((adj_t, *structure.unflatten(y_part), *structure.unflatten(adj_y), *adj_params))
+        return user_norm((adj_t, structure.unflatten(y_part), structure.unflatten(adj_y), *adj_params))
+
+    return custom_norm
+
+
+def _state_norm(structure: _Structure, forward_norm: Callable | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The forward solve's norm applied to a flat piece of the augmented state."""
+    if forward_norm is not None:
+        return lambda flat: forward_norm(structure.unflatten(flat))
+    if structure.is_tuple:
+        return lambda flat: _mixed_rms(torch.split(flat, structure.sizes))
+    return _rms
+
+
+def find_parameters(module: nn.Module) -> list[torch.Tensor]:
+    """The tensors of ``module`` the adjoint computes gradients for (its parameters)."""
+    if getattr(module, "_is_replica", False):
+        # Inside nn.DataParallel replicas, parameters are plain tensor attributes, not Parameters.
+        found = []
+        for sub in module.modules():
+            found += [v for v in sub.__dict__.values() if torch.is_tensor(v) and v.requires_grad]
+        return found
+    return list(module.parameters())
+
+
+def _is_adaptive(method: str | None) -> bool:
+    try:
+        return bool(getattr(SOLVERS.get(method or DEFAULT_METHOD), "adaptive", True))
+    except KeyError:
+        return True  # an unknown name: odeint raises the helpful error itself
+
+
+def odeint_adjoint(
+    func: Callable,
+    y0: torch.Tensor | tuple[torch.Tensor, ...],
+    t: torch.Tensor,
+    *,
+    rtol: float = 1e-7,
+    atol: float = 1e-9,
+    method: str | None = None,
+    options: dict[str, Any] | None = None,
+    event_fn: Callable | None = None,
+    adjoint_rtol: float | None = None,
+    adjoint_atol: float | None = None,
+    adjoint_method: str | None = None,
+    adjoint_options: dict[str, Any] | None = None,
+    adjoint_params: Sequence[torch.Tensor] | None = None,
+):
+    """Like ``odeint``, but backpropagates by solving the adjoint ODE (O(1) memory in solver steps).
+
+    Args:
+        func: the vector field ``func(t, y)``; an ``nn.Module`` unless ``adjoint_params`` is given.
+        y0, t, rtol, atol, method, options, event_fn: as for ``odeint``.
+        adjoint_rtol, adjoint_atol, adjoint_method: for the backward solve; default to the forward ones.
+        adjoint_options: options of the backward solve; ``{'norm': 'seminorm'}`` excludes the parameter
+            adjoint from the error norm (fewer backward steps). Defaults to ``options`` minus ``norm``.
+        adjoint_params: tensors to differentiate with respect to; default ``func.parameters()``.
+            Pass ``()`` for a func without parameters.
+
+    Returns:
+        As ``odeint``: the solution at every time in ``t``, or ``(event_t, solution)`` with ``event_fn``.
+    """
+    if adjoint_params is None and not isinstance(func, nn.Module):
+        raise InvalidInputError(
+            "func must be an nn.Module so odeint_adjoint can find its parameters; otherwise pass them "
+            "explicitly with adjoint_params=(...) (use adjoint_params=() if there are none)."
+        )
+    if not torch.is_tensor(t):
+        raise InvalidInputError(f"t must be a 1-D torch.Tensor of times, got {type(t).__name__}.")
+
+    adjoint_rtol = rtol if adjoint_rtol is None else adjoint_rtol
+    adjoint_atol = atol if adjoint_atol is None else adjoint_atol
+    if adjoint_method is None:
+        adjoint_method = method
+    if adjoint_method != method and options is not None and adjoint_options is None:
+        raise InvalidInputError(
+            "adjoint_method differs from method, so adjoint_options cannot be inferred from options; "
+            "pass adjoint_options as well (adjoint_options={} for the method's defaults)."
+        )
+    if adjoint_options is None:
+        adjoint_options = {k: v for k, v in (options or {}).items() if k != "norm"}
+    else:
+        adjoint_options = dict(adjoint_options)  # never modify the caller's dict
+    adjoint_norm = adjoint_options.pop("norm", "default")
+    if not _is_adaptive(adjoint_method):
+        adjoint_norm = None  # fixed-grid methods take no norm
+
+    params = tuple(find_parameters(func)) if adjoint_params is None else tuple(adjoint_params)
+    for i, p in enumerate(params):
+        if not torch.is_tensor(p):
+            raise InvalidInputError(f"adjoint_params[{i}] must be a torch.Tensor, got {type(p).__name__}.")
+    used = tuple(p for p in params if p.requires_grad)
+    if len(used) != len(params) and callable(adjoint_norm):
+        warnings.warn(
+            "Some adjoint_params do not require grad; they are left out of the backward solve and of the "
+            "tensors your adjoint norm receives.",
+            stacklevel=2,
+        )
+
+    structure = _Structure(y0)
+    y0_flat = structure.flatten(y0)
+    setup = _AdjointSetup(
+        func=func,
+        structure=structure,
+        rtol=rtol,
+        atol=atol,
+        method=method,
+        options=options,
+        event_fn=event_fn,
+        adjoint_rtol=adjoint_rtol,
+        adjoint_atol=adjoint_atol,
+        adjoint_method=adjoint_method,
+        adjoint_options=adjoint_options,
+        adjoint_norm=adjoint_norm,
+        state_norm=_state_norm(structure, (options or {}).get("norm")),
+        param_shapes=[p.shape for p in used],
+        t_requires_grad=t.requires_grad,
+    )
+    answer = _AdjointSolve.apply(setup, y0_flat, t, *used)
+    if event_fn is None:
+        return structure.unflatten(answer)
+    event_t, solution = answer
+    return event_t, structure.unflatten(solution)
+
+
+__all__ = ["odeint_adjoint", "find_parameters", "count_direct_backward", "CALLBACK_NAMES", "ADJOINT_CALLBACK_NAMES"]

@@ -1,0 +1,59 @@
+"""The contract every registered solver fulfils.
+
+The front end (``odecli.solvers.odeint``) turns whatever the user passed — tuple states,
+decreasing time, options — into one flat problem: a 1-D state ``y0`` and a strictly increasing
+1-D time grid ``t`` on the state's device and dtype, and a ``func(t, y)`` that maps a 0-d time
+tensor and a flat state to a flat derivative. A solver integrates that problem and returns the
+solution stacked at every time in ``t`` (``out[0] == y0``), counting its own evaluations.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+
+FlatFunc = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class AbstractSolver(abc.ABC):
+    """One solve of a flat problem. Subclasses are registered in ``odecli.registry.SOLVERS``."""
+
+    order: ClassVar[int]
+    adaptive: ClassVar[bool]
+    implicit: ClassVar[bool] = False
+    fsal: ClassVar[bool] = False
+    reference: ClassVar[str] = ""
+    # Option names this method understands (beyond rtol/atol); the front end warns about others.
+    options: ClassVar[frozenset[str]] = frozenset()
+    # Step callbacks (attributes of ``func``) this method calls; the front end warns about others.
+    callbacks: ClassVar[frozenset[str]] = frozenset({"callback_step"})
+    # If True the front end skips its generic wrapping: a single-tensor state keeps its own shape
+    # (``func`` receives and returns that shape) and ``t`` may be decreasing, with ``func`` unchanged.
+    # The solver then handles both itself (the explicit Runge–Kutta family does, to avoid a Python
+    # wrapper around every evaluation). Tuple states are always flattened.
+    native_problem: ClassVar[bool] = False
+
+    def __init__(self, func: FlatFunc, y0: torch.Tensor, rtol: float, atol: float, **options: Any):
+        self.func = func
+        self.y0 = y0
+        self.rtol = rtol
+        self.atol = atol
+        self.nfe = 0
+        self.n_accepted = 0
+        self.n_rejected = 0
+
+    @abc.abstractmethod
+    def integrate(self, t: torch.Tensor) -> torch.Tensor:
+        """Solution at every time in ``t`` (shape ``(len(t), *y0.shape)``)."""
+
+    def integrate_until_event(self, t0: torch.Tensor, event_fn: FlatFunc) -> tuple[torch.Tensor, torch.Tensor]:
+        """Solve from ``t0`` until ``event_fn(t, y)`` (a scalar) changes sign: ``(event_t, stack([y0, y(event_t)]))``.
+
+        ``event_fn`` is already combined into one scalar that starts positive (see ``events.combine_event_functions``).
+        """
+        from odecli.solvers.errors import InvalidInputError
+
+        raise InvalidInputError(f"method {type(self).__name__} does not support event_fn; use an explicit Runge-Kutta method such as 'dopri5'.")

@@ -1,0 +1,128 @@
+"""Step-size control for adaptive Runge–Kutta methods: the initial step and the next step.
+
+Defaults are torchdiffeq's so that the same problem takes the same steps: Hairer's initial step
+selection, then an integral (I) controller ``h_new = h · min(ifactor, max(dfactor, safety·err^(-1/order)))``
+with ``safety = 0.9, ifactor = 10, dfactor = 0.2`` (``dfactor`` applies after a rejection only; an
+accepted step never shrinks the next one). ``err`` is the error ratio: the norm (RMS by default)
+of ``error / (atol + rtol·max(|y0|, |y1|))``; a step is accepted when it is at most 1.
+
+``options={'controller': 'pi'}`` selects a proportional-integral controller (Gustafsson 1991;
+Hairer & Wanner, Solving ODEs II, IV.2) that also uses the previous accepted step's error, which
+smooths step sequences and wastes fewer rejected steps on problems where the I controller oscillates.
+All arithmetic here is on Python floats: one number per step, no tensors.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Callable
+
+import torch
+
+from odecli.solvers.errors import InvalidInputError
+
+Norm = Callable[[torch.Tensor], torch.Tensor]
+
+
+def rms_norm(tensor: torch.Tensor) -> torch.Tensor:
+    """Root mean square over every element (torchdiffeq's default norm)."""
+    if tensor.numel() == 0:
+        return tensor.new_zeros(())
+    return torch.linalg.vector_norm(tensor) / math.sqrt(tensor.numel())
+
+
+def select_initial_step(
+    func: Callable[[float, torch.Tensor], torch.Tensor],
+    t0: float,
+    direction: float,
+    y0: torch.Tensor,
+    f0: torch.Tensor,
+    order: int,
+    rtol: float | torch.Tensor,
+    atol: float | torch.Tensor,
+    norm: Norm,
+) -> float:
+    """Magnitude of a first step (Hairer, Nørsett & Wanner, Solving ODEs I, II.4), one evaluation of ``func``.
+
+    ``order`` is the method's order as torchdiffeq counts it; the step is sized so that a local
+    error ``~h^order`` stays near the tolerance. ``func(t, y)`` takes a float time.
+    """
+    with torch.no_grad():
+        y0, f0 = y0.detach(), f0.detach()
+        scale = atol + y0.abs() * rtol
+        d0 = float(norm(y0 / scale))
+        d1 = float(norm(f0 / scale))
+        h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+        h0 = abs(h0)
+        f1 = func(t0 + direction * h0, y0 + (direction * h0) * f0)
+        d2 = abs(float(norm((f1.detach() - f0) / scale)) / h0)
+        if d1 <= 1e-15 and d2 <= 1e-15:
+            h1 = max(1e-6, h0 * 1e-3)
+        else:
+            h1 = (0.01 / max(d1, d2)) ** (1.0 / order)
+        return min(100 * h0, abs(h1))
+
+
+class AbstractController(abc.ABC):
+    """Proposes the next step size from the last one and its error ratio."""
+
+    @abc.abstractmethod
+    def propose(self, h: float, error_ratio: float, accepted: bool) -> float:
+        """Magnitude of the next step (before clamping to ``[min_step, max_step]``)."""
+
+
+class IController(AbstractController):
+    """torchdiffeq's controller: ``h · min(ifactor, max(floor, safety · err^(-1/order)))``."""
+
+    def __init__(self, order: int, safety: float = 0.9, ifactor: float = 10.0, dfactor: float = 0.2):
+        self.exponent = 1.0 / order
+        self.safety, self.ifactor, self.dfactor = float(safety), float(ifactor), float(dfactor)
+
+    def propose(self, h: float, error_ratio: float, accepted: bool) -> float:
+        if error_ratio == 0:
+            return h * self.ifactor
+        floor = 1.0 if error_ratio < 1 else self.dfactor
+        if math.isnan(error_ratio):
+            return h * self.dfactor
+        return h * min(self.ifactor, max(self.safety / error_ratio**self.exponent, floor))
+
+
+class PIController(AbstractController):
+    """``h · safety · err^(-β1) · err_prev^(β2)`` with ``β1 = 0.7/order, β2 = 0.4/order``; no growth right after a rejection."""
+
+    def __init__(self, order: int, safety: float = 0.9, ifactor: float = 10.0, dfactor: float = 0.2, beta1: float | None = None, beta2: float | None = None):
+        self.beta1 = 0.7 / order if beta1 is None else float(beta1)
+        self.beta2 = 0.4 / order if beta2 is None else float(beta2)
+        self.safety, self.ifactor, self.dfactor = float(safety), float(ifactor), float(dfactor)
+        self.previous = 1.0
+        self.rejected_last = False
+
+    def propose(self, h: float, error_ratio: float, accepted: bool) -> float:
+        if math.isnan(error_ratio):
+            self.rejected_last = True
+            return h * self.dfactor
+        ratio = max(error_ratio, 1e-10)
+        factor = self.safety * ratio ** (-self.beta1) * self.previous**self.beta2
+        factor = min(self.ifactor, max(self.dfactor, factor))
+        if accepted:
+            if self.rejected_last:
+                factor = min(factor, 1.0)
+            self.previous = max(ratio, 1e-4)
+            self.rejected_last = False
+        else:
+            factor = min(factor, 1.0)
+            self.rejected_last = True
+        return h * factor
+
+
+CONTROLLERS: dict[str, type[AbstractController]] = {"i": IController, "pi": PIController}
+
+
+def make_controller(controller: str | AbstractController, order: int, safety: float, ifactor: float, dfactor: float) -> AbstractController:
+    """A controller from ``options['controller']``: ``'i'`` (default), ``'pi'``, or an ``AbstractController`` instance."""
+    if isinstance(controller, AbstractController):
+        return controller
+    if not isinstance(controller, str) or controller.lower() not in CONTROLLERS:
+        raise InvalidInputError(f"options['controller'] must be one of {sorted(CONTROLLERS)} or an AbstractController instance, got {controller!r}.")
+    return CONTROLLERS[controller.lower()](order, safety=safety, ifactor=ifactor, dfactor=dfactor)

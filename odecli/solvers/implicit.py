@@ -1,0 +1,436 @@
+"""Fixed-grid implicit Runge–Kutta methods (torchdiffeq's main-branch family) solved by Newton.
+
+Each method is a Butcher tableau (data, checked on construction) and a three-line class. One step
+solves the stage equations ``K_i = f(t0 + c_i h, y0 + h Σ_j a_ij K_j)`` with a *simplified Newton*
+iteration (Hairer & Wanner, Solving ODEs II, IV.8): the Jacobian ``J = ∂f/∂y(t0, y0)`` is taken
+once per step by autograd and the iteration matrix ``I - h A⊗J`` is factorised once. Lower-
+triangular tableaus (SDIRK, TR-BDF2) are solved stage by stage with ``I - h a_ii J``.
+
+Convergence test: after each update the change of every stage value ``Y_i = y0 + h Σ_j a_ij K_j``
+must satisfy ``rms(ΔY_i / (atol + rtol·|Y_i|)) ≤ 1`` — the step is converged to the solve's own
+tolerances (``rtol``/``atol``, floored at a few ulps of the dtype). Otherwise, after ``max_iters``
+iterations or on a non-finite iterate, ``NewtonDidNotConverge`` is raised (torchdiffeq only warns
+and carries on with an unconverged stage, which silently returns a wrong answer).
+
+``options={'jacobian': 'fixed_point'}`` replaces Newton by functional iteration ``K ← F(K)``: no
+Jacobian (cheap for large states), but it converges only for non-stiff steps (h·L·|A| < 1).
+
+The fixed-grid options are torchdiffeq's: ``step_size`` or ``grid_constructor`` (else the grid is
+``t``), ``interp='linear'|'cubic'`` for output times between grid points, and ``perturb``.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from odecli.registry import SOLVERS
+from odecli.solvers.base import AbstractSolver, FlatFunc
+from odecli.solvers.errors import InvalidInputError, MaxStepsExceeded, NewtonDidNotConverge
+from odecli.solvers.events import find_event
+
+# --------------------------------------------------------------------------------------------
+# Fixed-grid integration loop shared by the implicit methods and the fixed-step Adams methods.
+
+FIXED_GRID_OPTIONS = frozenset({"step_size", "grid_constructor", "interp", "perturb"})
+
+
+def _grid_from_step_size(step_size: float) -> Callable[[FlatFunc, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """torchdiffeq's grid: t0, t0+h, t0+2h, ... with the last point moved onto t[-1]."""
+
+    def grid(func, y0, t):
+        n_points = math.ceil(float((t[-1] - t[0]) / step_size + 1))
+        points = torch.arange(0, n_points, dtype=t.dtype, device=t.device) * step_size + t[0]
+        points[-1] = t[-1]
+        return points
+
+    return grid
+
+
+class AbstractFixedGridSolver(AbstractSolver):
+    """Steps over a fixed grid and interpolates at the output times (torchdiffeq's FixedGridODESolver)."""
+
+    adaptive: ClassVar[bool] = False
+    options: ClassVar[frozenset[str]] = FIXED_GRID_OPTIONS
+    max_event_steps: ClassVar[int] = 20000  # as torchdiffeq: an event that never comes must still end
+
+    def __init__(self, func, y0, rtol, atol, step_size=None, grid_constructor=None, interp="linear", perturb=False, **options):
+        super().__init__(func, y0, rtol, atol)
+        if step_size is not None and grid_constructor is not None:
+            raise InvalidInputError("options step_size and grid_constructor are mutually exclusive; pass one of them.")
+        if interp not in ("linear", "cubic"):
+            raise InvalidInputError(f"options['interp'] must be 'linear' or 'cubic', got {interp!r}.")
+        if step_size is not None and not float(step_size) > 0:
+            raise InvalidInputError(f"options['step_size'] must be positive, got {step_size}.")
+        self.step_size = step_size
+        if grid_constructor is not None:
+            self.grid_constructor = grid_constructor
+        elif step_size is not None:
+            self.grid_constructor = _grid_from_step_size(step_size)
+        else:
+            self.grid_constructor = lambda func, y0, t: t
+        self.interp = interp
+        self.perturb = perturb
+
+    def eval(self, t: torch.Tensor, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
+        """``func(t, y)``, counted; with the ``perturb`` option, ``t`` is nudged one ulp into the step
+        (``+1``: just after a grid point, ``-1``: just before), so a discontinuity at a grid point
+        is seen from the side the step lies on."""
+        if self.perturb and perturb:
+            t = torch.nextafter(t, t + perturb)
+        self.nfe += 1
+        return self.func(t, y)
+
+    @abc.abstractmethod
+    def step(self, t0: torch.Tensor, dt: torch.Tensor, t1: torch.Tensor, y0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step: ``(y1 - y0, f(t0, y0))``."""
+
+    def integrate(self, t: torch.Tensor) -> torch.Tensor:
+        grid = self.grid_constructor(self.func, self.y0, t)
+        if not (grid[0] == t[0] and grid[-1] == t[-1]):
+            raise InvalidInputError("grid_constructor must return a grid that starts at t[0] and ends at t[-1].")
+        solution = [self.y0]
+        j = 1
+        y0 = self.y0
+        callback = getattr(self.func, "callback_step", None)
+        for t0, t1 in zip(grid[:-1], grid[1:], strict=True):
+            dt = t1 - t0
+            if callback is not None:
+                callback(t0, y0, dt)
+            dy, f0 = self.step(t0, dt, t1, y0)
+            y1 = y0 + dy
+            self.n_accepted += 1
+            while j < len(t) and t1 >= t[j]:
+                solution.append(self._interpolate(t0, y0, f0, t1, y1, t[j]))
+                j += 1
+            y0 = y1
+        return torch.stack(solution)
+
+    def integrate_until_event(self, t0: torch.Tensor, event_fn) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step by ``step_size`` from ``t0`` until ``event_fn`` changes sign; ``(event_t, [y0, y_event])``.
+
+        The crossing is located on the step's interpolant (linear or cubic) by ``find_event``.
+        """
+        if self.step_size is None:
+            raise InvalidInputError("Events with a fixed-grid method need options={'step_size': h}.")
+        y0 = self.y0
+        dt = torch.as_tensor(self.step_size, dtype=t0.dtype, device=t0.device)
+        sign0 = torch.sign(event_fn(t0, y0))
+        for _ in range(self.max_event_steps):
+            t1 = t0 + dt
+            dy, f0 = self.step(t0, dt, t1, y0)
+            y1 = y0 + dy
+            self.n_accepted += 1
+            if torch.sign(event_fn(t1, y1)) != sign0:
+                interpolant = functools.partial(self._interpolate, t0, y0, f0, t1, y1)
+                event_t, y_event = find_event(interpolant, sign0, t0, t1, event_fn, float(self.atol))
+                return event_t, torch.stack([self.y0, y_event])
+            t0, y0 = t1, y1
+        raise MaxStepsExceeded(float(t0), self.max_event_steps)
+
+    def _interpolate(self, t0, y0, f0, t1, y1, t):
+        if t == t0:
+            return y0
+        if t == t1:
+            return y1
+        s = (t - t0) / (t1 - t0)
+        if self.interp == "linear":
+            return y0 + s * (y1 - y0)
+        f1 = self.eval(t1, y1)
+        dt = t1 - t0
+        # Cubic Hermite basis on [t0, t1].
+        h00 = (1 + 2 * s) * (1 - s) * (1 - s)
+        h10 = s * (1 - s) * (1 - s)
+        h01 = s * s * (3 - 2 * s)
+        h11 = s * s * (s - 1)
+        return h00 * y0 + h10 * dt * f0 + h01 * y1 + h11 * dt * f1
+
+
+# --------------------------------------------------------------------------------------------
+# Implicit tableaus as data.
+
+
+@dataclass(frozen=True)
+class ImplicitTableau:
+    """Butcher tableau ``(c, a, b)`` of an implicit Runge–Kutta method; ``a`` may be full."""
+
+    c: tuple[float, ...]
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+
+    def __post_init__(self):
+        s = len(self.c)
+        if len(self.a) != s or any(len(row) != s for row in self.a) or len(self.b) != s:
+            raise ValueError(f"tableau must be square with {s} stages: got a {[len(r) for r in self.a]}, b {len(self.b)}")
+        for i, (ci, row) in enumerate(zip(self.c, self.a, strict=True)):
+            if not math.isclose(sum(row), ci, abs_tol=1e-12):
+                raise ValueError(f"row {i} of a sums to {sum(row)}, not c[{i}] = {ci}")
+        if not math.isclose(sum(self.b), 1.0, abs_tol=1e-12):
+            raise ValueError(f"weights b sum to {sum(self.b)}, not 1")
+
+    @property
+    def stages(self) -> int:
+        return len(self.c)
+
+    @property
+    def diagonally_implicit(self) -> bool:
+        """Lower-triangular ``a``: stages can be solved one after another."""
+        return all(self.a[i][j] == 0 for i in range(self.stages) for j in range(i + 1, self.stages))
+
+
+_S2, _S3, _S6, _S15 = math.sqrt(2), math.sqrt(3), math.sqrt(6), math.sqrt(15)
+
+IMPLICIT_EULER = ImplicitTableau(c=(1.0,), a=((1.0,),), b=(1.0,))
+IMPLICIT_MIDPOINT = ImplicitTableau(c=(0.5,), a=((0.5,),), b=(1.0,))
+TRAPEZOID = ImplicitTableau(c=(0.0, 1.0), a=((0.0, 0.0), (0.5, 0.5)), b=(0.5, 0.5))
+GAUSS_LEGENDRE_4 = ImplicitTableau(
+    c=(0.5 - _S3 / 6, 0.5 + _S3 / 6),
+    a=((0.25, 0.25 - _S3 / 6), (0.25 + _S3 / 6, 0.25)),
+    b=(0.5, 0.5),
+)
+GAUSS_LEGENDRE_6 = ImplicitTableau(
+    c=(0.5 - _S15 / 10, 0.5, 0.5 + _S15 / 10),
+    a=(
+        (5 / 36, 2 / 9 - _S15 / 15, 5 / 36 - _S15 / 30),
+        (5 / 36 + _S15 / 24, 2 / 9, 5 / 36 - _S15 / 24),
+        (5 / 36 + _S15 / 30, 2 / 9 + _S15 / 15, 5 / 36),
+    ),
+    b=(5 / 18, 4 / 9, 5 / 18),
+)
+RADAU_IIA_3 = ImplicitTableau(c=(1 / 3, 1.0), a=((5 / 12, -1 / 12), (3 / 4, 1 / 4)), b=(3 / 4, 1 / 4))
+RADAU_IIA_5 = ImplicitTableau(
+    c=(2 / 5 - _S6 / 10, 2 / 5 + _S6 / 10, 1.0),
+    a=(
+        (11 / 45 - 7 * _S6 / 360, 37 / 225 - 169 * _S6 / 1800, -2 / 225 + _S6 / 75),
+        (37 / 225 + 169 * _S6 / 1800, 11 / 45 + 7 * _S6 / 360, -2 / 225 - _S6 / 75),
+        (4 / 9 - _S6 / 36, 4 / 9 + _S6 / 36, 1 / 9),
+    ),
+    b=(4 / 9 - _S6 / 36, 4 / 9 + _S6 / 36, 1 / 9),
+)
+# L-stable SDIRK of order 2 (Alexander 1977), gamma = 1 - 1/sqrt(2).
+_GAMMA = (2 - _S2) / 2
+SDIRK_2 = ImplicitTableau(c=(_GAMMA, 1.0), a=((_GAMMA, 0.0), (1 - _GAMMA, _GAMMA)), b=(1 - _GAMMA, _GAMMA))
+# TR-BDF2 as an ESDIRK (Hosea & Shampine 1996): a trapezoid stage to 2γ, then a BDF2 stage.
+_TR_GAMMA = 1 - _S2 / 2
+_TR_W = _S2 / 4
+TR_BDF2 = ImplicitTableau(
+    c=(0.0, 2 * _TR_GAMMA, 1.0),
+    a=((0.0, 0.0, 0.0), (_TR_GAMMA, _TR_GAMMA, 0.0), (_TR_W, _TR_W, _TR_GAMMA)),
+    b=(_TR_W, _TR_W, _TR_GAMMA),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# The Newton solve of one step.
+
+
+def _jacobian(func: FlatFunc, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``∂f/∂y`` at ``(t, y)`` as an ``(n, n)`` matrix, outside the autograd graph of the solve."""
+    with torch.enable_grad():
+        y_ = y.detach().requires_grad_(True)
+        f = func(t.detach(), y_)
+        rows = []
+        eye = torch.eye(f.numel(), dtype=f.dtype, device=f.device)
+        for i in range(f.numel()):
+            (g,) = torch.autograd.grad(f, y_, eye[i], retain_graph=i + 1 < f.numel(), allow_unused=True)
+            rows.append(torch.zeros_like(y_) if g is None else g)
+    return torch.stack(rows).detach()
+
+
+class AbstractImplicitRungeKutta(AbstractFixedGridSolver):
+    """A fixed-grid implicit Runge–Kutta method; subclasses set ``tableau`` and ``order``."""
+
+    implicit: ClassVar[bool] = True
+    tableau: ClassVar[ImplicitTableau]
+    options: ClassVar[frozenset[str]] = FIXED_GRID_OPTIONS | {"max_iters", "jacobian"}
+
+    def __init__(self, func, y0, rtol, atol, max_iters: int = 100, jacobian: str = "autograd", **options: Any):
+        super().__init__(func, y0, rtol, atol, **options)
+        if jacobian not in ("autograd", "fixed_point"):
+            raise InvalidInputError(f"options['jacobian'] must be 'autograd' or 'fixed_point', got {jacobian!r}.")
+        if int(max_iters) < 1:
+            raise InvalidInputError(f"options['max_iters'] must be at least 1, got {max_iters}.")
+        self.max_iters = int(max_iters)
+        self.use_newton = jacobian == "autograd"
+        dtype, device = y0.dtype, y0.device
+        self.c = torch.tensor(self.tableau.c, dtype=dtype, device=device)
+        self.a = torch.tensor(self.tableau.a, dtype=dtype, device=device)
+        self.b = torch.tensor(self.tableau.b, dtype=dtype, device=device)
+        # Converging below a few ulps is impossible; floor the tolerances there.
+        eps = torch.finfo(dtype).eps
+        self.newton_rtol = max(float(rtol), 16 * eps)
+        self.newton_atol = max(float(atol), 16 * eps)
+
+    def _stage_time(self, t0, dt, t1, i):
+        c = self.tableau.c[i]
+        return t1 if c == 1.0 else t0 + c * dt
+
+    def _stage_perturb(self, i):
+        c = self.tableau.c[i]
+        return -1 if c == 1.0 else (1 if c == 0.0 else 0)
+
+    def _converged(self, delta_y: torch.Tensor, y: torch.Tensor) -> tuple[bool, float]:
+        scale = self.newton_atol + self.newton_rtol * y.detach().abs()
+        ratio = (delta_y.detach() / scale).pow(2).mean(dim=-1).sqrt().max()
+        ratio = float(ratio)
+        return ratio <= 1.0, ratio
+
+    def step(self, t0, dt, t1, y0):
+        f0 = self.eval(t0, y0, perturb=1)
+        jac = None
+        if self.use_newton:
+            jac = _jacobian(self.func, t0, y0)
+            self.nfe += 1  # one evaluation of func (plus one vector-Jacobian product per state element)
+        if self.tableau.diagonally_implicit:
+            k = self._solve_stages_one_by_one(t0, dt, t1, y0, f0, jac)
+        else:
+            k = self._solve_stages_together(t0, dt, t1, y0, f0, jac)
+        return dt * (self.b @ k), f0
+
+    def _iterate(self, t0, k, update):
+        """Repeat ``k, change, values = update(k)`` until the stage values stop changing.
+
+        Gives up after ``max_iters`` iterations, on a non-finite iterate, or once the change has
+        grown two iterations in a row (the iteration diverges; more iterations cannot help).
+        """
+        previous, growing, ratio = math.inf, 0, math.inf
+        for iteration in range(1, self.max_iters + 1):  # noqa: B007  (reported after the loop)
+            k, change, values = update(k)
+            ok, ratio = self._converged(change, values)
+            if ok:
+                return k
+            if not math.isfinite(ratio):
+                break
+            growing = growing + 1 if ratio > previous else 0
+            if growing >= 2:
+                break
+            previous = ratio
+        raise NewtonDidNotConverge(float(t0), iteration, ratio, 1.0)
+
+    def _solve_stages_together(self, t0, dt, t1, y0, f0, jac):
+        s, n = self.tableau.stages, y0.numel()
+        times = [self._stage_time(t0, dt, t1, i) for i in range(s)]
+        lu = None
+        if jac is not None:
+            lu = torch.linalg.lu_factor(torch.eye(s * n, dtype=y0.dtype, device=y0.device) - dt.detach() * torch.kron(self.a, jac))
+
+        def update(k):
+            stage_y = y0 + dt * (self.a @ k)
+            residual = torch.stack([self.eval(times[i], stage_y[i], self._stage_perturb(i)) for i in range(s)]) - k
+            delta_k = residual if lu is None else torch.linalg.lu_solve(*lu, residual.reshape(s * n, 1)).reshape(s, n)
+            return k + delta_k, dt * (self.a @ delta_k), stage_y
+
+        return self._iterate(t0, f0.expand(s, n), update)
+
+    def _solve_stages_one_by_one(self, t0, dt, t1, y0, f0, jac):
+        s, n = self.tableau.stages, y0.numel()
+        ks: list[torch.Tensor] = []
+        eye = torch.eye(n, dtype=y0.dtype, device=y0.device)
+        for i in range(s):
+            a_ii = self.tableau.a[i][i]
+            known = y0 + dt * sum((self.a[i, j] * ks[j] for j in range(i)), torch.zeros_like(y0))
+            t_i, perturb = self._stage_time(t0, dt, t1, i), self._stage_perturb(i)
+            if a_ii == 0.0:  # an explicit stage (the first of trapezoid and TR-BDF2: f(t0, y0))
+                ks.append(f0 if i == 0 and self.tableau.c[0] == 0.0 else self.eval(t_i, known, perturb))
+                continue
+            lu = None if jac is None else torch.linalg.lu_factor(eye - dt.detach() * a_ii * jac)
+
+            def update(k, known=known, t_i=t_i, perturb=perturb, a_ii=a_ii, lu=lu):
+                stage_y = known + dt * a_ii * k
+                residual = self.eval(t_i, stage_y, perturb) - k
+                delta_k = residual if lu is None else torch.linalg.lu_solve(*lu, residual.reshape(n, 1)).reshape(n)
+                return k + delta_k, (dt * a_ii * delta_k)[None], stage_y[None]
+
+            ks.append(self._iterate(t0, f0, update))
+        return torch.stack(ks)
+
+
+# --------------------------------------------------------------------------------------------
+# The registered methods: a tableau, an order and a reference each.
+
+
+@SOLVERS.register("implicit_euler", description="Implicit (backward) Euler, order 1, L-stable; fixed grid, Newton.")
+class ImplicitEuler(AbstractImplicitRungeKutta):
+    """Implicit (backward) Euler, order 1, L-stable; fixed grid, Newton."""
+
+    tableau = IMPLICIT_EULER
+    order = 1
+    reference = "Hairer & Wanner, Solving ODEs II, IV.3"
+
+
+@SOLVERS.register("implicit_midpoint", description="Implicit midpoint rule, order 2, A-stable, symplectic; fixed grid, Newton.")
+class ImplicitMidpoint(AbstractImplicitRungeKutta):
+    """Implicit midpoint rule, order 2, A-stable, symplectic; fixed grid, Newton."""
+
+    tableau = IMPLICIT_MIDPOINT
+    order = 2
+    reference = "Hairer, Lubich & Wanner, Geometric Numerical Integration, II.1"
+
+
+@SOLVERS.register("trapezoid", description="Trapezoidal rule (Crank-Nicolson), order 2, A-stable; fixed grid, Newton.")
+class Trapezoid(AbstractImplicitRungeKutta):
+    """Trapezoidal rule (Crank-Nicolson), order 2, A-stable; fixed grid, Newton."""
+
+    tableau = TRAPEZOID
+    order = 2
+    reference = "Hairer & Wanner, Solving ODEs II, IV.3"
+
+
+@SOLVERS.register("gl4", description="Gauss-Legendre collocation, 2 stages, order 4, A-stable; fixed grid, Newton.")
+class GaussLegendre4(AbstractImplicitRungeKutta):
+    """Gauss-Legendre collocation, 2 stages, order 4, A-stable; fixed grid, Newton."""
+
+    tableau = GAUSS_LEGENDRE_4
+    order = 4
+    reference = "Butcher 1964, Implicit Runge-Kutta processes"
+
+
+@SOLVERS.register("gl6", description="Gauss-Legendre collocation, 3 stages, order 6, A-stable; fixed grid, Newton.")
+class GaussLegendre6(AbstractImplicitRungeKutta):
+    """Gauss-Legendre collocation, 3 stages, order 6, A-stable; fixed grid, Newton."""
+
+    tableau = GAUSS_LEGENDRE_6
+    order = 6
+    reference = "Butcher 1964, Implicit Runge-Kutta processes"
+
+
+@SOLVERS.register("radauIIA3", description="Radau IIA, 2 stages, order 3, L-stable; fixed grid, Newton.")
+class RadauIIA3(AbstractImplicitRungeKutta):
+    """Radau IIA, 2 stages, order 3, L-stable; fixed grid, Newton."""
+
+    tableau = RADAU_IIA_3
+    order = 3
+    reference = "Hairer & Wanner, Solving ODEs II, IV.5"
+
+
+@SOLVERS.register("radauIIA5", description="Radau IIA, 3 stages, order 5, L-stable; fixed grid, Newton.")
+class RadauIIA5(AbstractImplicitRungeKutta):
+    """Radau IIA, 3 stages, order 5, L-stable; fixed grid, Newton."""
+
+    tableau = RADAU_IIA_5
+    order = 5
+    reference = "Hairer & Wanner, Solving ODEs II, IV.5"
+
+
+@SOLVERS.register("sdirk2", description="Singly diagonally implicit RK, 2 stages, order 2, L-stable; fixed grid, Newton.")
+class SDIRK2(AbstractImplicitRungeKutta):
+    """Singly diagonally implicit RK, 2 stages, order 2, L-stable; fixed grid, Newton."""
+
+    tableau = SDIRK_2
+    order = 2
+    reference = "Alexander 1977, SIAM J. Numer. Anal. 14(6)"
+
+
+@SOLVERS.register("trbdf2", description="TR-BDF2 (trapezoid stage, then BDF2 stage), order 2, L-stable; fixed grid, Newton.")
+class TRBDF2(AbstractImplicitRungeKutta):
+    """TR-BDF2 (trapezoid stage, then BDF2 stage), order 2, L-stable; fixed grid, Newton."""
+
+    tableau = TR_BDF2
+    order = 2
+    reference = "Hosea & Shampine 1996, Appl. Numer. Math. 20"

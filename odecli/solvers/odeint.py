@@ -1,0 +1,337 @@
+"""``odeint``: torchdiffeq's interface over odecli's registered solvers.
+
+The front end validates everything the user passed (typed errors, never asserts), then hands a
+solver one simple problem. Solvers that declare ``native_problem`` (the explicit Runge–Kutta
+family) receive a single-tensor state in its own shape, the user's ``func`` untouched and ``t`` in
+either direction, so no Python wrapper sits in the hot loop. Every other solver receives a flat
+state, a strictly increasing ``t`` and a wrapped ``func`` (``-f(-t, y)`` for decreasing time), as
+``odecli.solvers.base`` describes. Tuple states are always flattened into one vector.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from odecli.errors import closest
+from odecli.registry import SOLVERS, UnknownNameError
+from odecli.solvers import stats
+from odecli.solvers.errors import FuncOutputMismatch, InvalidInputError, InvalidTimeGrid, UnknownMethod, UnknownOption
+
+DEFAULT_METHOD = "dopri5"
+CALLBACK_NAMES = ("callback_step", "callback_accept_step", "callback_reject_step")
+# Options every method tolerates silently: torchdiffeq passes ``norm`` to fixed-grid methods too.
+_SILENT_OPTIONS = frozenset({"norm"})
+
+
+class IgnoredOptionWarning(UserWarning):
+    """An option that exists, but not for the chosen method (torchdiffeq warns the same way)."""
+
+
+class UnsupportedCallbackWarning(UserWarning):
+    """``func`` has a step callback the chosen method never calls."""
+
+
+def known_options() -> frozenset[str]:
+    """Every option some registered method understands."""
+    names: set[str] = set(_SILENT_OPTIONS)
+    for entry in SOLVERS.entries():
+        names |= set(getattr(entry.obj, "options", ()))
+    return frozenset(names)
+
+
+def resolve_method(method: str | None) -> tuple[str, type]:
+    """The registered name and class for ``method`` (default ``dopri5``), or ``UnknownMethod``."""
+    name = DEFAULT_METHOD if method is None else method
+    if not isinstance(name, str):
+        raise UnknownMethod(f"method must be a string naming a solver, got {type(name).__name__}. Valid methods: {', '.join(SOLVERS.names())}.")
+    try:
+        canonical = SOLVERS.canonical(name)
+    except UnknownNameError as exc:
+        raise UnknownMethod(f"{exc} (Run `odecli list solvers` for descriptions.)") from None
+    return canonical, SOLVERS.get(canonical)
+
+
+def _split_options(name: str, cls: type, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise InvalidInputError(f"options must be a dict, got {type(options).__name__}.")
+    accepted = set(getattr(cls, "options", ()))
+    valid = known_options()
+    kept, ignored = {}, []
+    for key, value in options.items():
+        if key in accepted:
+            kept[key] = value
+        elif key not in valid:
+            match = closest(str(key), sorted(valid))
+            hint = f" Did you mean '{match}'?" if match else ""
+            raise UnknownOption(f"Unknown option '{key}' for method '{name}'.{hint} Options of '{name}': {', '.join(sorted(accepted)) or '(none)'}.")
+        elif key not in _SILENT_OPTIONS:
+            ignored.append(key)
+    if ignored:
+        warnings.warn(f"{cls.__name__}: Unexpected arguments {dict((k, options[k]) for k in ignored)}; method '{name}' ignores them.", IgnoredOptionWarning, stacklevel=3)
+    return kept
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks.
+
+
+def _check_state(y0) -> tuple[bool, tuple[torch.Tensor, ...]]:
+    is_tuple = isinstance(y0, (tuple, list))
+    tensors = tuple(y0) if is_tuple else (y0,)
+    if is_tuple and not tensors:
+        raise InvalidInputError("y0 is an empty tuple; pass at least one tensor.")
+    for i, tensor in enumerate(tensors):
+        where = f"y0[{i}]" if is_tuple else "y0"
+        if not isinstance(tensor, torch.Tensor):
+            raise InvalidInputError(f"{where} must be a torch.Tensor (or y0 a tuple of them), got {type(tensor).__name__}.")
+        if not (tensor.is_floating_point() or tensor.is_complex()):
+            raise InvalidInputError(f"{where} has dtype {tensor.dtype}; the state must be floating point (e.g. y0.float()).")
+    if is_tuple:
+        dtypes = {t.dtype for t in tensors}
+        devices = {t.device for t in tensors}
+        if len(dtypes) > 1 or len(devices) > 1:
+            raise InvalidInputError(f"all tensors of a tuple state must share dtype and device, got {sorted(map(str, dtypes))} on {sorted(map(str, devices))}.")
+    return is_tuple, tensors
+
+
+def _check_times(t, device: torch.device) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise InvalidTimeGrid(f"t must be a 1-D torch.Tensor of times, got {type(t).__name__}; use torch.tensor([...]).")
+    if not t.is_floating_point():
+        raise InvalidTimeGrid(f"t must be a floating point tensor, got dtype {t.dtype}; use t.float() or torch.linspace.")
+    if t.ndim != 1:
+        raise InvalidTimeGrid(f"t must be one-dimensional, got shape {tuple(t.shape)}.")
+    if len(t) == 0:
+        raise InvalidTimeGrid("t is empty; it needs at least the initial time.")
+    if t.device != device:
+        raise InvalidTimeGrid(f"t is on {t.device} but y0 is on {device}; move t with t.to(y0.device).")
+    if len(t) > 1:
+        with torch.no_grad():
+            if not bool(torch.isfinite(t).all()):
+                raise InvalidTimeGrid("t contains NaN or Inf.")
+            steps = t[1:] - t[:-1]
+            if not (bool((steps > 0).all()) or bool((steps < 0).all())):
+                where = "repeats a time" if bool((steps == 0).any()) else "changes direction"
+                raise InvalidTimeGrid(f"t must be strictly increasing or strictly decreasing, but it {where}: {t.tolist() if len(t) <= 12 else '...'}.")
+
+
+def _check_tolerance(name: str, tol, shapes: Sequence[torch.Size], is_tuple: bool, device, dtype):
+    if isinstance(tol, torch.Tensor):
+        if tol.requires_grad:
+            raise InvalidInputError(f"{name} cannot require gradient.")
+        if bool((tol < 0).any()):
+            raise InvalidInputError(f"{name} must be non-negative, got {tol}.")
+        return tol.to(device=device, dtype=dtype) if tol.numel() > 1 else float(tol)
+    if is_tuple and isinstance(tol, (tuple, list)):
+        if len(tol) != len(shapes):
+            raise InvalidInputError(f"a tuple {name} needs one value per state tensor ({len(shapes)}), got {len(tol)}.")
+        parts = [torch.as_tensor(v, dtype=dtype, device=device).expand(shape.numel()) for v, shape in zip(tol, shapes)]
+        return _check_tolerance(name, torch.cat(parts), shapes, False, device, dtype)
+    try:
+        value = float(tol)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{name} must be a number or a tensor, got {type(tol).__name__}.") from None
+    if not value >= 0:
+        raise InvalidInputError(f"{name} must be non-negative, got {tol}.")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Wrappers for solvers that want the flat, increasing-time problem (and for tuple states).
+
+
+class _FlatFunc:
+    """``func`` on a flat state: unflattens tuples, reverses time, checks the first output once."""
+
+    def __init__(self, func, shapes: list[torch.Size] | None, shape: torch.Size, reverse: bool):
+        self.func, self.shapes, self.shape, self.reverse = func, shapes, shape, reverse
+        self.sizes = None if shapes is None else [s.numel() for s in shapes]
+        self.checked = False
+        self.n = sum(self.sizes) if self.sizes is not None else shape.numel()
+
+    def unflatten(self, y: torch.Tensor):
+        if self.shapes is None:
+            return y.view(self.shape)
+        return tuple(part.view(shape) for part, shape in zip(torch.split(y, self.sizes), self.shapes))
+
+    def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = self.func(-t if self.reverse else t, self.unflatten(y))
+        if not self.checked:
+            self._check(out, y)
+        if self.shapes is None:
+            flat = out.reshape(-1)
+        else:
+            flat = torch.cat([o.reshape(-1) for o in out])
+        return -flat if self.reverse else flat
+
+    def _check(self, out, y: torch.Tensor) -> None:
+        if self.shapes is None:
+            outs, shapes = (out,), [self.shape]
+            if not isinstance(out, torch.Tensor):
+                raise FuncOutputMismatch(f"func(t, y) must return a torch.Tensor like y, got {type(out).__name__}.")
+        else:
+            if not isinstance(out, (tuple, list)) or len(out) != len(self.shapes):
+                got = f"a tuple of {len(out)}" if isinstance(out, (tuple, list)) else type(out).__name__
+                raise FuncOutputMismatch(f"func(t, y) must return a tuple of {len(self.shapes)} tensors like y, got {got}.")
+            outs, shapes = tuple(out), self.shapes
+        for i, (o, shape) in enumerate(zip(outs, shapes)):
+            where = f"output[{i}]" if self.shapes is not None else "output"
+            if not isinstance(o, torch.Tensor):
+                raise FuncOutputMismatch(f"func(t, y) {where} must be a torch.Tensor, got {type(o).__name__}.")
+            if o.shape != shape:
+                raise FuncOutputMismatch(f"func(t, y) {where} has shape {tuple(o.shape)}, but the state has shape {tuple(shape)}; they must match.")
+            if o.dtype != y.dtype:
+                raise FuncOutputMismatch(f"func(t, y) {where} has dtype {o.dtype}, but the state has dtype {y.dtype}; cast the output.")
+        self.checked = True
+
+
+def _attach_callbacks(wrapper: _FlatFunc, func, reverse: bool) -> None:
+    for name in CALLBACK_NAMES:
+        callback = getattr(func, name, None)
+        if callback is None:
+            continue
+
+        def adapted(t0, y0, dt, _callback=callback):
+            return _callback(-t0 if reverse else t0, wrapper.unflatten(y0), dt)
+
+        setattr(wrapper, name, adapted)
+    for name in CALLBACK_NAMES:  # the adjoint's callbacks travel with the function
+        adjoint_name = name + "_adjoint"
+        if hasattr(func, adjoint_name):
+            setattr(wrapper, adjoint_name, getattr(func, adjoint_name))
+
+
+def _mixed_rms_norm(sizes: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """torchdiffeq's default for tuple states: the largest RMS over the tuple's tensors."""
+
+    def norm(flat: torch.Tensor) -> torch.Tensor:
+        parts = [p for p in torch.split(flat, sizes) if p.numel()]
+        if not parts:
+            return flat.new_zeros(())
+        return torch.stack([torch.linalg.vector_norm(p) / p.numel() ** 0.5 for p in parts]).max()
+
+    return norm
+
+
+def _flip_time_options(options: dict[str, Any]) -> None:
+    for key in ("step_t", "jump_t"):
+        if key in options and options[key] is not None:
+            options[key] = -torch.as_tensor(options[key])
+    if options.get("grid_constructor") is not None:
+        user_grid = options["grid_constructor"]
+        options["grid_constructor"] = lambda func, y0, t: -user_grid(func, y0, -t)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def odeint(
+    func: Callable,
+    y0: torch.Tensor | tuple[torch.Tensor, ...],
+    t: torch.Tensor,
+    *,
+    rtol: float | torch.Tensor = 1e-7,
+    atol: float | torch.Tensor = 1e-9,
+    method: str | None = None,
+    options: dict[str, Any] | None = None,
+    event_fn: Callable | None = None,
+):
+    """Solve ``dy/dt = func(t, y), y(t[0]) = y0`` and return ``y`` at every time in ``t``.
+
+    A drop-in for ``torchdiffeq.odeint``. Args:
+        func: ``func(t, y)`` with ``t`` a 0-d tensor and ``y`` shaped like ``y0`` (or a tuple like it).
+        y0: the initial state, a floating tensor of any shape or a tuple of them.
+        t: 1-D strictly increasing or decreasing times on y0's device; ``t[0]`` is the initial time.
+        rtol, atol: relative and absolute tolerances (numbers, per-element tensors, or a tuple per tuple state).
+        method: a registered solver name (``odecli list solvers``); default ``'dopri5'``.
+        options: method options as torchdiffeq's (``step_size``, ``first_step``, ``max_num_steps``, ...)
+            plus ``controller='pi'`` for adaptive methods.
+        event_fn: ``event_fn(t, y) -> Tensor``; solve until any component crosses zero. ``t`` must
+            then hold two times (the start, and any later time giving the direction).
+
+    Returns:
+        ``(len(t), *y0.shape)`` tensor (a tuple of them for a tuple state); with ``event_fn``,
+        ``(event_t, solution)`` where ``solution`` holds the states at ``t[0]`` and ``event_t``.
+    """
+    name, cls = resolve_method(method)
+    is_tuple, tensors = _check_state(y0)
+    first = tensors[0]
+    _check_times(t, first.device)
+    if event_fn is not None and len(t) != 2:
+        raise InvalidTimeGrid(f"with event_fn, t must hold exactly two times (start and a later time for the direction), got {len(t)}.")
+    options = _split_options(name, cls, options)
+    shapes = [x.shape for x in tensors]
+    rtol = _check_tolerance("rtol", rtol, shapes, is_tuple, first.device, first.dtype)
+    atol = _check_tolerance("atol", atol, shapes, is_tuple, first.device, first.dtype)
+
+    supported = getattr(cls, "callbacks", frozenset())
+    unsupported = {n for n in CALLBACK_NAMES if getattr(func, n, None) is not None} - set(supported)
+    if unsupported:
+        warnings.warn(f"Solver '{name}' does not support callbacks {sorted(unsupported)}.", UnsupportedCallbackWarning, stacklevel=2)
+
+    reverse = len(t) > 1 and bool(t[1] < t[0])
+    native = getattr(cls, "native_problem", False)
+    combined_event = None
+    if event_fn is not None:
+        from odecli.solvers.events import combine_event_functions
+
+        combined_event = combine_event_functions(event_fn, t[0], tuple(tensors) if is_tuple else first)
+
+    if is_tuple or not native:
+        flat_shapes = shapes if is_tuple else None
+        wrap_reverse = reverse and not native
+        solver_func = _FlatFunc(func, flat_shapes, first.shape, wrap_reverse)
+        _attach_callbacks(solver_func, func, wrap_reverse)
+        state = torch.cat([x.reshape(-1) for x in tensors])
+        if is_tuple:
+            user_norm = options.get("norm")
+            if callable(user_norm):
+                options["norm"] = lambda flat, _norm=user_norm: _norm(solver_func.unflatten(flat))
+            elif "norm" in getattr(cls, "options", ()) and user_norm is None:
+                options["norm"] = _mixed_rms_norm([s.numel() for s in shapes])
+        if combined_event is not None:
+            event_inner = combined_event
+            combined_event = lambda te, ye: event_inner(-te if wrap_reverse else te, solver_func.unflatten(ye))  # noqa: E731
+        times = t
+        if wrap_reverse:
+            times = -t
+            _flip_time_options(options)
+    else:
+        solver_func, state, times = func, first, t
+
+    if stats.tracking() and torch.is_grad_enabled():
+        from odecli.solvers.adjoint import count_direct_backward
+
+        solver_func = count_direct_backward(solver_func)
+    solver = cls(solver_func, state, rtol, atol, **options)
+    if combined_event is not None:
+        if native:
+            direction = -1.0 if reverse else 1.0
+            event_t, solution = solver.integrate_until_event(times[0], combined_event, direction=direction)
+        else:
+            event_t, solution = solver.integrate_until_event(times[0], combined_event)
+            if reverse:
+                event_t = -event_t
+        event_t = event_t.to(t)
+    else:
+        solution = solver.integrate(times)
+    stats.record_forward(solver.nfe, solver.n_accepted, solver.n_rejected)
+
+    if not is_tuple and not native:
+        solution = solution.reshape(len(solution), *first.shape)
+    if is_tuple:
+        flat = solution.reshape(len(solution), -1)
+        sizes = [s.numel() for s in shapes]
+        solution = tuple(part.reshape(len(flat), *shape) for part, shape in zip(torch.split(flat, sizes, dim=1), shapes))
+    if combined_event is not None:
+        return event_t, solution
+    return solution
+
+
+__all__ = ["odeint", "DEFAULT_METHOD", "known_options", "resolve_method", "IgnoredOptionWarning", "UnsupportedCallbackWarning"]

@@ -1,0 +1,363 @@
+"""Explicit Butcher tableaus as data, checked on construction.
+
+A tableau ``(c, a, b)`` defines one explicit Runge–Kutta step::
+
+    k_i = f(t0 + c_i h, y0 + h Σ_{j<i} a_ij k_j),     y1 = y0 + h Σ_i b_i k_i
+
+``b_error`` (optional) are the weights of the embedded error estimate ``h Σ_i e_i k_i`` (the
+difference of two solutions, so they sum to 0). ``dense`` (optional) is a continuous extension:
+row ``i`` holds the coefficients of the polynomial ``b_i(θ) = Σ_p dense[i][p] θ^(p+1)`` with
+``y(t0 + θh) = y0 + h Σ_i b_i(θ) k_i``. ``fsal`` (first same as last) means the last stage is
+``f(t1, y1)``, so it is reused as the first stage of the next step.
+
+The adaptive tableaus mirror torchdiffeq's exactly, including its trick of appending a final
+stage ``f(t1, y1)`` (weights = b) to every adaptive method so each one is FSAL and its dense output
+can use ``f1``: this keeps the number of function evaluations identical to torchdiffeq's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+
+class InvalidTableau(ValueError):
+    """A Butcher tableau whose coefficients violate a consistency condition."""
+
+
+# Coefficients typed as decimals (dopri8's are rational approximations) only satisfy the
+# consistency conditions to roughly this precision.
+_CONSISTENCY_TOL = 1e-9
+
+
+@dataclass(frozen=True)
+class ButcherTableau:
+    """An explicit Runge–Kutta method's coefficients; ``a[i]`` holds the ``i`` weights of stage ``i``."""
+
+    name: str
+    c: tuple[float, ...]
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+    b_error: tuple[float, ...] | None = None
+    dense: tuple[tuple[float, ...], ...] | None = None
+    # Reuse the last stage as the next step's first even though it is not f(t1, y1): torchdiffeq's
+    # adaptive_heun and fehlberg2 do this (their "f1" is the slope at the lower-order solution).
+    reuse_last_stage: bool = False
+
+    def __post_init__(self) -> None:
+        s = len(self.c)
+        if len(self.a) != s or len(self.b) != s:
+            raise InvalidTableau(f"{self.name}: c, a and b must all have {s} entries (stages), got {len(self.c)}, {len(self.a)}, {len(self.b)}.")
+        if self.c[0] != 0.0:
+            raise InvalidTableau(f"{self.name}: an explicit method's first node c[0] must be 0, got {self.c[0]}.")
+        for i, row in enumerate(self.a):
+            if len(row) != i:
+                raise InvalidTableau(f"{self.name}: row a[{i}] of an explicit tableau must have {i} entries, got {len(row)}.")
+            if abs(math.fsum(row) - self.c[i]) > _CONSISTENCY_TOL:
+                raise InvalidTableau(f"{self.name}: row a[{i}] sums to {math.fsum(row)!r}, but c[{i}] = {self.c[i]!r}; they must agree.")
+        if abs(math.fsum(self.b) - 1.0) > _CONSISTENCY_TOL:
+            raise InvalidTableau(f"{self.name}: solution weights b sum to {math.fsum(self.b)!r}, they must sum to 1.")
+        if self.b_error is not None:
+            if len(self.b_error) != s:
+                raise InvalidTableau(f"{self.name}: b_error must have {s} entries, got {len(self.b_error)}.")
+            if abs(math.fsum(self.b_error)) > _CONSISTENCY_TOL:
+                raise InvalidTableau(f"{self.name}: error weights b_error sum to {math.fsum(self.b_error)!r}, they must sum to 0.")
+        if self.dense is not None:
+            if len(self.dense) != s:
+                raise InvalidTableau(f"{self.name}: dense output needs one polynomial per stage ({s}), got {len(self.dense)}.")
+            at_one = [math.fsum(row) for row in self.dense]  # b_i(1) must equal b_i
+            worst = max(abs(x - y) for x, y in zip(at_one, self.b))
+            if worst > 1e-7:
+                raise InvalidTableau(f"{self.name}: dense output at θ=1 differs from b by {worst:.3g}; the interpolant must end at y1.")
+
+    @property
+    def stages(self) -> int:
+        return len(self.c)
+
+    @property
+    def fsal(self) -> bool:
+        """Whether the last stage is evaluated at ``(t1, y1)`` (reusable as the next step's first)."""
+        return self.c[-1] == 1.0 and tuple(self.a[-1]) == tuple(self.b[:-1]) and self.b[-1] == 0.0
+
+    @property
+    def carries_last_stage(self) -> bool:
+        """Whether the last stage becomes the next step's first (saving one evaluation per step)."""
+        return self.fsal or self.reuse_last_stage
+
+    @property
+    def adaptive(self) -> bool:
+        return self.b_error is not None
+
+
+@dataclass(frozen=True)
+class TableauTensors:
+    """A tableau's coefficients as tensors of one dtype and device (built once, reused every step)."""
+
+    a_rows: tuple[torch.Tensor, ...]  # a_rows[i]: the i weights of stage i
+    b: torch.Tensor
+    b_error: torch.Tensor | None
+    dense: np.ndarray | None  # float64 [stages, degree]; combined on the host, tiny
+
+
+@lru_cache(maxsize=256)
+def tableau_tensors(tableau: ButcherTableau, dtype: torch.dtype, device: torch.device) -> TableauTensors:
+    def tensor(values):
+        return torch.tensor(values, dtype=dtype, device=device)
+
+    return TableauTensors(
+        a_rows=tuple(tensor(row) for row in tableau.a),
+        b=tensor(tableau.b),
+        b_error=None if tableau.b_error is None else tensor(tableau.b_error),
+        dense=None if tableau.dense is None else np.array(tableau.dense, dtype=np.float64),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Dense output built from a midpoint value: torchdiffeq's quartic through y0, y_mid, y1 with
+# slopes f0, f1, rewritten as stage weights so one matrix product evaluates it.
+
+
+def quartic_dense_from_mid(b: tuple[float, ...], b_mid: tuple[float, ...]) -> tuple[tuple[float, ...], ...]:
+    """Stage polynomials of the quartic interpolant fitted to ``y0, y1, y_mid = y(t0 + h/2), f0, f1``.
+
+    ``y_mid = y0 + h Σ b_mid_i k_i``; ``f0 = k_0`` and ``f1 = k_last`` (the tableau must be FSAL).
+    With ``S = Σ b_i k_i`` and ``M = Σ b_mid_i k_i`` the quartic is
+    ``y0 + h[θ f0 + θ²(f1 - 4f0 - 5S + 16M) + θ³(5f0 - 3f1 + 14S - 32M) + θ⁴(2f1 - 2f0 - 8S + 16M)]``.
+    """
+    s = len(b)
+    rows = []
+    for i in range(s):
+        f0 = 1.0 if i == 0 else 0.0
+        f1 = 1.0 if i == s - 1 else 0.0
+        big_s, mid = b[i], b_mid[i]
+        rows.append(
+            (
+                f0,
+                f1 - 4 * f0 - 5 * big_s + 16 * mid,
+                5 * f0 - 3 * f1 + 14 * big_s - 32 * mid,
+                2 * f1 - 2 * f0 - 8 * big_s + 16 * mid,
+            )
+        )
+    return tuple(rows)
+
+
+def hermite_dense(b: tuple[float, ...]) -> tuple[tuple[float, ...], ...]:
+    """Stage polynomials of the cubic Hermite interpolant through ``y0, y1`` with slopes ``f0 = k_0, f1 = k_last``.
+
+    ``y(θ) = y0 + h01(θ)(y1 - y0) + h·h10(θ) f0 + h·h11(θ) f1`` with the Hermite basis
+    ``h10 = θ - 2θ² + θ³``, ``h01 = 3θ² - 2θ³``, ``h11 = θ³ - θ²``; needs an FSAL tableau.
+    """
+    s = len(b)
+    rows = []
+    for i in range(s):
+        row = [0.0, 3 * b[i], -2 * b[i]]
+        if i == 0:
+            row = [row[0] + 1.0, row[1] - 2.0, row[2] + 1.0]
+        if i == s - 1:
+            row = [row[0], row[1] - 1.0, row[2] + 1.0]
+        rows.append(tuple(row))
+    return tuple(rows)
+
+
+def _expand(*factors: tuple[float, ...], scale: float = 1.0) -> tuple[float, ...]:
+    """Coefficients (θ¹..θ^d, no constant term) of ``scale · Π factors``; factors in increasing powers."""
+    poly = np.array([scale])
+    for factor in factors:
+        poly = np.convolve(poly, np.array(factor, dtype=np.float64))
+    if abs(poly[0]) > 0:
+        raise InvalidTableau("a stage polynomial of a continuous extension must vanish at θ = 0")
+    return tuple(float(x) for x in poly[1:])
+
+
+def _pad(rows: list[tuple[float, ...]]) -> tuple[tuple[float, ...], ...]:
+    degree = max(len(r) for r in rows)
+    return tuple(tuple(r) + (0.0,) * (degree - len(r)) for r in rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Adaptive methods (with an error estimate). Coefficients as torchdiffeq 0.2.5 has them.
+
+_DOPRI5_B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
+_DOPRI5_MID = (
+    6025192743 / 30085553152 / 2, 0.0, 51252292925 / 65400821598 / 2, -2691868925 / 45128329728 / 2,
+    187940372067 / 1594534317056 / 2, -1776094331 / 19743644256 / 2, 11237099 / 235043384 / 2,
+)  # fmt: skip
+DOPRI5 = ButcherTableau(
+    name="dopri5",
+    c=(0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0),
+    a=(
+        (),
+        (1 / 5,),
+        (3 / 40, 9 / 40),
+        (44 / 45, -56 / 15, 32 / 9),
+        (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+        (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+        _DOPRI5_B[:-1],
+    ),
+    b=_DOPRI5_B,
+    b_error=(
+        35 / 384 - 1951 / 21600, 0.0, 500 / 1113 - 22642 / 50085, 125 / 192 - 451 / 720,
+        -2187 / 6784 - -12231 / 42400, 11 / 84 - 649 / 6300, -1.0 / 60.0,
+    ),  # fmt: skip
+    dense=quartic_dense_from_mid(_DOPRI5_B, _DOPRI5_MID),
+)
+
+_BOSH3_B = (2 / 9, 1 / 3, 4 / 9, 0.0)
+BOSH3 = ButcherTableau(
+    name="bosh3",
+    c=(0.0, 1 / 2, 3 / 4, 1.0),
+    a=((), (1 / 2,), (0.0, 3 / 4), _BOSH3_B[:-1]),
+    b=_BOSH3_B,
+    b_error=(2 / 9 - 7 / 24, 1 / 3 - 1 / 4, 4 / 9 - 1 / 3, -1 / 8),
+    # Bogacki & Shampine's own dense output (cubic Hermite, third order). torchdiffeq fits its
+    # quartic through y0 + h/2·k1, a midpoint only second-order accurate, and loses accuracy between steps.
+    dense=hermite_dense(_BOSH3_B),
+)
+
+_FEHLBERG2_B = (1 / 512, 255 / 256, 1 / 512)
+FEHLBERG2 = ButcherTableau(
+    name="fehlberg2",
+    c=(0.0, 1 / 2, 1.0),
+    a=((), (1 / 2,), (1 / 256, 255 / 256)),
+    b=_FEHLBERG2_B,
+    b_error=(-1 / 512, 0.0, 1 / 512),
+    dense=quartic_dense_from_mid(_FEHLBERG2_B, (0.0, 0.5, 0.0)),
+    reuse_last_stage=True,  # as torchdiffeq: its last stage is the first-order solution's slope
+)
+
+# torchdiffeq writes adaptive Heun as a 2-stage tableau whose last stage (c = 1) is f(t0 + h, y0 + h k0)
+# and uses it as "f1"; kept so results and evaluation counts match.
+_ADAPTIVE_HEUN_B = (0.5, 0.5)
+ADAPTIVE_HEUN = ButcherTableau(
+    name="adaptive_heun",
+    c=(0.0, 1.0),
+    a=((), (1.0,)),
+    b=_ADAPTIVE_HEUN_B,
+    b_error=(0.5, -0.5),
+    dense=quartic_dense_from_mid(_ADAPTIVE_HEUN_B, (0.5, 0.0)),
+    reuse_last_stage=True,
+)
+
+# Dormand & Prince's RK8(7)13M as torchdiffeq 0.2.5 types it (rational approximations), with its appended FSAL stage.
+_DOPRI8_B = (
+    14005451 / 335480064, 0.0, 0.0, 0.0, 0.0, -59238493 / 1068277825, 181606767 / 758867731, 561292985 / 797845732,
+    -1041891430 / 1371343529, 760417239 / 1151165299, 118820643 / 751138087, -528747749 / 2220607170, 1 / 4, 0.0,
+)  # fmt: skip
+_DOPRI8_B_LOW = (
+    13451932 / 455176623, 0.0, 0.0, 0.0, 0.0, -808719846 / 976000145, 1757004468 / 5645159321, 656045339 / 265891186,
+    -3867574721 / 1518517206, 465885868 / 322736535, 53011238 / 667516719, 2 / 45, 0.0, 0.0,
+)  # fmt: skip
+
+
+def _dopri8_mid() -> tuple[float, ...]:
+    h = 0.5
+    poly = {
+        0: (-6.3448349392860401388, 22.1396504998094068976, -30.0610568289666450593, 19.9990069333683970610, -6.6910181737837595697, 1.0),
+        5: (-39.6107919852202505218, 116.4422149550342161651, -121.4999627731334642623, 52.2273532792945524050, -7.6142658045872677172, 0.0),
+        6: (20.3761213808791436958, -67.1451318825957197185, 83.1721004639847717481, -46.8919164181093621583, 10.7281392630428866124, 0.0),
+        7: (7.3347098826795362023, -16.5672243527496524646, 9.5724507555993664382, -0.1890893225010595467, 0.5526637063753648783, 0.0),
+        8: (32.8801774352459155182, -89.9916014847245016028, 87.8406057677205645007, -35.7075975946222072821, 4.2186562625665153803, 0.0),
+        9: (-10.1588990526426760954, 22.6237489648532849093, -17.4152107770762969005, 6.2736448083240352160, -0.6627209125361597559, 0.0),
+        10: (-12.5401268098782561200, 32.2362340167355370113, -28.5903289514790976966, 10.3160881272450748458, -1.2636789001135462218, 0.0),
+        11: (29.5553001484516038033, -82.1020315488359848644, 81.6630950584341412934, -34.7650769866611817349, 5.4106037898590422230, 0.0),
+        12: (-41.7923486424390588923, 116.2662185791119533462, -114.9375291377009418170, 47.7457971078225540396, -7.0321379067945741781, 0.0),
+        13: (20.3006925822100825485, -53.9020777466385396792, 50.2558364226176017553, -19.0082099341608028453, 2.3537586759714983486, 0.0),
+    }  # fmt: skip
+    mid = [0.0] * 14
+    for i, (p5, p4, p3, p2, p1, p0) in poly.items():
+        mid[i] = (p5 * h**5 + p4 * h**4 + p3 * h**3 + p2 * h**2 + p1 * h + (p0 if i == 0 else 0.0)) * h
+    return tuple(mid)
+
+
+DOPRI8 = ButcherTableau(
+    name="dopri8",
+    c=(0.0, 1 / 18, 1 / 12, 1 / 8, 5 / 16, 3 / 8, 59 / 400, 93 / 200, 5490023248 / 9719169821, 13 / 20, 1201146811 / 1299019798, 1.0, 1.0, 1.0),
+    a=(
+        (),
+        (1 / 18,),
+        (1 / 48, 1 / 16),
+        (1 / 32, 0.0, 3 / 32),
+        (5 / 16, 0.0, -75 / 64, 75 / 64),
+        (3 / 80, 0.0, 0.0, 3 / 16, 3 / 20),
+        (29443841 / 614563906, 0.0, 0.0, 77736538 / 692538347, -28693883 / 1125000000, 23124283 / 1800000000),
+        (16016141 / 946692911, 0.0, 0.0, 61564180 / 158732637, 22789713 / 633445777, 545815736 / 2771057229, -180193667 / 1043307555),
+        (39632708 / 573591083, 0.0, 0.0, -433636366 / 683701615, -421739975 / 2616292301, 100302831 / 723423059, 790204164 / 839813087,
+         800635310 / 3783071287),
+        (246121993 / 1340847787, 0.0, 0.0, -37695042795 / 15268766246, -309121744 / 1061227803, -12992083 / 490766935,
+         6005943493 / 2108947869, 393006217 / 1396673457, 123872331 / 1001029789),
+        (-1028468189 / 846180014, 0.0, 0.0, 8478235783 / 508512852, 1311729495 / 1432422823, -10304129995 / 1701304382,
+         -48777925059 / 3047939560, 15336726248 / 1032824649, -45442868181 / 3398467696, 3065993473 / 597172653),
+        (185892177 / 718116043, 0.0, 0.0, -3185094517 / 667107341, -477755414 / 1098053517, -703635378 / 230739211,
+         5731566787 / 1027545527, 5232866602 / 850066563, -4093664535 / 808688257, 3962137247 / 1805957418, 65686358 / 487910083),
+        (403863854 / 491063109, 0.0, 0.0, -5068492393 / 434740067, -411421997 / 543043805, 652783627 / 914296604,
+         11173962825 / 925320556, -13158990841 / 6184727034, 3936647629 / 1978049680, -160528059 / 685178525, 248638103 / 1413531060, 0.0),
+        _DOPRI8_B[:-1],
+    ),  # fmt: skip
+    b=_DOPRI8_B,
+    b_error=tuple(hi - lo for hi, lo in zip(_DOPRI8_B, _DOPRI8_B_LOW)),
+    dense=quartic_dense_from_mid(_DOPRI8_B, _dopri8_mid()),
+)
+
+# Tsitouras 5(4) (2011), FSAL, with its own 4th-order continuous extension (not in torchdiffeq 0.2.5).
+_TSIT5_B = (
+    0.09646076681806523, 0.01, 0.4798896504144996, 1.379008574103742, -3.290069515436081, 2.324710524099774, 0.0,
+)  # fmt: skip
+TSIT5 = ButcherTableau(
+    name="tsit5",
+    c=(0.0, 0.161, 0.327, 0.9, 0.9800255409045097, 1.0, 1.0),
+    a=(
+        (),
+        (0.161,),
+        (-0.008480655492356989, 0.335480655492357),
+        (2.897153057105493, -6.359448489975075, 4.3622954328695815),
+        (5.325864828439257, -11.748883564062828, 7.4955393428898365, -0.09249506636175525),
+        (5.86145544294642, -12.92096931784711, 8.159367898576159, -0.071584973281401, -0.028269050394068383),
+        _TSIT5_B[:-1],
+    ),
+    b=_TSIT5_B,
+    b_error=(
+        0.001780011052226, 0.000816434459657, -0.007880878010262, 0.144711007173263,
+        -0.582357165452555, 0.458082105929187, -1 / 66,
+    ),  # fmt: skip
+    dense=_pad(
+        [
+            _expand((0.0, 1.0), (-1.3299890189751412, 1.0), (0.7139816917074209, -1.4364028541716351, 1.0), scale=-1.0530884977290216),
+            _expand((0.0, 0.0, 1.0), (1.2949852507374631, -2.1966568338249754, 1.0), scale=0.1017),
+            _expand((0.0, 0.0, 1.0), (1.57803468208092486, -2.38535645472061657, 1.0), scale=2.490627285651252793),
+            _expand((0.0, 0.0, 1.0), (-1.21712927295533244, 1.0), (-0.61620406037800089, 1.0), scale=-16.54810288924490272),
+            _expand((0.0, 0.0, 1.0), (-1.203071208372362603, 1.0), (-0.658047292653547382, 1.0), scale=47.37952196281928122),
+            _expand((0.0, 0.0, 1.0), (-1.2, 1.0), (-2 / 3, 1.0), scale=-34.87065786149660974),
+            _expand((0.0, 0.0, 1.0), (-1.0, 1.0), (-0.6, 1.0), scale=2.5),
+        ]
+    ),
+)
+
+# --------------------------------------------------------------------------------------------
+# Fixed-step methods (no error estimate); output between grid points is interpolated linearly or
+# by cubic Hermite, as torchdiffeq does.
+
+EULER = ButcherTableau(name="euler", c=(0.0,), a=((),), b=(1.0,))
+MIDPOINT = ButcherTableau(name="midpoint", c=(0.0, 0.5), a=((), (0.5,)), b=(0.0, 1.0))
+HEUN2 = ButcherTableau(name="heun2", c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5))
+HEUN3 = ButcherTableau(name="heun3", c=(0.0, 1 / 3, 2 / 3), a=((), (1 / 3,), (0.0, 2 / 3)), b=(1 / 4, 0.0, 3 / 4))
+# Kutta's 3/8 rule: what torchdiffeq calls 'rk4' (smaller error constant than the classic scheme).
+RK4_THREE_EIGHTHS = ButcherTableau(
+    name="rk4",
+    c=(0.0, 1 / 3, 2 / 3, 1.0),
+    a=((), (1 / 3,), (-1 / 3, 1.0), (1.0, -1.0, 1.0)),
+    b=(1 / 8, 3 / 8, 3 / 8, 1 / 8),
+)
+RK4_CLASSIC = ButcherTableau(
+    name="rk4_classic",
+    c=(0.0, 0.5, 0.5, 1.0),
+    a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),
+    b=(1 / 6, 1 / 3, 1 / 3, 1 / 6),
+)
+
+ALL_TABLEAUS: tuple[ButcherTableau, ...] = (
+    DOPRI5, DOPRI8, TSIT5, BOSH3, FEHLBERG2, ADAPTIVE_HEUN, EULER, MIDPOINT, HEUN2, HEUN3, RK4_THREE_EIGHTHS, RK4_CLASSIC,
+)  # fmt: skip

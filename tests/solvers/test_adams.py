@@ -1,0 +1,92 @@
+"""Fixed-step Adams methods: derived coefficients, order, and bit-for-bit parity with torchdiffeq."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from fractions import Fraction
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from odecli.registry import SOLVERS, load_builtins
+from odecli.solvers.adams import CorrectorDidNotConverge, adams_coefficients
+from odecli.solvers.errors import InvalidInputError
+
+load_builtins()
+
+F64 = torch.float64
+ADAMS = ["explicit_adams", "implicit_adams"]
+
+
+def van_der_pol(t, y):
+    return torch.stack([y[1], (1 - y[0] ** 2) * y[1] - y[0]]) * torch.cos(t)
+
+
+def test_names_and_alias_match_torchdiffeq():
+    assert SOLVERS.canonical("fixed_adams") == "implicit_adams"
+    assert not SOLVERS.get("explicit_adams").implicit and SOLVERS.get("implicit_adams").implicit
+    for name in ADAMS:
+        assert SOLVERS.get(name).order == 4 and not SOLVERS.get(name).adaptive
+
+
+def test_known_coefficients():
+    assert adams_coefficients(2, implicit=False) == (Fraction(3, 2), Fraction(-1, 2))
+    assert adams_coefficients(4, implicit=False) == tuple(Fraction(c, 24) for c in (55, -59, 37, -9))
+    assert adams_coefficients(3, implicit=True) == tuple(Fraction(c, 12) for c in (5, 8, -1))
+
+
+@settings(max_examples=25, deadline=None)
+@given(n_terms=st.integers(1, 12), implicit=st.booleans(), degree=st.integers(0, 11))
+def test_coefficients_integrate_polynomials_exactly(n_terms, implicit, degree):
+    # An n-term Adams formula is exact for derivatives that are polynomials of degree < n.
+    if degree >= n_terms:
+        return
+    weights = adams_coefficients(n_terms, implicit)
+    nodes = [1 - j if implicit else -j for j in range(n_terms)]
+    assert sum(w * Fraction(node) ** degree for w, node in zip(weights, nodes, strict=True)) == Fraction(1, degree + 1)
+
+
+@pytest.mark.parametrize("name", ADAMS)
+@pytest.mark.parametrize("options", [{"step_size": 0.05}, {"step_size": 0.07, "interp": "cubic"}, {}, {"step_size": 0.1, "max_order": 6}])
+def test_bit_identical_to_torchdiffeq(name, options):
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    y0 = torch.tensor([1.0, 0.5], dtype=F64)
+    t = torch.linspace(0, 3, 7, dtype=F64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = torchdiffeq.odeint(van_der_pol, y0, t, method=name, options=options)
+        solver = SOLVERS.get(name)(van_der_pol, y0, 1e-7, 1e-9, **options)
+        got = solver.integrate(t)
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("name", ADAMS)
+@pytest.mark.filterwarnings("ignore::odecli.solvers.adams.CorrectorDidNotConverge")  # at the coarsest step
+def test_order_of_convergence(name):
+    # max_order=5: the default lets the explicit formula climb to AB11, whose stability region is
+    # so small that it diverges on this mildly damped oscillator at every step size tried here
+    # (torchdiffeq does the same, bit for bit).
+    a = torch.tensor([[-0.5, -2.0], [2.0, -0.5]], dtype=F64)
+    y0 = torch.tensor([1.0, 0.5], dtype=F64)
+    exact = torch.linalg.matrix_exp(a * 2) @ y0
+    steps = [0.1, 0.05, 0.025]
+    errors = []
+    for h in steps:
+        solver = SOLVERS.get(name)(lambda t, y: a @ y, y0, 1e-10, 1e-12, step_size=h, max_order=5)
+        errors.append((solver.integrate(torch.tensor([0.0, 2.0], dtype=F64))[-1] - exact).norm().item())
+    slope = math.log(errors[0] / errors[-1]) / math.log(steps[0] / steps[-1])
+    assert slope >= 3.7, errors
+
+
+def test_unconverged_corrector_warns_with_typed_warning():
+    solver = SOLVERS.get("implicit_adams")(van_der_pol, torch.tensor([1.0, 0.5], dtype=F64), 1e-14, 1e-14, step_size=0.2, max_iters=1)
+    with pytest.warns(CorrectorDidNotConverge, match="did not converge"):
+        solver.integrate(torch.tensor([0.0, 2.0], dtype=F64))
+
+
+def test_max_order_above_table_raises():
+    with pytest.raises(InvalidInputError, match="max_order"):
+        SOLVERS.get("explicit_adams")(van_der_pol, torch.zeros(2, dtype=F64), 1e-7, 1e-9, max_order=13)
