@@ -1,0 +1,157 @@
+"""What every task needs: seeding, device and thread choice, and a solve function from the solver config."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from odecli.errors import ConfigError
+
+Solve = Callable[[Callable, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator's state, for checkpoints that resume bit-for-bit."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA device is available; use device=cpu or device=auto.")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device '{name}' is not a valid torch device (use auto, cpu or cuda).") from exc
+
+
+def apply_threads(threads: int | None) -> None:
+    if threads is not None:
+        if int(threads) < 1:
+            raise ConfigError(f"threads must be a positive integer or null, got {threads}.")
+        torch.set_num_threads(int(threads))
+
+
+def make_solve(solver: DictConfig | Mapping[str, Any]) -> Solve:
+    """``solve(func, y0, t)`` as the solver config says: method, tolerances, fixed step, adjoint."""
+    from odecli.solvers import odeint, odeint_adjoint
+    from odecli.solvers.odeint import resolve_method
+
+    cfg = OmegaConf.to_container(solver, resolve=True) if isinstance(solver, DictConfig) else dict(solver)
+    method, _ = resolve_method(str(cfg["method"]))
+    rtol, atol = float(cfg["rtol"]), float(cfg["atol"])
+    for key in ("rtol", "atol"):
+        if float(cfg[key]) <= 0:
+            raise ConfigError(f"solver.{key} must be positive, got {cfg[key]}. Example: solver.tol=1e-5")
+    options = dict(cfg.get("options") or {})
+    if cfg.get("step_size") is not None:
+        if float(cfg["step_size"]) <= 0:
+            raise ConfigError(f"solver.step_size must be positive, got {cfg['step_size']}.")
+        options["step_size"] = float(cfg["step_size"])
+    if not cfg.get("adjoint"):
+        return lambda func, y0, t: odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options)
+    adjoint_options = {"norm": "seminorm"} if cfg.get("adjoint_seminorm") else None
+    adjoint_rtol, adjoint_atol = float(cfg.get("adjoint_rtol") or rtol), float(cfg.get("adjoint_atol") or atol)
+    return lambda func, y0, t: odeint_adjoint(
+        func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
+        adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_options=adjoint_options,
+    )  # fmt: skip
+
+
+def build_optimizer(node: DictConfig, parameters: Any) -> torch.optim.Optimizer:
+    """The optimizer an ``optim/`` config describes (``_target_`` + ``_partial_``) over ``parameters``."""
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node)(parameters)
+    except Exception as exc:  # bad lr, unknown keyword, missing class: all the user's config
+        cause = exc.__cause__ or exc
+        raise ConfigError(f"optim could not be built from {OmegaConf.to_container(node)}: {cause}") from exc
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+    def __init__(self, iteration: int, value: float, cfg: DictConfig):
+        lr = OmegaConf.select(cfg, "optim.lr", default="?")
+        tol = OmegaConf.select(cfg, "solver.rtol", default="?")
+        super().__init__(
+            f"the loss became {value} at iteration {iteration}. Likely causes: a learning rate too high "
+            f"(optim.lr={lr}; try a tenth) or a solver tolerance too loose (solver.rtol={tol}; try solver.tol=1e-6). "
+            f"The last checkpoint is kept."
+        )
+        self.iteration = iteration
+
+
+class NFEHistory:
+    """Running sums of per-iteration function evaluations (kept in checkpoints, so resumed runs agree)."""
+
+    def __init__(self) -> None:
+        self.iterations = 0
+        self.forward = 0
+        self.backward = 0
+        self.last_forward = 0
+        self.last_backward = 0
+
+    def add(self, stats: Any) -> None:
+        self.iterations += 1
+        self.forward += stats.nfe_forward
+        self.backward += stats.nfe_backward
+        self.last_forward, self.last_backward = stats.nfe_forward, stats.nfe_backward
+
+    def summary(self) -> dict[str, float]:
+        n = max(self.iterations, 1)
+        return {
+            "nfe_forward": self.forward / n,
+            "nfe_backward": self.backward / n,
+            "nfe_forward_last": self.last_forward,
+            "nfe_backward_last": self.last_backward,
+        }
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        vars(self).update(state)
+
+
+# Keys that may differ between a run and its resumption without changing what it computes.
+RESUME_NEUTRAL_KEYS = ("resume", "iters", "threads", "device", "plot_every", "gif", "logger", "paths")
+
+
+def saved_config(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def check_resumed_config(saved: Mapping[str, Any], cfg: DictConfig, run: Any) -> None:
+    """Warn when a resumed run is continued with settings other than those it started with."""
+    from odecli.hydra_bridge import flat_config
+
+    before = flat_config(OmegaConf.create(dict(saved)))
+    now = flat_config(cfg)
+    changed = [
+        f"{key}: {before.get(key)} → {now.get(key)}"
+        for key in sorted(set(before) | set(now))
+        if before.get(key) != now.get(key) and not key.split(".")[0] in RESUME_NEUTRAL_KEYS
+    ]
+    if changed:
+        run.log("[yellow]warning:[/] resuming with settings that differ from the checkpoint's: " + "; ".join(changed))
