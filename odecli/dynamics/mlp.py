@@ -18,7 +18,8 @@ class RandomNetworkField(torch.nn.Module):
         generator = torch.Generator().manual_seed(int(seed))
         sizes = [2, *widths, 2]
         self.weights = torch.nn.ParameterList(
-            torch.nn.Parameter(torch.randn(n_out, n_in, generator=generator, dtype=torch.float64) / n_in**0.5, requires_grad=False)
+            # nn.Linear's default initialisation, U(-1/sqrt(n_in), 1/sqrt(n_in)), drawn from `seed`.
+            torch.nn.Parameter((2 * torch.rand(n_out, n_in, generator=generator, dtype=torch.float64) - 1) / n_in**0.5, requires_grad=False)
             for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True)
         )
 

@@ -17,6 +17,10 @@ REFERENCE_TOL = 1e-10
 # Keys of a dynamics config that are not arguments of its factory.
 RESERVED_KEYS = ("name", "train")
 
+# A trajectory larger than this is a blow-up, not something to learn.
+MAX_STATE = 1e4
+UNBOUNDED_HINT = "Choose other parameters: another dynamics.seed, dynamics.power=1, a shorter dynamics.t_end, or another y0."
+
 VectorField = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -36,9 +40,17 @@ class System:
         if self._trajectory is None:
             from odecli.solvers import odeint
 
+            from odecli.solvers.errors import SolverError
+
             y0, t = self.y0.double(), self.t.double()
-            with torch.no_grad():
-                solution = odeint(self.vector_field, y0, t, rtol=REFERENCE_TOL, atol=REFERENCE_TOL, method=REFERENCE_METHOD)
+            try:
+                with torch.no_grad():
+                    solution = odeint(self.vector_field, y0, t, rtol=REFERENCE_TOL, atol=REFERENCE_TOL, method=REFERENCE_METHOD)
+            except SolverError as exc:
+                raise ConfigError(f"dynamics '{self.name}' has no usable trajectory on t in [{float(t[0]):g}, {float(t[-1]):g}]: {exc} {UNBOUNDED_HINT}") from exc
+            largest = float(solution.abs().max())
+            if largest > MAX_STATE:
+                raise ConfigError(f"dynamics '{self.name}' grows to |y| = {largest:.3g} on t in [{float(t[0]):g}, {float(t[-1]):g}]; no model learns that. {UNBOUNDED_HINT}")
             self._trajectory = solution.to(self.y0.dtype)
         return self._trajectory
 

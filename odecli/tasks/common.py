@@ -88,6 +88,19 @@ def build_optimizer(node: DictConfig, parameters: Any) -> torch.optim.Optimizer:
         raise ConfigError(f"optim could not be built from {OmegaConf.to_container(node)}: {cause}") from exc
 
 
+def build_scheduler(node: DictConfig | None, optimizer: torch.optim.Optimizer) -> Any:
+    """The learning-rate schedule a ``scheduler/`` config describes (stepped once per iteration), or None."""
+    if node is None:
+        return None
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node)(optimizer)
+    except Exception as exc:
+        cause = exc.__cause__ or exc
+        raise ConfigError(f"scheduler could not be built from {OmegaConf.to_container(node)}: {cause}") from exc
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 

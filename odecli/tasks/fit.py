@@ -27,6 +27,7 @@ from odecli.tasks.common import (
     TrainingDiverged,
     apply_threads,
     build_optimizer,
+    build_scheduler,
     check_resumed_config,
     make_solve,
     restore_rng_state,
@@ -132,6 +133,7 @@ def fit(cfg: DictConfig, run: Run) -> dict[str, Any]:
     obs = observe(system, noise=float(cfg.data.noise), extrapolate=float(cfg.data.extrapolate), seed=int(cfg.seed), device=device)
     model = build_model(cfg.model, dim=2).to(device)
     optimizer = build_optimizer(cfg.optim, model.parameters())
+    scheduler = build_scheduler(cfg.get("scheduler"), optimizer)
     solve = make_solve(cfg.solver)
     loss_fn = LOSSES[str(cfg.loss)]
     batches = SegmentBatches(obs, int(cfg.data.batch_time), int(cfg.data.batch_size), seed=int(cfg.seed) + 1)
@@ -149,6 +151,8 @@ def fit(cfg: DictConfig, run: Run) -> dict[str, Any]:
             check_resumed_config(state["config"], cfg, run)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None and state.get("scheduler") is not None:
+                scheduler.load_state_dict(state["scheduler"])
             batches.load_state_dict(state["batches"])
             history.load_state_dict(state["history"])
             restore_rng_state(state["rng"])
@@ -161,6 +165,7 @@ def fit(cfg: DictConfig, run: Run) -> dict[str, Any]:
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "batches": batches.state_dict(),
             "history": history.state_dict(),
             "rng": rng_state(),
@@ -183,6 +188,8 @@ def fit(cfg: DictConfig, run: Run) -> dict[str, Any]:
             _plot(run, cfg, system, obs, model, predicted, iteration)
         return metrics
 
+    if start == 0:
+        evaluate(0, plot=False)  # the untrained model's error: where loss/val starts
     loss_value = float("nan")
     iteration = start
     batches_before = batches.state_dict()
@@ -202,6 +209,8 @@ def fit(cfg: DictConfig, run: Run) -> dict[str, Any]:
                         raise TrainingDiverged(iteration, loss_value, cfg)
                     loss.backward()
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
                 history.add(stats)
                 completed = iteration
                 run.scalars(

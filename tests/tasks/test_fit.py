@@ -1,0 +1,156 @@
+"""odecli fit end to end: every dynamics trains, logs, plots, checkpoints, and resumes after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from odecli import hydra_bridge
+from odecli.registry import DYNAMICS, load_all
+
+REPO = Path(__file__).resolve().parents[2]
+# A few cheap iterations: enough to exercise every code path (eval, plots, checkpoints).
+TINY = ["iters=4", "eval_every=2", "plot_every=2", "checkpoint_every=2", "data.batch_size=4", "dynamics.n_points=200", "threads=1"]
+
+
+@pytest.fixture(autouse=True)
+def _example_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ODECLI_PLUGINS", str(REPO / "plugins"))
+    load_all()
+
+
+def fit(run_dir: Path, *overrides: str) -> dict:
+    hydra_bridge.run("fit", [*overrides, f"hydra.run.dir={run_dir}"])
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def scalar_tags(run_dir: Path) -> dict[str, list[int]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    return {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]} | {
+        f"image:{tag}": [] for tag in events.Tags()["images"]
+    }
+
+
+def _all_dynamics() -> list[str]:
+    load_all()
+    os.environ.setdefault("ODECLI_PLUGINS", str(REPO / "plugins"))
+    return sorted({*DYNAMICS.names(), "van_der_pol"})
+
+
+@pytest.mark.parametrize("dynamics", _all_dynamics())
+def test_every_dynamics_trains_logs_and_plots(dynamics: str, tmp_path: Path) -> None:
+    run_dir = tmp_path / dynamics
+    metrics = fit(run_dir, f"dynamics={dynamics}", *TINY)
+    assert metrics["status"] == "completed"
+    assert metrics["iters"] == 4 and metrics["dynamics"] == dynamics
+    assert 0 <= metrics["val_mse"] < float("inf")
+    assert metrics["nfe_forward"] > 0 and metrics["nfe_backward"] > 0
+    for key in ("wall_time_s", "nfe_forward_last", "nfe_backward_last", "params"):
+        assert key in metrics
+    assert (run_dir / "plots" / "dynamics.png").stat().st_size > 10_000
+    assert (run_dir / ".hydra" / "config.yaml").exists()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt_000000002.pt", "ckpt_000000004.pt"]
+    tags = scalar_tags(run_dir)
+    assert tags["loss/train"] == [1, 2, 3, 4]
+    assert tags["nfe/forward"] == [1, 2, 3, 4] and tags["nfe/backward"] == [1, 2, 3, 4] and "time/step" in tags
+    assert tags["loss/val"] == [0, 2, 4]
+    assert "image:fit/dynamics" in tags
+
+
+def test_extrapolation_split_logs_held_out_error(tmp_path: Path) -> None:
+    metrics = fit(tmp_path / "run", "dynamics=spiral", "data.extrapolate=0.25", "data.noise=0.01", *TINY)
+    assert metrics["extrapolation_mse"] >= 0
+    assert "loss/extrapolation" in scalar_tags(tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [
+        ["solver=rk4", "solver.step_size=0.05"],
+        ["solver=bosh3", "solver.adjoint=true", "solver.adjoint_seminorm=true"],
+        ["solver=implicit_adams", "solver.step_size=0.1"],
+    ],
+    ids=["fixed-step", "adjoint", "implicit_adams"],
+)
+def test_other_solvers_and_the_adjoint(solver: list[str], tmp_path: Path) -> None:
+    metrics = fit(tmp_path / "run", "dynamics=spiral", *solver, *TINY)
+    assert metrics["status"] == "completed" and metrics["nfe_backward"] > 0
+
+
+def test_same_config_gives_same_metrics(tmp_path: Path) -> None:
+    first = fit(tmp_path / "a", "dynamics=lotka", "data.noise=0.05", *TINY)
+    second = fit(tmp_path / "b", "dynamics=lotka", "data.noise=0.05", *TINY)
+    for key in ("val_mse", "loss_train_last", "nfe_forward", "nfe_backward"):
+        assert first[key] == second[key]
+
+
+def test_resume_after_sigkill_reaches_the_same_final_metrics(tmp_path: Path) -> None:
+    settings = ["dynamics=spiral", "iters=60", "eval_every=10", "plot_every=0", "checkpoint_every=10", "threads=1", "data.noise=0.02"]
+    reference = fit(tmp_path / "uninterrupted", *settings)
+
+    run_dir = tmp_path / "killed"
+    env = {**os.environ, "ODECLI_PLUGINS": str(REPO / "plugins")}
+    command = [sys.executable, "-m", "odecli.cli", "fit", *settings, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoints" / "ckpt_000000020.pt").exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "metrics.json").exists()
+
+    resumed = fit(run_dir, *settings, "resume=true")
+    for key in ("val_mse", "loss_train_last", "nfe_forward", "nfe_backward", "iters"):
+        assert resumed[key] == reference[key], key
+    steps = scalar_tags(run_dir)["loss/train"]
+    assert steps == list(range(1, 61)), "TensorBoard must show one continuous curve"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.batch_time=5000"], "data.batch_time=5000 is longer than"),
+        (["resume=true"], "hydra.run.dir=<its directory>"),
+        (["data.extrapolate=1.5"], "data.extrapolate"),
+        (["dynamics=random_matrix", "dynamics.seed=0"], "has no usable trajectory"),
+        (["loss=huber"], "loss 'huber' is unknown"),
+    ],
+)
+def test_bad_settings_exit_2_with_a_clear_message(overrides: list[str], message: str, tmp_path: Path) -> None:
+    env = {**os.environ, "ODECLI_PLUGINS": str(REPO / "plugins")}
+    proc = subprocess.run([sys.executable, "-m", "odecli.cli", "fit", *overrides, "iters=2"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+# The slow tier checks that the defaults actually learn: the validation error falls by a stated factor.
+LEARNS = {"spiral": 20, "random_matrix": 20, "lotka_volterra": 20, "nonlinear": 20, "mlp": 20, "van_der_pol": 20}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dynamics", sorted(LEARNS))
+def test_defaults_learn_each_dynamics(dynamics: str, tmp_path: Path) -> None:
+    metrics = fit(tmp_path / "run", f"dynamics={dynamics}", "plot_every=0", "threads=1")
+    first_val = scalar_tags_values(tmp_path / "run", "loss/val")[0]
+    assert metrics["val_mse"] * LEARNS[dynamics] < first_val, (metrics["val_mse"], first_val)
+
+
+def scalar_tags_values(run_dir: Path, tag: str) -> list[float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    return [e.value for e in events.Scalars(tag)]
