@@ -67,9 +67,10 @@ def test_every_dynamics_trains_logs_and_plots(dynamics: str, tmp_path: Path) -> 
     assert "image:fit/dynamics" in tags
 
 
-def test_extrapolation_split_logs_held_out_error(tmp_path: Path) -> None:
-    metrics = fit(tmp_path / "run", "dynamics=spiral", "data.extrapolate=0.25", "data.noise=0.01", *TINY)
+def test_extrapolation_split_and_training_animation(tmp_path: Path) -> None:
+    metrics = fit(tmp_path / "run", "dynamics=spiral", "data.extrapolate=0.25", "data.noise=0.01", *TINY, "plot_every=2", "gif=true")
     assert metrics["extrapolation_mse"] >= 0
+    assert (tmp_path / "run" / "plots" / "training.gif").stat().st_size > 1000
     assert "loss/extrapolation" in scalar_tags(tmp_path / "run")
 
 
