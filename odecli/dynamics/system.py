@@ -39,7 +39,6 @@ class System:
         """The true solution at every time in ``t``, shape (len(t), 2), solved in float64."""
         if self._trajectory is None:
             from odecli.solvers import odeint
-
             from odecli.solvers.errors import SolverError
 
             y0, t = self.y0.double(), self.t.double()

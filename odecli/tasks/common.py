@@ -164,7 +164,7 @@ def check_resumed_config(saved: Mapping[str, Any], cfg: DictConfig, run: Any) ->
     changed = [
         f"{key}: {before.get(key)} → {now.get(key)}"
         for key in sorted(set(before) | set(now))
-        if before.get(key) != now.get(key) and not key.split(".")[0] in RESUME_NEUTRAL_KEYS
+        if before.get(key) != now.get(key) and key.split(".")[0] not in RESUME_NEUTRAL_KEYS
     ]
     if changed:
         run.log("[yellow]warning:[/] resuming with settings that differ from the checkpoint's: " + "; ".join(changed))
