@@ -81,13 +81,18 @@ def rows(root: Path, records: list[RunRecord]) -> tuple[list[str], list[list[Any
 
 
 def write_summary(root: Path, records: list[RunRecord]) -> tuple[Path, Path]:
-    """``summary.csv`` and ``summary.json`` in ``root``, written atomically."""
+    """``summary.csv`` and ``summary.json`` in ``root``, written atomically.
+
+    When ``root`` is itself a run (a sweep task such as ``sweep tol`` writes its own per-point
+    ``summary.csv``), the report goes to ``report.csv`` / ``report.json`` instead of overwriting it.
+    """
     header, table = rows(root, records)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(header)
     writer.writerows(table)
-    csv_path, json_path = root / "summary.csv", root / "summary.json"
+    stem = "report" if (root / METRICS_FILE).exists() or (root / ".hydra").is_dir() else "summary"
+    csv_path, json_path = root / f"{stem}.csv", root / f"{stem}.json"
     atomic_write_bytes(csv_path, buffer.getvalue().encode())
     atomic_write_json(json_path, [dict(zip(header, row, strict=True)) for row in table])
     return csv_path, json_path

@@ -57,3 +57,14 @@ def test_report_on_missing_or_empty_directory_is_a_clear_error(tmp_path: Path) -
     assert missing.exit_code == 2 and "No such directory" in missing.output
     empty = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert empty.exit_code == 2 and "No runs under" in empty.output
+
+
+def test_report_on_a_run_that_wrote_its_own_summary_keeps_it(tmp_path: Path) -> None:
+    root = tmp_path / "tol"
+    _job(root, 0, ["solvers=[dopri5]"], {"status": "completed", "wall_time_s": 1.0})
+    (root / "metrics.json").write_text(json.dumps({"status": "completed", "task": "sweep_tol"}))
+    (root / "summary.csv").write_text("solver,tol\ndopri5,0.001\n")
+    result = CliRunner().invoke(app, ["report", str(root)])
+    assert result.exit_code == 0, result.output
+    assert (root / "summary.csv").read_text() == "solver,tol\ndopri5,0.001\n"
+    assert (root / "report.csv").exists()
