@@ -179,9 +179,10 @@ DYNAMICS: Registry[Any] = Registry("dynamics")
 SOLVERS: Registry[Any] = Registry("solvers")
 MODELS: Registry[Any] = Registry("models")
 TASKS: Registry[Any] = Registry("tasks")
-REGISTRIES: dict[str, Registry[Any]] = {r.kind: r for r in (DYNAMICS, SOLVERS, MODELS, TASKS)}
+DENSITIES: Registry[Any] = Registry("densities")  # 2-D data distributions (odecli cnf data=<name>)
+REGISTRIES: dict[str, Registry[Any]] = {r.kind: r for r in (DYNAMICS, SOLVERS, MODELS, DENSITIES, TASKS)}
 
-BUILTIN_MODULES = ("odecli.solvers", "odecli.dynamics", "odecli.models", "odecli.tasks")
+BUILTIN_MODULES = ("odecli.solvers", "odecli.dynamics", "odecli.models", "odecli.data.toy2d", "odecli.tasks")
 
 _loaded_builtins = False
 _loaded_plugin_sources: set[str] = set()

@@ -1,0 +1,311 @@
+"""odecli cnf: a continuous normalizing flow fitted to a 2-D distribution by maximum likelihood.
+
+Each iteration draws a batch from the data distribution, solves the augmented system
+(z, Δlog p) from the data at t = 0 to the Gaussian base at t = ``t1`` and minimises the negative
+log-likelihood (plus optional kinetic-energy and Jacobian-norm regularisers). Evaluation always
+uses the exact trace on a fixed held-out sample; where the density is known, the gap between that
+NLL and the true entropy says how far the model is from perfect (a perfect model has gap 0).
+
+``objective=kl`` is the paper's density matching (its Figure 4): no data, an unnormalised target
+p̃ = exp(−U) (``target=u1..u4``), and the flow — a CNF, or the planar normalizing flow baseline
+``model=planar_nf`` — is trained to minimise KL(q‖p) from its own samples.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from rich.table import Table
+
+from odecli.data import targets
+from odecli.data.toy2d import get_density, sample
+from odecli.errors import ConfigError
+from odecli.models import build_model, count_parameters
+from odecli.models.cnf import CNFDynamics, log_likelihood, standard_normal_log_prob
+from odecli.registry import TASKS
+from odecli.solvers import track_stats
+from odecli.tasks.common import (
+    NFEHistory,
+    TrainingDiverged,
+    apply_threads,
+    build_optimizer,
+    build_scheduler,
+    check_resumed_config,
+    make_solve,
+    restore_rng_state,
+    rng_state,
+    saved_config,
+    seed_everything,
+    select_device,
+)
+from odecli.tracking import Run
+
+OBJECTIVES = ("nll", "kl")
+EVAL_CHUNK = 2000  # points per evaluation solve: bounds memory of the exact trace
+
+
+def _validate(cfg: DictConfig) -> None:
+    for key in ("iters", "batch_size", "eval_every", "checkpoint_every", "test_samples", "entropy_samples", "grid_points"):
+        value = cfg[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{key} must be a positive integer, got {value!r}.")
+    if not isinstance(cfg.plot_every, int) or cfg.plot_every < 0:
+        raise ConfigError(f"plot_every must be an integer >= 0, got {cfg.plot_every!r}.")
+    if float(cfg.t1) <= 0:
+        raise ConfigError(f"t1 (the flow's duration) must be positive, got {cfg.t1}.")
+    if cfg.objective not in OBJECTIVES:
+        raise ConfigError(f"objective '{cfg.objective}' is unknown; choose one of {', '.join(OBJECTIVES)}.")
+    if cfg.objective == "nll" and cfg.model.name == "planar_nf":
+        raise ConfigError("model=planar_nf is a discrete flow sampled forward only: use it with objective=kl (density matching).")
+    for key in ("kinetic", "jacobian"):
+        if float(cfg.regularize[key]) < 0:
+            raise ConfigError(f"regularize.{key} must be >= 0, got {cfg.regularize[key]}.")
+
+
+def _mean_log_likelihood(dynamics: CNFDynamics, solve: Any, x: torch.Tensor, t1: float) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([log_likelihood(dynamics, solve, chunk, t1=t1)[0] for chunk in x.split(EVAL_CHUNK)])
+
+
+@TASKS.register("cnf")
+def cnf(cfg: DictConfig, run: Run) -> dict[str, Any]:
+    """Train a CNF on ``data``; return test NLL, true entropy and gap (when known) and NFE."""
+    apply_threads(cfg.threads)
+    seed_everything(int(cfg.seed))
+    device = select_device(str(cfg.device))
+    _validate(cfg)
+    seed = int(cfg.seed)
+    matching = cfg.objective == "kl"
+    if matching:  # no data: samples of the model are scored by the target's energy
+        energy = targets.restricted_energy(str(cfg.target))
+        log_normalizer = targets.log_normalizer(str(cfg.target))
+        name, limit = str(cfg.target), targets.LIMIT
+        test_x = torch.randn(int(cfg.test_samples), 2, generator=torch.Generator().manual_seed(seed + 1)).to(device)
+    else:
+        density = get_density(str(cfg.data.name))
+        name, limit = density.name, float(cfg.data.get("plot_limit", 4.5))
+        test_x = sample(density.name, int(cfg.test_samples), seed + 1).to(device)
+
+    field = build_model(cfg.model, dim=2).to(device)
+    regularize = float(cfg.regularize.kinetic) > 0 or float(cfg.regularize.jacobian) > 0
+    dynamics = CNFDynamics(field, trace=str(cfg.trace), noise=str(cfg.noise), regularize=regularize)
+    evaluation = CNFDynamics(field, trace="exact")
+    optimizer = build_optimizer(cfg.optim, field.parameters())
+    scheduler = build_scheduler(cfg.get("scheduler"), optimizer)
+    solve = make_solve(cfg.solver)
+    t1 = float(cfg.t1)
+    data_generator = torch.Generator().manual_seed(seed + 2)
+    noise_generator = torch.Generator().manual_seed(seed + 3)
+    history = NFEHistory()
+    iters = int(cfg.iters)
+
+    entropy = entropy_error = None
+    if not matching and density.log_prob is not None:
+        reference = sample(density.name, int(cfg.entropy_samples), seed + 4)
+        log_p = density.log_prob(reference.double())
+        entropy = float(-log_p.mean())
+        entropy_error = float(log_p.std() / math.sqrt(len(log_p)))
+
+    start = 0
+    if cfg.resume:
+        state = run.load_latest_checkpoint()
+        if state is None:
+            run.log(f"[yellow]resume:[/] no checkpoint in {run.checkpoints_dir}; starting from iteration 0")
+        else:
+            check_resumed_config(state["config"], cfg, run)
+            field.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None and state.get("scheduler") is not None:
+                scheduler.load_state_dict(state["scheduler"])
+            data_generator.set_state(state["data_generator"])
+            noise_generator.set_state(state["noise_generator"])
+            history.load_state_dict(state["history"])
+            restore_rng_state(state["rng"])
+            start = int(state["step"])
+            run.log(f"[bold]resume:[/] continuing from iteration {start}")
+    run.resume_at(start + 1)
+
+    def checkpoint(iteration: int) -> None:
+        run.save_checkpoint(
+            {"model": field.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict() if scheduler is not None else None,
+             "data_generator": data_generator.get_state(), "noise_generator": noise_generator.get_state(),
+             "history": history.state_dict(), "rng": rng_state(), "config": saved_config(cfg)},
+            iteration,
+        )  # fmt: skip
+
+    def evaluate(iteration: int) -> dict[str, float]:
+        if matching:  # KL(q‖p) = E_q[log q − log p̃] + log Z, on a fixed set of base samples
+            with torch.no_grad():
+                x, log_q, _ = _sample_with_log_density(evaluation, field, solve, test_x, t1)
+                kl = float((log_q + energy(x)).mean()) + log_normalizer
+            run.scalar("metrics/kl", kl, iteration)
+            return {"kl": kl, "log_normalizer": log_normalizer}
+        nll = float(-_mean_log_likelihood(evaluation, solve, test_x, t1).mean())
+        metrics = {"nll_test": nll}
+        run.scalar("metrics/nll_test", nll, iteration)
+        if entropy is not None:
+            metrics["nll_gap"] = nll - entropy
+            run.scalar("metrics/gap", metrics["nll_gap"], iteration)
+        return metrics
+
+    def plot(iteration: int) -> None:
+        if matching:
+            _plot_matching(run, cfg, field, evaluation, solve, energy, test_x, limit, t1, iteration)
+        else:
+            _plot(run, cfg, field, evaluation, solve, name, test_x, limit, t1, iteration)
+
+    loss_value = float("nan")
+    iteration = completed = start
+    with run.progress(iters, start=start, description=f"cnf {name}") as progress:
+        try:
+            for iteration in range(start + 1, iters + 1):
+                generators_before = (data_generator.get_state(), noise_generator.get_state())
+                began = time.perf_counter()
+                if matching:
+                    x = torch.randn(int(cfg.batch_size), 2, generator=data_generator).to(device)
+                else:
+                    x = density.sample(int(cfg.batch_size), data_generator).float().to(device)
+                dynamics.sample_noise(x, noise_generator)
+                optimizer.zero_grad(set_to_none=True)
+                with track_stats() as stats:
+                    if matching:
+                        samples, log_q, (kinetic, jacobian) = _sample_with_log_density(dynamics, field, solve, x, t1)
+                        nll = (log_q + energy(samples)).mean()  # KL(q‖p) − log Z
+                    else:
+                        log_p, (kinetic, jacobian) = _train_terms(dynamics, solve, x, t1)
+                        nll = -log_p.mean()
+                    loss = nll + float(cfg.regularize.kinetic) * kinetic + float(cfg.regularize.jacobian) * jacobian
+                    loss_value = loss.item()
+                    if not math.isfinite(loss_value):
+                        raise TrainingDiverged(iteration, loss_value, cfg)
+                    loss.backward()
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                history.add(stats)
+                completed = iteration
+                scalars = {"loss/train": loss_value, ("loss/kl" if matching else "loss/nll"): nll.item(), "nfe/forward": stats.nfe_forward,
+                           "nfe/backward": stats.nfe_backward, "time/step": time.perf_counter() - began}  # fmt: skip
+                if regularize:
+                    scalars |= {"loss/kinetic": float(kinetic), "loss/jacobian": float(jacobian)}
+                run.scalars(scalars, iteration)
+                progress.update(iteration, **{"kl" if matching else "nll": nll.item()}, nfe_fwd=stats.nfe_forward, nfe_bwd=stats.nfe_backward)
+                if iteration % cfg.eval_every == 0 and iteration < iters:
+                    evaluate(iteration)
+                if cfg.plot_every > 0 and iteration % cfg.plot_every == 0 and iteration < iters:
+                    plot(iteration)
+                if iteration % cfg.checkpoint_every == 0 or iteration == iters:
+                    checkpoint(iteration)
+        except KeyboardInterrupt:
+            if completed != iteration:  # redo the unfinished iteration on resume, with the same batch
+                data_generator.set_state(generators_before[0])
+                noise_generator.set_state(generators_before[1])
+            if completed > start and not run.checkpoint_path(completed).exists():
+                run.log(f"[yellow]interrupted:[/] saving a checkpoint at iteration {completed}")
+                checkpoint(completed)
+            raise
+
+    final = evaluate(iters)
+    plot(iters)
+    metrics: dict[str, Any] = {
+        **final,
+        "loss_train_last": loss_value,
+        **history.summary(),
+        "iters": iters,
+        "params": count_parameters(field),
+        "data": name,
+        "objective": str(cfg.objective),
+        "model": str(cfg.model.name),
+        "trace": str(cfg.trace),
+        "solver": str(cfg.solver.method),
+    }
+    if entropy is not None:
+        metrics |= {"true_entropy": entropy, "true_entropy_stderr": entropy_error}
+    _print_summary(run, metrics)
+    return metrics
+
+
+def _train_terms(dynamics: CNFDynamics, solve: Any, x: torch.Tensor, t1: float) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    log_p, regularizers = log_likelihood(dynamics, solve, x, t1=t1)
+    if regularizers:
+        return log_p, (regularizers[0].mean(), regularizers[1].mean())
+    zero = x.new_zeros(())
+    return log_p, (zero, zero)
+
+
+def _sample_with_log_density(
+    dynamics: CNFDynamics, field: Any, solve: Any, z: torch.Tensor, t1: float
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Push base samples z through the flow: ``(x, log q(x), (kinetic, jacobian))``.
+
+    A CNF runs from the base at t1 back to t = 0, and log q(x) = log N(z) + ∫₀^t1 tr(∂f/∂z) dt;
+    a discrete flow (planar NF) gives x and log|det| directly.
+    """
+    if getattr(field, "discrete", False):
+        x, log_det = field(z)
+        zero = z.new_zeros(())
+        return x, standard_normal_log_prob(z) - log_det, (zero, zero)
+    zeros = torch.zeros(len(z), dtype=z.dtype, device=z.device)
+    state = (z, zeros) + ((zeros, zeros) if dynamics.regularize else ())
+    final = tuple(part[-1] for part in solve(dynamics, state, torch.tensor([t1, 0.0], dtype=z.dtype, device=z.device)))
+    if dynamics.regularize:  # integrated backwards in time: the integrals come out negated
+        regularizers = (-final[2].mean(), -final[3].mean())
+    else:
+        regularizers = (z.new_zeros(()), z.new_zeros(()))
+    return final[0], standard_normal_log_prob(z) + final[1], regularizers
+
+
+def _plot_matching(run: Run, cfg: DictConfig, field: Any, evaluation: CNFDynamics, solve: Any, energy: Any,
+                   base: torch.Tensor, limit: float, t1: float, iteration: int) -> None:  # fmt: skip
+    from odecli.density_figures import matching_figure
+
+    axis = torch.linspace(-limit, limit, int(cfg.grid_points), device=base.device)
+    grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), dim=-1).reshape(-1, 2)
+    with torch.no_grad():
+        samples = _sample_with_log_density(evaluation, field, solve, base, t1)[0]
+    model_log_density = None if getattr(field, "discrete", False) else _mean_log_likelihood(evaluation, solve, grid, t1).cpu()
+    title = f"density matching {cfg.target} · {cfg.model.name} · iteration {iteration}"
+    figure = matching_figure(grid.cpu(), -energy(grid).cpu(), samples.cpu(), model_log_density, limit=limit, title=title)
+    run.figure("cnf/matching", figure, iteration, filename="matching")
+
+
+def _plot(run: Run, cfg: DictConfig, field: Any, evaluation: CNFDynamics, solve: Any, name: str,
+          test_x: torch.Tensor, limit: float, t1: float, iteration: int) -> None:  # fmt: skip
+    from odecli.density_figures import density_figure, flow_figure
+
+    side = int(cfg.grid_points)
+    axis = torch.linspace(-limit, limit, side, device=test_x.device)
+    grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), dim=-1).reshape(-1, 2)
+    log_density = _mean_log_likelihood(evaluation, solve, grid, t1)
+    base = torch.randn(len(test_x), 2, generator=torch.Generator().manual_seed(int(cfg.seed) + 5)).to(test_x)
+    fractions = torch.linspace(0, 1, int(cfg.flow_frames))
+    with torch.no_grad():  # from the base (t = t1) back to the data (t = 0)
+        path = solve(field, base, t1 * (1 - fractions).to(test_x))
+    title = f"cnf {name} · {cfg.model.name} · {cfg.trace} trace · iteration {iteration}"
+    figure = density_figure(test_x.cpu(), grid.cpu(), log_density.cpu(), path[-1].cpu(), limit=limit, title=title)
+    run.figure("cnf/density", figure, iteration, filename="density")
+    frames = [(float(f), points.cpu()) for f, points in zip(fractions, path, strict=True)]
+    run.figure("cnf/flow", flow_figure(frames, limit=limit, title=title), iteration, filename="flow")
+
+
+def _print_summary(run: Run, metrics: dict[str, Any]) -> None:
+    table = Table(title=f"cnf {metrics['objective']} {metrics['data']} · {metrics['model']} · {metrics['solver']} · {metrics['trace']} trace", header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    if "kl" in metrics:
+        table.add_row("KL(q‖p) (nats)", f"{metrics['kl']:.4f}")
+    else:
+        table.add_row("test NLL (nats)", f"{metrics['nll_test']:.4f}")
+    if "true_entropy" in metrics:
+        table.add_row("true entropy (nats)", f"{metrics['true_entropy']:.4f} ± {metrics['true_entropy_stderr']:.4f}")
+        table.add_row("gap NLL − entropy", f"{metrics['nll_gap']:.4f}")
+    table.add_row("NFE forward / iteration", f"{metrics['nfe_forward']:.1f}")
+    table.add_row("NFE backward / iteration", f"{metrics['nfe_backward']:.1f}")
+    table.add_row("iterations", str(metrics["iters"]))
+    table.add_row("parameters", str(metrics["params"]))
+    run.console.print(table)
