@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from odecli import __version__
@@ -120,12 +121,26 @@ def classify(
     multirun: bool = MultirunOption,
     debug: bool = DebugOption,
 ) -> None:
-    """Train ODE-Net against ResNet, RK-Net and MLP baselines on MNIST."""
+    """Train ODE-Net against ResNet, RK-Net and MLP baselines on MNIST (model=odenet|resnet|rknet|mlp)."""
     extra = list(overrides or [])
     if "=" in dataset:  # `odecli classify model=resnet`: no dataset given
         extra.insert(0, dataset)
         dataset = "mnist"
-    _run_task("classify", [f"data={dataset}", *extra], multirun, debug)
+    data = [] if dataset == "mnist" else [f"data={dataset}"]  # mnist is the default: keep run directory names short
+    _run_task("classify", [*data, *classify_overrides(extra)], multirun, debug)
+
+
+def classify_overrides(overrides: list[str]) -> list[str]:
+    """``model=resnet`` → ``classifier@model=resnet``: classify's models are the ``classifier/`` group placed at ``model``.
+
+    (``fit``'s ``model/`` group holds 2-D vector fields; keeping the classifiers apart keeps both
+    groups' options meaningful. Keys such as ``model.channels=64`` need no translation.)
+    """
+    translated = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        translated.append(f"classifier@model={value}" if sep and key in ("model", "classifier") else override)
+    return translated
 
 
 @app.command(epilog="Examples:  odecli vae   ·   odecli vae data.n_obs=30   ·   odecli vae data=csv data.path=series.csv")
@@ -140,18 +155,21 @@ def cnf(overrides: list[str] | None = Overrides, multirun: bool = MultirunOption
     _run_task("cnf", overrides, multirun, debug)
 
 
-@app.command(epilog="Examples:  odecli sweep tol   ·   odecli sweep solvers hydra/launcher=joblib")
+@app.command(epilog="Examples:  odecli sweep tol   ·   odecli sweep tol from_run=outputs/fit/<date>/<time>   ·   odecli sweep solvers hydra/launcher=joblib   ·   odecli list sweeps")
 def sweep(
     name: str = typer.Argument(..., help="Sweep config name (conf/sweep/NAME.yaml; `odecli list sweeps`)."),
     overrides: list[str] | None = Overrides,
     debug: bool = DebugOption,
 ) -> None:
-    """Run a sweep defined in conf/sweep/NAME.yaml (a Hydra multirun config)."""
+    """Run a sweep defined in conf/sweep/NAME.yaml: a Hydra multirun (one job per point) or a sweep task such as `tol`.
 
-    def action() -> None:
+    hydra.sweep.dir=DIR sets where it goes (for a sweep task, its run directory). The directory is printed at the end; for a multirun, so is the summary of its jobs (as `odecli report DIR` prints it).
+    """
+
+    def action() -> tuple[Path, bool]:
         from odecli import hydra_bridge
 
-        extra = list(overrides or [])
+        extra = [_quote_path_override(o) for o in overrides or []]
         _load_plugins(extra)
         names = hydra_bridge.sweep_names()
         if name not in names:
@@ -159,9 +177,47 @@ def sweep(
 
             listing = ", ".join(names) if names else "none are defined yet"
             raise UserError(f"Unknown sweep '{name}'.{did_you_mean(name, names)} Sweeps: {listing}.")
-        hydra_bridge.run(f"sweep/{name}", extra, multirun=False)
+        config_name = f"sweep/{name}"
+        cfg = hydra_bridge.compose(config_name, [o for o in extra if not hydra_bridge._has_sweep_value(o)], with_hydra=True)
+        multirun = hydra_bridge.is_multirun_config(cfg)
+        if not multirun:  # a sweep task runs as one job: its sweep directory is its run directory
+            extra = [("hydra.run.dir=" + o.split("=", 1)[1]) if o.split("=", 1)[0] == "hydra.sweep.dir" else o for o in extra]
+        key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        # Chosen here (as the bridge would) so that it can be printed and summarised at the end.
+        extra += hydra_bridge._default_dirs(cfg, extra, multirun)
+        directory = Path(_unquote([o for o in extra if o.split("=", 1)[0] == key][-1].split("=", 1)[1]))
+        hydra_bridge.run(config_name, extra, multirun=multirun)  # multirun: each swept value is checked first
+        return directory, multirun
 
-    _guard(debug, action)
+    directory, multirun = _guard(debug, action)
+    if not multirun:
+        console.print(f"sweep directory: [cyan]{directory}[/]", soft_wrap=True)
+        return
+    report(directory=directory, debug=debug)  # a multirun: summarise its jobs (table, summary.csv)
+    console.print(f"sweep directory: [cyan]{directory}[/]", soft_wrap=True)
+    from odecli.report import find_runs
+
+    failed = [r.path.name for r in find_runs(directory) if r.status != "completed"]
+    if failed:
+        error_console.print(f"[bold red]{len(failed)} job(s) failed[/] (jobs {', '.join(failed)}); the others went on — see the status and error columns.")
+        raise typer.Exit(EXIT_FAILED)
+
+
+PATH_KEYS = ("from_run", "hydra.sweep.dir", "hydra.run.dir")
+
+
+def _quote_path_override(override: str) -> str:
+    """Quote directory values: run directory names hold '=' and ',' which Hydra's override grammar would split."""
+    key, sep, value = override.partition("=")
+    if not sep or key.lstrip("+") not in PATH_KEYS or value[:1] in ("'", '"') or not value:
+        return override
+    return f"{key}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in ("'", '"'):
+        return value[1:-1].replace("\\'", "'").replace("\\\\", "\\")
+    return value
 
 
 @app.command(epilog="Examples:  odecli report outputs/fit/multirun/2026-11-23/14-05-09")
@@ -197,7 +253,7 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-LIST_KINDS = ("dynamics", "solvers", "models", "tasks", "sweeps")
+LIST_KINDS = ("dynamics", "solvers", "models", "densities", "tasks", "sweeps")
 
 
 @app.command("list", epilog="Examples:  odecli list   ·   odecli list solvers")
@@ -240,7 +296,7 @@ def _table(kind: str) -> Table:
         if kind == "solvers":
             obj = entry.obj
             cells += [str(getattr(obj, "order", "?")), _yes(getattr(obj, "adaptive", None)), _yes(getattr(obj, "implicit", None)), _yes(getattr(obj, "fsal", None))]
-        cells += [entry.description, entry.source]
+        cells += [escape(entry.description), escape(entry.source)]
         table.add_row(*cells)
     return table
 
@@ -266,7 +322,7 @@ def config(
 
         extra = list(overrides or [])
         _load_plugins(extra)
-        cfg = hydra_bridge.compose(task, extra)
+        cfg = hydra_bridge.compose(task, classify_overrides(extra) if task == "classify" else extra)
         if yaml:
             sys.stdout.write(OmegaConf.to_yaml(cfg, resolve=True))
         else:

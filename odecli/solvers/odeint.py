@@ -10,6 +10,7 @@ state, a strictly increasing ``t`` and a wrapped ``func`` (``-f(-t, y)`` for dec
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -35,12 +36,21 @@ class UnsupportedCallbackWarning(UserWarning):
     """``func`` has a step callback the chosen method never calls."""
 
 
+_known_options_cache: dict[tuple, frozenset[str]] = {}
+
+
 def known_options() -> frozenset[str]:
-    """Every option some registered method understands."""
-    names: set[str] = set(_SILENT_OPTIONS)
-    for entry in SOLVERS.entries():
-        names |= set(getattr(entry.obj, "options", ()))
-    return frozenset(names)
+    """Every option some registered method understands (recomputed only when the registry changes)."""
+    entries = SOLVERS.entries()
+    key = tuple((entry.name, id(entry.obj)) for entry in entries)
+    cached = _known_options_cache.get(key)
+    if cached is None:
+        names: set[str] = set(_SILENT_OPTIONS)
+        for entry in entries:
+            names |= set(getattr(entry.obj, "options", ()))
+        _known_options_cache.clear()
+        cached = _known_options_cache[key] = frozenset(names)
+    return cached
 
 
 def resolve_method(method: str | None) -> tuple[str, type]:
@@ -111,14 +121,15 @@ def _check_times(t, device: torch.device) -> None:
         raise InvalidTimeGrid("t is empty; it needs at least the initial time.")
     if t.device != device:
         raise InvalidTimeGrid(f"t is on {t.device} but y0 is on {device}; move t with t.to(y0.device).")
-    if len(t) > 1:
-        with torch.no_grad():
+    with torch.no_grad():
+        # Strictly monotone with finite ends means finite throughout; a NaN fails every comparison.
+        steps = t[1:] - t[:-1]
+        monotone = len(t) == 1 or bool((steps > 0).all()) or bool((steps < 0).all())
+        if not (monotone and math.isfinite(float(t[0])) and math.isfinite(float(t[-1]))):
             if not bool(torch.isfinite(t).all()):
                 raise InvalidTimeGrid("t contains NaN or Inf.")
-            steps = t[1:] - t[:-1]
-            if not (bool((steps > 0).all()) or bool((steps < 0).all())):
-                where = "repeats a time" if bool((steps == 0).any()) else "changes direction"
-                raise InvalidTimeGrid(f"t must be strictly increasing or strictly decreasing, but it {where}: {t.tolist() if len(t) <= 12 else '...'}.")
+            where = "repeats a time" if bool((steps == 0).any()) else "changes direction"
+            raise InvalidTimeGrid(f"t must be strictly increasing or strictly decreasing, but it {where}: {t.tolist() if len(t) <= 12 else '...'}.")
 
 
 def _check_tolerance(name: str, tol, shapes: Sequence[torch.Size], is_tuple: bool, device, dtype):

@@ -4,12 +4,15 @@ Every method here is a tableau (``odecli.solvers.tableau``) and a four-line clas
 written for speed at small states, where torchdiffeq spends ~97% of its time in overhead:
 
 * all stages live in one preallocated ``[stages, n]`` buffer and each stage input is one
-  ``torch.addmv(y0, K[:i].T, a_i, alpha=h)``; tableau tensors are built once per dtype/device;
-* times and step sizes are Python floats; the error ratio costs a handful of fused ops and one
-  ``.item()`` per step; controllers are float arithmetic;
+  ``torch.addmv(y0, K[:i].T, a_i, alpha=h)`` (``torch.addmm`` for a ``[1, n]`` state, which then
+  needs no ``view``); the views of the buffer are made once per solve; tableau tensors once per
+  dtype/device;
+* times and step sizes are Python floats; the error ratio is ``h/rtol · norm(e / (atol/rtol + max|y|))``,
+  seven small ops and one ``.item()`` per step; controllers are float arithmetic;
 * ``func`` is called directly (a single-tensor state keeps its shape; decreasing time is handled by
-  a negative step, not a wrapper);
-* dense output is computed only for steps that contain requested times, all of them at once.
+  a negative step, not a wrapper), with a fresh tensor for every stage input and time;
+* dense output costs nothing on steps without requested times; for small states the outputs of
+  many steps are evaluated together in one batched product (``interpolation.DenseOutputs``).
 
 When gradients are needed (``y0`` or the output of ``func`` requires grad) the stages are kept as a
 list and stacked instead of written in place, so autograd sees an ordinary graph.
@@ -18,6 +21,7 @@ list and stacked instead of written in place, so autograd sees an ordinary graph
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
@@ -28,7 +32,7 @@ from odecli.registry import SOLVERS
 from odecli.solvers.base import AbstractSolver
 from odecli.solvers.controllers import make_controller, rms_norm, select_initial_step
 from odecli.solvers.errors import FuncOutputMismatch, InvalidInputError, MaxStepsExceeded, NonFiniteState, StepSizeTooSmall
-from odecli.solvers.interpolation import cubic_hermite, dense_weights, dense_weights_tensor
+from odecli.solvers.interpolation import DenseOutputs, cubic_hermite, dense_weights_tensor
 from odecli.solvers.tableau import (
     ADAPTIVE_HEUN,
     BOSH3,
@@ -65,6 +69,11 @@ def _nudge(t: float, toward: float, dtype: torch.dtype) -> float:
     return float(torch.nextafter(value, torch.tensor(toward, dtype=dtype)))
 
 
+def _as_float(t) -> float:
+    """A time as a Python float, without autograd's warning for a tensor that requires grad."""
+    return float(t.detach()) if isinstance(t, torch.Tensor) else float(t)
+
+
 class AbstractRungeKutta(AbstractSolver):
     """Shared set-up of the explicit Runge–Kutta methods; subclasses set ``tableau`` and ``order``."""
 
@@ -76,7 +85,8 @@ class AbstractRungeKutta(AbstractSolver):
         self.shape = y0.shape
         self.n = y0.numel()
         # ``view(*ints)`` is ~2.5x cheaper than ``view(torch.Size)``; 1-D states need no view at all.
-        self._view_args = tuple(y0.shape) if y0.ndim != 1 else None
+        self._view_args = None if y0.ndim == 1 else tuple(y0.shape) if y0.ndim else ((),)
+        self._row_state = y0.ndim == 2 and y0.shape[0] == 1 and y0.shape[1] > 0
         self.dtype, self.device = y0.dtype, y0.device
         self.norm = norm
         self.callback_step = getattr(func, "callback_step", None)
@@ -110,7 +120,8 @@ class AbstractRungeKutta(AbstractSolver):
             callback(self._time(t0), y.view(self.shape), self._time(h))
 
     def _check_initial_state(self, t0: float) -> None:
-        if not bool(torch.isfinite(self.y0).all()):
+        # max |y0| is NaN or Inf exactly when some element is (3 cheap ops; isfinite().all() is ~4x dearer).
+        if self.n and not math.isfinite(float(self.y0.detach().abs().max())):
             raise NonFiniteState(t0, "initial state y0")
 
     def _restartable(self, run: Callable[[bool], Any]) -> Any:
@@ -141,36 +152,46 @@ class AbstractRungeKutta(AbstractSolver):
                 ks.append(func(torch.scalar_tensor(ti, dtype=dtype, device=device), yi.view(shape)).reshape(self.n))
             self.nfe += tab.stages - 1
             return yi, torch.stack(ks)
-        buffer, prefix, rows = K
+        buffer, plan, _ = K
+        t_end = _nudge(t1, t0, dtype) if nudge_end else t1
+        if self._row_state:
+            # A [1, n] state: ``addmm`` of [1, i] weights and the first i stages yields the stage
+            # input in the state's own shape, so no per-stage ``view``.
+            y_row = y.view(1, self.n)
+            for prefix_i, a_i, row_i, ci in plan:
+                yi = torch.addmm(y_row, a_i, prefix_i, alpha=dt)
+                f = func(torch.scalar_tensor(t_end if ci == 1.0 else t0 + ci * dt, dtype=dtype, device=device), yi)
+                if f.requires_grad:
+                    raise _NeedsGraph
+                row_i.copy_(f)
+            self.nfe += tab.stages - 1
+            return yi.view(self.n), buffer
         view_args = self._view_args
-        for i in range(1, tab.stages):
-            ci = c[i]
-            ti = (_nudge(t1, t0, dtype) if nudge_end else t1) if ci == 1.0 else t0 + ci * dt
-            yi = torch.addmv(y, prefix[i], a_rows[i], alpha=dt)
-            if view_args is None:
-                f = func(torch.scalar_tensor(ti, dtype=dtype, device=device), yi)
-            elif view_args:
-                f = func(torch.scalar_tensor(ti, dtype=dtype, device=device), yi.view(*view_args))
-            else:
-                f = func(torch.scalar_tensor(ti, dtype=dtype, device=device), yi.view(shape))
+        for prefix_i, a_i, row_i, ci in plan:
+            yi = torch.addmv(y, prefix_i, a_i, alpha=dt)
+            ti = torch.scalar_tensor(t_end if ci == 1.0 else t0 + ci * dt, dtype=dtype, device=device)
+            f = func(ti, yi) if view_args is None else func(ti, yi.view(*view_args))
             if f.requires_grad:
                 raise _NeedsGraph
-            rows[i].copy_(f)
+            row_i.copy_(f)
         self.nfe += tab.stages - 1
         return yi, buffer
 
     def _buffers(self):
+        """The fast path's reused stage buffer ``[s, n]``, its plan, and its rows shaped like the state.
+
+        ``plan`` holds, for stages 1..s-1, ``(K[:i].T, a_i, row i, c_i)``: every view the step loop
+        needs, made once per solve instead of once per stage.
+        """
         s = self.tableau.stages
         buffer = torch.empty(s, self.n, dtype=self.dtype, device=self.device)
-        prefix = [buffer[:i].T for i in range(s + 1)]  # prefix[i]: [n, i] view of the first i stages
         rows = [buffer[i].view(self.shape) for i in range(s)]
-        return buffer, prefix, rows
-
-    def _solution_end(self, y: torch.Tensor, y_last: torch.Tensor, K: torch.Tensor, dt: float) -> torch.Tensor:
-        """``y1``: the last stage's input for FSAL tableaus, else ``y0 + h Σ b_i k_i``."""
-        if self.tableau.fsal:
-            return y_last
-        return torch.addmv(y, K.T, self.coefficients.b, alpha=dt)
+        a_rows, c = self.coefficients.a_rows, self.tableau.c
+        if self._row_state:
+            plan = [(buffer[:i], a_rows[i].view(1, i), rows[i], float(c[i])) for i in range(1, s)]
+        else:
+            plan = [(buffer[:i].T, a_rows[i], rows[i], float(c[i])) for i in range(1, s)]
+        return buffer, plan, rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,7 +277,16 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
         controller = self.controller
         inv_sqrt_n = 1.0 / math.sqrt(self.n) if self.n else 0.0
         fast_norm = self.norm is None
-        carries = tab.carries_last_stage
+        norm = self.norm
+        # The cheapest error estimate needs scalar tolerances, rtol > 0 and an absolutely homogeneous
+        # norm (the RMS, or one that says so, like the adjoint's), so that h/rtol can come out of it.
+        homogeneous = fast_norm or getattr(norm, "homogeneous", False)
+        scaled_rtol = homogeneous and isinstance(rtol, float) and isinstance(atol, float) and rtol > 0 and self.n > 0
+        if scaled_rtol:
+            atol_over_rtol, norm_scale = atol / rtol, (inv_sqrt_n if fast_norm else 1.0) / rtol
+        carries, fsal, b = tab.carries_last_stage, tab.fsal, self.coefficients.b
+        # The step-size control never joins the graph; without a graph there is nothing to switch off.
+        no_graph = torch.no_grad if grad else contextlib.nullcontext
         step_taus = sorted(direction * v for v in self.step_t)
         jump_taus = sorted(direction * v for v in self.jump_t)
         next_step = min(bisect.bisect(step_taus, tau), len(step_taus) - 1)
@@ -264,11 +294,13 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
         has_jumps = bool(jump_taus)
         callback_step, callback_accept, callback_reject = self.callback_step, self.callback_accept_step, self.callback_reject_step
         if grad:
-            K = None
+            K = first_row = last_row = None
         else:
             K = self._buffers()
-            K[0][0].copy_(f)
+            first_row, last_row = K[0][0], K[0][s - 1]
+            first_row.copy_(f)
         abs_y = y.detach().abs()
+        max_num_steps = self.max_num_steps
         while True:
             if not math.isfinite(h):
                 h = min_step
@@ -277,8 +309,8 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
             if callback_step is not None:
                 self._callback(callback_step, t0, y, h)
             self._steps_since_output += 1
-            if self._steps_since_output > self.max_num_steps:
-                raise MaxStepsExceeded(t0, self.max_num_steps)
+            if self._steps_since_output > max_num_steps:
+                raise MaxStepsExceeded(t0, max_num_steps)
             tau1 = tau + h
             if not tau1 > tau:
                 raise StepSizeTooSmall(t0, h, min_step)
@@ -292,22 +324,28 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
             dt = direction * h
             t1 = direction * tau1
 
-            if grad:
-                y_last, stages = self._stages(t0, dt, t1, y, [f], True, has_jumps)
-            else:
-                y_last, stages = self._stages(t0, dt, t1, y, K, False, has_jumps)
-            y1 = self._solution_end(y, y_last, stages, dt)
+            y_last, stages = self._stages(t0, dt, t1, y, [f] if grad else K, grad, has_jumps)
+            y1 = y_last if fsal else torch.addmv(y, stages.T, b, alpha=dt)
 
-            with torch.no_grad():
-                error = torch.mv(stages.detach().T, b_error)
-                abs_y1 = y1.detach().abs()
-                tolerance = torch.maximum(abs_y, abs_y1)
-                tolerance.mul_(rtol).add_(atol)
-                error.div_(tolerance)
-                if fast_norm:
-                    ratio = h * torch.linalg.vector_norm(error).item() * inv_sqrt_n
-                else:
-                    ratio = self._norm(error.mul_(h))
+            if scaled_rtol:
+                # norm((h·e) / (atol + rtol·max|y|)) as h/rtol · norm(e / (atol/rtol + max|y|)): ~7 small ops.
+                with no_graph():
+                    error = torch.mv(stages.T, b_error)
+                    abs_y1 = y1.abs()
+                    tolerance = torch.maximum(abs_y, abs_y1).add_(atol_over_rtol)
+                    error.div_(tolerance)
+                    ratio = (torch.linalg.vector_norm(error).item() if fast_norm else float(norm(error))) * (h * norm_scale)
+            else:
+                with torch.no_grad():
+                    error = torch.mv(stages.detach().T, b_error)
+                    abs_y1 = y1.detach().abs()
+                    tolerance = torch.maximum(abs_y, abs_y1)
+                    tolerance.mul_(rtol).add_(atol)
+                    error.div_(tolerance)
+                    if fast_norm:
+                        ratio = h * torch.linalg.vector_norm(error).item() * inv_sqrt_n
+                    else:
+                        ratio = self._norm(error.mul_(h))
             if not math.isfinite(ratio):
                 if not (bool(torch.isfinite(y1).all()) and bool(torch.isfinite(stages).all())):
                     raise NonFiniteState(t0)
@@ -326,16 +364,16 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
                     # Past a discontinuity of f: take the slope from the side the next step lies on.
                     f = self._eval_flat(_nudge(t1, t1 + direction, self.dtype), y1)
                     if not grad:
-                        K[0][0].copy_(f)
+                        first_row.copy_(f)
                 elif carries:
                     if grad:
                         f = stages[s - 1]
                     else:
-                        K[0][0].copy_(K[0][s - 1])
+                        first_row.copy_(last_row)
                 else:
                     f = self._eval_flat(t1, y1)
                     if not grad:
-                        K[0][0].copy_(f)
+                        first_row.copy_(f)
             else:
                 if callback_reject is not None:
                     self._callback(callback_reject, t0, y, h)
@@ -365,12 +403,8 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
         n_out = len(times)
         y, f, h = self._start(times[0], direction)
         grad = grad or (torch.is_grad_enabled() and (y.requires_grad or f.requires_grad))
-        dense = self.coefficients.dense
-        if grad:
-            outputs = [y.unsqueeze(0)]
-        else:
-            solution = torch.empty(n_out, self.n, dtype=self.dtype, device=self.device)
-            solution[0].copy_(y)
+        outputs = DenseOutputs(self.coefficients.dense, n_out, self.n, self.dtype, self.device, in_place=not grad)
+        outputs.at_end(0, y)
         j = 1
         self._steps_since_output = 0
         for tau0, step, y0, y1, stages in self._march(taus[0], direction, y, f, h, grad):
@@ -380,26 +414,20 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
             end = j
             while end < n_out and taus[end] <= tau1:
                 end += 1
-            if end - j == 1 and taus[j] == tau1:
-                if grad:
-                    outputs.append(y1.unsqueeze(0))
-                else:
-                    solution[j].copy_(y1)
-            else:
-                weights = torch.tensor(dense_weights(dense, [(taus[m] - tau0) / step for m in range(j, end)]), dtype=self.dtype, device=self.device)
-                if grad:
-                    outputs.append(torch.addmm(y0.unsqueeze(0), weights, stages, alpha=direction * step))
-                else:
-                    torch.addmm(y0.unsqueeze(0), weights, stages, alpha=direction * step, out=solution[j:end])
+            last = end
+            if taus[end - 1] == tau1:
+                last = end - 1
+                outputs.at_end(last, y1)
+            if last > j:
+                outputs.inside(j, [(taus[m] - tau0) / step for m in range(j, last)], y0, stages, direction * step, reused=not grad)
             j = end
             self._steps_since_output = 0
             if j == n_out:
                 break
-        result = torch.cat(outputs) if grad else solution
-        return result.view(n_out, *self.shape)
+        return outputs.result().view(n_out, *self.shape)
 
     def integrate_until_event(self, t0: torch.Tensor, event_fn, direction: float = 1.0):
-        return self._restartable(lambda grad: self._until_event(float(t0), event_fn, direction, grad))
+        return self._restartable(lambda grad: self._until_event(_as_float(t0), event_fn, direction, grad))
 
     def _until_event(self, t0: float, event_fn, direction: float, grad: bool):
         from odecli.solvers.events import find_event
@@ -436,6 +464,16 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
 
 # --------------------------------------------------------------------------------------------
 # Fixed grid.
+
+
+def _consecutive_pairs(grid: torch.Tensor, chunk: int = 512) -> Iterator[tuple[float, float]]:
+    """``(grid[k], grid[k+1])`` as floats, read a chunk at a time: host memory stays O(1) in the steps."""
+    previous = None
+    for start in range(0, len(grid), chunk):
+        for value in grid[start : start + chunk].tolist():
+            if previous is not None:
+                yield previous, value
+            previous = value
 
 
 def grid_from_step_size(step_size: float) -> Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -498,13 +536,13 @@ class AbstractFixedGridRungeKutta(AbstractRungeKutta):
         self.n_accepted += 1
         return y1, f0, stages
 
-    def _grid(self, t: torch.Tensor) -> list[float]:
+    def _grid(self, t: torch.Tensor) -> torch.Tensor:
         grid = self.grid_constructor(self.func, self.y0, t)
         if not isinstance(grid, torch.Tensor) or grid.ndim != 1 or len(grid) < 1:
             raise InvalidInputError("grid_constructor must return a 1-D tensor of times.")
         if not (bool(grid[0] == t[0]) and bool(grid[-1] == t[-1])):
             raise InvalidInputError("grid_constructor must return a grid that starts at t[0] and ends at t[-1].")
-        return grid.detach().tolist()
+        return grid.detach()
 
     def integrate(self, t: torch.Tensor) -> torch.Tensor:
         times = t.detach().tolist()
@@ -513,16 +551,17 @@ class AbstractFixedGridRungeKutta(AbstractRungeKutta):
         grid = self._grid(t)
         return self._restartable(lambda grad: self._integrate(times, grid, grad))
 
-    def _integrate(self, times: list[float], grid: list[float], grad: bool) -> torch.Tensor:
+    def _integrate(self, times: list[float], grid: torch.Tensor, grad: bool) -> torch.Tensor:
         direction = 1.0 if times[1] > times[0] else -1.0
         self._check_initial_state(times[0])
         y = self.y0.reshape(self.n)
-        f0 = self._eval_first(_nudge(grid[0], grid[1], self.dtype) if self.perturb and len(grid) > 1 else grid[0], y)
+        start = grid[:2].tolist()
+        f0 = self._eval_first(_nudge(start[0], start[1], self.dtype) if self.perturb and len(start) > 1 else start[0], y)
         grad = grad or (torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad))
         K = None if grad else self._buffers()
         outputs = [y]
         j, n_out = 1, len(times)
-        for t0, t1 in zip(grid[:-1], grid[1:]):
+        for t0, t1 in _consecutive_pairs(grid):
             y1, f0, _ = self._step(t0, t1, y, f0, K, grad)
             while j < n_out and direction * times[j] <= direction * t1:
                 outputs.append(self._interpolate(t0, y, f0, t1, y1, times[j]))
@@ -548,7 +587,7 @@ class AbstractFixedGridRungeKutta(AbstractRungeKutta):
         return cubic_hermite(t0, y0, f0, t1, y1, f1, t)
 
     def integrate_until_event(self, t0: torch.Tensor, event_fn, direction: float = 1.0):
-        return self._restartable(lambda grad: self._until_event(float(t0), event_fn, direction, grad))
+        return self._restartable(lambda grad: self._until_event(_as_float(t0), event_fn, direction, grad))
 
     def _until_event(self, t0: float, event_fn, direction: float, grad: bool):
         from odecli.solvers.events import find_event
