@@ -4,5 +4,9 @@ A task is ``task(cfg, run) -> metrics``: it reads its composed config, writes in
 (TensorBoard, plots, checkpoints) and returns the metrics that end up in ``metrics.json``.
 """
 
-from odecli.tasks import classify, cnf, fit  # noqa: F401
-from odecli.tasks import sweep_tol  # noqa: F401
+from odecli.tasks import (  # noqa: F401
+    classify,
+    cnf,
+    fit,
+    sweep_tol,  # noqa: F401
+)

@@ -30,15 +30,12 @@ from odecli.models.classifiers import SOLVED, build_classifier
 from odecli.registry import MODELS, SOLVERS, TASKS
 from odecli.solvers import track_stats
 from odecli.tasks.common import (
+    Checkpointer,
     NFEHistory,
     TrainingDiverged,
     apply_threads,
     build_optimizer,
-    check_resumed_config,
     make_solve,
-    restore_rng_state,
-    rng_state,
-    saved_config,
     seed_everything,
     select_device,
 )
@@ -180,45 +177,24 @@ def classify(cfg: DictConfig, run: Run) -> dict[str, Any]:
     epoch_log: list[dict[str, float]] = []
     nfe_trace: list[tuple[int, int, int]] = []  # (batch, forward, backward): the paper's Figure 3d
 
+    checkpointer = Checkpointer(run, cfg, model=model, optimizer=optimizer, history=history)
     start = 0
-    if cfg.resume:
-        state = run.load_latest_checkpoint()
-        if state is None:
-            run.log(f"[yellow]resume:[/] no checkpoint in {run.checkpoints_dir}; starting from the beginning")
-        else:
-            check_resumed_config(state["config"], cfg, run)
-            if int(state["steps_per_epoch"]) != steps_per_epoch:
-                raise ConfigError(
-                    f"resume: the checkpoint has {state['steps_per_epoch']} batches per epoch, this config {steps_per_epoch}; "
-                    "keep data.batch_size, data.subset and data.val_size as they were."
-                )
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            batches.load_state_dict(state["batches"])
-            history.load_state_dict(state["history"])
-            restore_rng_state(state["rng"])
-            epoch_log = list(state["epoch_log"])
-            nfe_trace = list(state.get("nfe_trace", []))
-            start = int(state["step"])
-            run.log(f"[bold]resume:[/] continuing from batch {start} of {total_steps} (epoch {start // steps_per_epoch + 1}, {run.checkpoint_path(start).name})")
+    if (state := checkpointer.resume()) is not None:
+        if int(state["steps_per_epoch"]) != steps_per_epoch:
+            raise ConfigError(
+                f"resume: the checkpoint has {state['steps_per_epoch']} batches per epoch, this config {steps_per_epoch}; "
+                "keep data.batch_size, data.subset and data.val_size as they were."
+            )
+        batches.load_state_dict(state["batches"])
+        epoch_log = list(state["epoch_log"])
+        nfe_trace = list(state.get("nfe_trace", []))
+        start = int(state["step"])
+        run.log(f"resume: batch {start} of {total_steps} (epoch {start // steps_per_epoch + 1})")
     run.resume_at(start + 1)
     run.scalar("model/params", params, start)
 
     def checkpoint(step: int) -> None:
-        run.save_checkpoint(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "batches": batches.state_dict(),
-                "history": history.state_dict(),
-                "rng": rng_state(),
-                "epoch_log": epoch_log,
-                "nfe_trace": nfe_trace,
-                "steps_per_epoch": steps_per_epoch,
-                "config": saved_config(cfg),
-            },
-            step,
-        )
+        checkpointer.save(step, batches=batches.state_dict(), epoch_log=epoch_log, nfe_trace=nfe_trace, steps_per_epoch=steps_per_epoch)
 
     step = start
     loss_value = float("nan")

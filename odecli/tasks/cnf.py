@@ -29,16 +29,13 @@ from odecli.models.cnf import CNFDynamics, log_likelihood, standard_normal_log_p
 from odecli.registry import TASKS
 from odecli.solvers import track_stats
 from odecli.tasks.common import (
+    Checkpointer,
     NFEHistory,
     TrainingDiverged,
     apply_threads,
     build_optimizer,
     build_scheduler,
-    check_resumed_config,
     make_solve,
-    restore_rng_state,
-    rng_state,
-    saved_config,
     seed_everything,
     select_device,
 )
@@ -110,33 +107,16 @@ def cnf(cfg: DictConfig, run: Run) -> dict[str, Any]:
         entropy = float(-log_p.mean())
         entropy_error = float(log_p.std() / math.sqrt(len(log_p)))
 
+    checkpointer = Checkpointer(run, cfg, model=field, optimizer=optimizer, history=history, scheduler=scheduler)
     start = 0
-    if cfg.resume:
-        state = run.load_latest_checkpoint()
-        if state is None:
-            run.log(f"[yellow]resume:[/] no checkpoint in {run.checkpoints_dir}; starting from iteration 0")
-        else:
-            check_resumed_config(state["config"], cfg, run)
-            field.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None and state.get("scheduler") is not None:
-                scheduler.load_state_dict(state["scheduler"])
-            data_generator.set_state(state["data_generator"])
-            noise_generator.set_state(state["noise_generator"])
-            history.load_state_dict(state["history"])
-            restore_rng_state(state["rng"])
-            start = int(state["step"])
-            run.log(f"[bold]resume:[/] continuing from iteration {start}")
+    if (state := checkpointer.resume()) is not None:
+        data_generator.set_state(state["data_generator"])
+        noise_generator.set_state(state["noise_generator"])
+        start = int(state["step"])
     run.resume_at(start + 1)
 
     def checkpoint(iteration: int) -> None:
-        run.save_checkpoint(
-            {"model": field.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-             "data_generator": data_generator.get_state(), "noise_generator": noise_generator.get_state(),
-             "history": history.state_dict(), "rng": rng_state(), "config": saved_config(cfg)},
-            iteration,
-        )  # fmt: skip
+        checkpointer.save(iteration, data_generator=data_generator.get_state(), noise_generator=noise_generator.get_state())
 
     def evaluate(iteration: int) -> dict[str, float]:
         if matching:  # KL(q‖p) = E_q[log q − log p̃] + log Z, on a fixed set of base samples

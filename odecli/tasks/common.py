@@ -168,3 +168,43 @@ def check_resumed_config(saved: Mapping[str, Any], cfg: DictConfig, run: Any) ->
     ]
     if changed:
         run.log("[yellow]warning:[/] resuming with settings that differ from the checkpoint's: " + "; ".join(changed))
+
+
+class Checkpointer:
+    """A training run's checkpoints: what every task saves (model, optimizer, schedule, NFE sums,
+    random states, config) plus each task's extras, and ``resume=true`` restoring all of it."""
+
+    def __init__(self, run: Any, cfg: DictConfig, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 history: NFEHistory, scheduler: Any = None):  # fmt: skip
+        self.run, self.cfg = run, cfg
+        self.model, self.optimizer, self.history, self.scheduler = model, optimizer, history, scheduler
+
+    def save(self, step: int, **extra: Any) -> None:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "history": self.history.state_dict(),
+            "rng": rng_state(),
+            "config": saved_config(self.cfg),
+            **extra,
+        }
+        self.run.save_checkpoint(state, step)
+
+    def resume(self) -> dict[str, Any] | None:
+        """With ``resume=true``: restore the newest readable checkpoint and return it (extras included)."""
+        if not self.cfg.resume:
+            return None
+        state = self.run.load_latest_checkpoint()
+        if state is None:
+            self.run.log(f"[yellow]resume:[/] no checkpoint in {self.run.checkpoints_dir}; starting from the beginning")
+            return None
+        check_resumed_config(state["config"], self.cfg, self.run)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.history.load_state_dict(state["history"])
+        restore_rng_state(state["rng"])
+        self.run.log(f"[bold]resume:[/] continuing from step {state['step']} ({self.run.checkpoint_path(state['step']).name})")
+        return state

@@ -23,16 +23,13 @@ from odecli.models import build_model, count_parameters
 from odecli.registry import TASKS
 from odecli.solvers import track_stats
 from odecli.tasks.common import (
+    Checkpointer,
     NFEHistory,
     TrainingDiverged,
     apply_threads,
     build_optimizer,
     build_scheduler,
-    check_resumed_config,
     make_solve,
-    restore_rng_state,
-    rng_state,
-    saved_config,
     seed_everything,
     select_device,
 )
@@ -142,37 +139,16 @@ def fit(cfg: DictConfig, run: Run) -> dict[str, Any]:
     frames: list[tuple[int, torch.Tensor]] = []
     iters = int(cfg.iters)
 
+    checkpointer = Checkpointer(run, cfg, model=model, optimizer=optimizer, history=history, scheduler=scheduler)
     start = 0
-    if cfg.resume:
-        state = run.load_latest_checkpoint()
-        if state is None:
-            run.log(f"[yellow]resume:[/] no checkpoint in {run.checkpoints_dir}; starting from iteration 0")
-        else:
-            check_resumed_config(state["config"], cfg, run)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None and state.get("scheduler") is not None:
-                scheduler.load_state_dict(state["scheduler"])
-            batches.load_state_dict(state["batches"])
-            history.load_state_dict(state["history"])
-            restore_rng_state(state["rng"])
-            frames = list(state.get("frames", []))
-            start = int(state["step"])
-            run.log(f"[bold]resume:[/] continuing from iteration {start} ({run.checkpoint_path(start).name})")
+    if (state := checkpointer.resume()) is not None:
+        batches.load_state_dict(state["batches"])
+        frames = list(state.get("frames", []))
+        start = int(state["step"])
     run.resume_at(start + 1)
 
     def checkpoint(iteration: int) -> None:
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "batches": batches.state_dict(),
-            "history": history.state_dict(),
-            "rng": rng_state(),
-            "frames": frames,
-            "config": saved_config(cfg),
-        }
-        run.save_checkpoint(state, iteration)
+        checkpointer.save(iteration, batches=batches.state_dict(), frames=frames)
 
     def evaluate(iteration: int, *, plot: bool) -> dict[str, float]:
         with torch.no_grad():
