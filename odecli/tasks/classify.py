@@ -19,7 +19,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from rich.table import Table
 from torch import nn
 
 from odecli.data.images import EpochBatches, Normalize, Split, in_order, make_splits
@@ -32,13 +31,12 @@ from odecli.solvers import track_stats
 from odecli.tasks.common import (
     Checkpointer,
     NFEHistory,
-    TrainingDiverged,
-    apply_threads,
     build_optimizer,
     make_solve,
-    seed_everything,
-    select_device,
+    prepare,
+    print_metrics_table,
 )
+from odecli.tasks.loop import TrainingLoop
 from odecli.tracking import Run
 
 SCHEDULES = ("constant", "cosine", "step")
@@ -151,9 +149,7 @@ def evaluate(model: nn.Module, split: Split, normalize: Callable[[torch.Tensor],
 @TASKS.register("classify")
 def classify(cfg: DictConfig, run: Run) -> dict[str, Any]:
     """Train one classifier on MNIST; return test accuracy, parameters, NFE and timings."""
-    apply_threads(cfg.threads)
-    seed_everything(int(cfg.seed))
-    device = select_device(str(cfg.device))
+    device = prepare(cfg)
     _validate(cfg)
     mnist, splits = load_data(cfg, run)
     model, solver = build(cfg)
@@ -200,28 +196,27 @@ def classify(cfg: DictConfig, run: Run) -> dict[str, Any]:
     loss_value = float("nan")
     test: dict[str, float] | None = None
     model.train()
-    with run.progress(total_steps, start=start, description=f"classify {model_name}") as progress:
-        batches_before = batches.state_dict()
-        try:
-            for epoch in range(start // steps_per_epoch, epochs):
-                first = start % steps_per_epoch if epoch == start // steps_per_epoch else 0
-                epoch_started = time.perf_counter()
-                for images, labels in batches.epoch(epoch, start=first):
+    with run.progress(total_steps, start=start, description=f"classify {model_name}") as progress, \
+            TrainingLoop(run, cfg, start=start, save=checkpoint, samplers=[batches]) as loop:  # fmt: skip
+        for epoch in range(start // steps_per_epoch, epochs):
+            first = start % steps_per_epoch if epoch == start // steps_per_epoch else 0
+            epoch_started = time.perf_counter()
+            for images, labels in batches.epoch(epoch, start=first):
+                step += 1
+                with loop.iteration(step):
                     began = time.perf_counter()
-                    factor = learning_rate_factor(cfg.schedule, step, steps_per_epoch, total_steps)
+                    factor = learning_rate_factor(cfg.schedule, step - 1, steps_per_epoch, total_steps)  # batches done before this one
                     for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
                         group["lr"] = base * factor
                     x, y = normalize(images), labels.to(device)
                     optimizer.zero_grad(set_to_none=True)
                     with track_stats() as stats:
                         loss = F.cross_entropy(model(x), y, label_smoothing=float(cfg.label_smoothing))
-                        loss_value = loss.item()
-                        if not math.isfinite(loss_value):
-                            raise TrainingDiverged(step + 1, loss_value, cfg)
+                        loss_value = loop.check_loss(loss)
                         loss.backward()
+                    loop.check_gradients(model.parameters())
                     optimizer.step()
-                    step += 1
-                    batches_before = batches.state_dict()
+                    loop.done(step)
                     history.add(stats)
                     nfe_trace.append((step, stats.nfe_forward, stats.nfe_backward))
                     run.scalars(
@@ -232,26 +227,20 @@ def classify(cfg: DictConfig, run: Run) -> dict[str, Any]:
                     progress.update(step, loss=loss_value, nfe_fwd=stats.nfe_forward, nfe_bwd=stats.nfe_backward, epoch=epoch + 1)
                     if cfg.checkpoint_every and step % int(cfg.checkpoint_every) == 0 and step % steps_per_epoch:
                         checkpoint(step)
-                train_time = time.perf_counter() - epoch_started
-                record: dict[str, float] = {"epoch": epoch + 1, "step": step, "time_epoch_s": train_time, "full_epoch": float(first == 0)}
-                run.scalar("time/epoch", train_time, step)
-                if splits.val is not None:
-                    val = evaluate(model, splits.val, normalize, eval_batch)
-                    record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-                    run.scalars({"loss/val": val["loss"], "metrics/val_accuracy": val["accuracy"]}, step)
-                if epoch + 1 == epochs or (cfg.test_every and (epoch + 1) % int(cfg.test_every) == 0):
-                    test = evaluate(model, splits.test, normalize, eval_batch)
-                    record.update(test_loss=test["loss"], test_accuracy=test["accuracy"], nfe_forward_test=test["nfe_forward"])
-                    run.scalars({"loss/test": test["loss"], "metrics/test_accuracy": test["accuracy"], "metrics/test_error": 1 - test["accuracy"]}, step)
-                epoch_log.append(record)
-                run.log(_epoch_line(record, epochs))
-                checkpoint(step)
-        except KeyboardInterrupt:
-            batches.load_state_dict(batches_before)  # the unfinished batch is redone on resume, with the same crops
-            if step > start and not run.checkpoint_path(step).exists():
-                run.log(f"[yellow]interrupted:[/] saving a checkpoint at batch {step}; continue with resume=true hydra.run.dir={run.dir}")
-                checkpoint(step)
-            raise
+            train_time = time.perf_counter() - epoch_started
+            record: dict[str, float] = {"epoch": epoch + 1, "step": step, "time_epoch_s": train_time, "full_epoch": float(first == 0)}
+            run.scalar("time/epoch", train_time, step)
+            if splits.val is not None:
+                val = evaluate(model, splits.val, normalize, eval_batch)
+                record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+                run.scalars({"loss/val": val["loss"], "metrics/val_accuracy": val["accuracy"]}, step)
+            if epoch + 1 == epochs or (cfg.test_every and (epoch + 1) % int(cfg.test_every) == 0):
+                test = evaluate(model, splits.test, normalize, eval_batch)
+                record.update(test_loss=test["loss"], test_accuracy=test["accuracy"], nfe_forward_test=test["nfe_forward"])
+                run.scalars({"loss/test": test["loss"], "metrics/test_accuracy": test["accuracy"], "metrics/test_error": 1 - test["accuracy"]}, step)
+            epoch_log.append(record)
+            run.log(_epoch_line(record, epochs))
+            checkpoint(step)
 
     if test is None:  # resumed after the last epoch had finished
         test = evaluate(model, splits.test, normalize, eval_batch)
@@ -267,6 +256,7 @@ def classify(cfg: DictConfig, run: Run) -> dict[str, Any]:
         "nfe_forward_test": test["nfe_forward"],
         "epochs": epochs,
         "steps": step,
+        "skipped_batches": loop.skipped,
         "time_per_epoch_s": sum(full_epochs) / len(full_epochs) if full_epochs else float("nan"),
         "loss_train_last": loss_value,
         "model": model_name,
@@ -309,9 +299,6 @@ def _epoch_line(record: dict[str, float], epochs: int) -> str:
 
 def _print_summary(run: Run, metrics: dict[str, Any]) -> None:
     title = f"classify mnist · {metrics['model']}" + (f" · {metrics['solver']}" if metrics["solver"] else "")
-    table = Table(title=title, show_header=True, header_style="bold")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
     rows = [
         ("test accuracy", f"{metrics['test_accuracy']:.4f}"),
         ("test error", f"{100 * metrics['test_error']:.2f}%"),
@@ -322,8 +309,7 @@ def _print_summary(run: Run, metrics: dict[str, Any]) -> None:
         ("NFE forward / batch (last)", str(metrics["nfe_forward_last"])),
         ("time per epoch", f"{metrics['time_per_epoch_s']:.1f}s"),
         ("epochs", str(metrics["epochs"])),
+        *([("skipped batches (non-finite)", str(metrics["skipped_batches"]))] if metrics["skipped_batches"] else []),
         ("data", f"{metrics['data_source']} ({metrics['train_size']} train, {metrics['test_size']} test)"),
     ]
-    for name, value in rows:
-        table.add_row(name, value)
-    run.console.print(table)
+    print_metrics_table(run, title, rows)

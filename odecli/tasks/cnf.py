@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from rich.table import Table
 
 from odecli.data import targets
 from odecli.data.toy2d import get_density, sample
@@ -31,14 +30,13 @@ from odecli.solvers import track_stats
 from odecli.tasks.common import (
     Checkpointer,
     NFEHistory,
-    TrainingDiverged,
-    apply_threads,
     build_optimizer,
     build_scheduler,
     make_solve,
-    seed_everything,
-    select_device,
+    prepare,
+    print_metrics_table,
 )
+from odecli.tasks.loop import GeneratorState, TrainingLoop
 from odecli.tracking import Run
 
 OBJECTIVES = ("nll", "kl")
@@ -71,9 +69,7 @@ def _mean_log_likelihood(dynamics: CNFDynamics, solve: Any, x: torch.Tensor, t1:
 @TASKS.register("cnf")
 def cnf(cfg: DictConfig, run: Run) -> dict[str, Any]:
     """Train a CNF on ``data``; return test NLL, true entropy and gap (when known) and NFE."""
-    apply_threads(cfg.threads)
-    seed_everything(int(cfg.seed))
-    device = select_device(str(cfg.device))
+    device = prepare(cfg)
     _validate(cfg)
     seed = int(cfg.seed)
     matching = cfg.objective == "kl"
@@ -140,11 +136,11 @@ def cnf(cfg: DictConfig, run: Run) -> dict[str, Any]:
             _plot(run, cfg, field, evaluation, solve, name, test_x, limit, t1, iteration)
 
     loss_value = float("nan")
-    iteration = completed = start
-    with run.progress(iters, start=start, description=f"cnf {name}") as progress:
-        try:
-            for iteration in range(start + 1, iters + 1):
-                generators_before = (data_generator.get_state(), noise_generator.get_state())
+    samplers = [GeneratorState(data_generator), GeneratorState(noise_generator)]
+    with run.progress(iters, start=start, description=f"cnf {name}") as progress, \
+            TrainingLoop(run, cfg, start=start, save=checkpoint, samplers=samplers) as loop:  # fmt: skip
+        for iteration in range(start + 1, iters + 1):
+            with loop.iteration(iteration):
                 began = time.perf_counter()
                 if matching:
                     x = torch.randn(int(cfg.batch_size), 2, generator=data_generator).to(device)
@@ -160,15 +156,14 @@ def cnf(cfg: DictConfig, run: Run) -> dict[str, Any]:
                         log_p, (kinetic, jacobian) = _train_terms(dynamics, solve, x, t1)
                         nll = -log_p.mean()
                     loss = nll + float(cfg.regularize.kinetic) * kinetic + float(cfg.regularize.jacobian) * jacobian
-                    loss_value = loss.item()
-                    if not math.isfinite(loss_value):
-                        raise TrainingDiverged(iteration, loss_value, cfg)
+                    loss_value = loop.check_loss(loss)
                     loss.backward()
+                loop.check_gradients(field.parameters())
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
                 history.add(stats)
-                completed = iteration
+                loop.done(iteration)
                 scalars = {"loss/train": loss_value, ("loss/kl" if matching else "loss/nll"): nll.item(), "nfe/forward": stats.nfe_forward,
                            "nfe/backward": stats.nfe_backward, "time/step": time.perf_counter() - began}  # fmt: skip
                 if regularize:
@@ -179,16 +174,8 @@ def cnf(cfg: DictConfig, run: Run) -> dict[str, Any]:
                     evaluate(iteration)
                 if cfg.plot_every > 0 and iteration % cfg.plot_every == 0 and iteration < iters:
                     plot(iteration)
-                if iteration % cfg.checkpoint_every == 0 or iteration == iters:
-                    checkpoint(iteration)
-        except KeyboardInterrupt:
-            if completed != iteration:  # redo the unfinished iteration on resume, with the same batch
-                data_generator.set_state(generators_before[0])
-                noise_generator.set_state(generators_before[1])
-            if completed > start and not run.checkpoint_path(completed).exists():
-                run.log(f"[yellow]interrupted:[/] saving a checkpoint at iteration {completed}")
-                checkpoint(completed)
-            raise
+            if iteration % cfg.checkpoint_every == 0 or iteration == iters:
+                checkpoint(iteration)
 
     final = evaluate(iters)
     plot(iters)
@@ -197,6 +184,7 @@ def cnf(cfg: DictConfig, run: Run) -> dict[str, Any]:
         "loss_train_last": loss_value,
         **history.summary(),
         "iters": iters,
+        "skipped_batches": loop.skipped,
         "params": count_parameters(field),
         "data": name,
         "objective": str(cfg.objective),
@@ -274,18 +262,16 @@ def _plot(run: Run, cfg: DictConfig, field: Any, evaluation: CNFDynamics, solve:
 
 
 def _print_summary(run: Run, metrics: dict[str, Any]) -> None:
-    table = Table(title=f"cnf {metrics['objective']} {metrics['data']} · {metrics['model']} · {metrics['solver']} · {metrics['trace']} trace", header_style="bold")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    if "kl" in metrics:
-        table.add_row("KL(q‖p) (nats)", f"{metrics['kl']:.4f}")
-    else:
-        table.add_row("test NLL (nats)", f"{metrics['nll_test']:.4f}")
+    rows = [("KL(q‖p) (nats)", f"{metrics['kl']:.4f}")] if "kl" in metrics else [("test NLL (nats)", f"{metrics['nll_test']:.4f}")]
     if "true_entropy" in metrics:
-        table.add_row("true entropy (nats)", f"{metrics['true_entropy']:.4f} ± {metrics['true_entropy_stderr']:.4f}")
-        table.add_row("gap NLL − entropy", f"{metrics['nll_gap']:.4f}")
-    table.add_row("NFE forward / iteration", f"{metrics['nfe_forward']:.1f}")
-    table.add_row("NFE backward / iteration", f"{metrics['nfe_backward']:.1f}")
-    table.add_row("iterations", str(metrics["iters"]))
-    table.add_row("parameters", str(metrics["params"]))
-    run.console.print(table)
+        rows += [("true entropy (nats)", f"{metrics['true_entropy']:.4f} ± {metrics['true_entropy_stderr']:.4f}"),
+                 ("gap NLL − entropy", f"{metrics['nll_gap']:.4f}")]  # fmt: skip
+    rows += [
+        ("NFE forward / iteration", f"{metrics['nfe_forward']:.1f}"),
+        ("NFE backward / iteration", f"{metrics['nfe_backward']:.1f}"),
+        ("iterations", str(metrics["iters"])),
+        *([("skipped batches (non-finite)", str(metrics["skipped_batches"]))] if metrics["skipped_batches"] else []),
+        ("parameters", str(metrics["params"])),
+    ]
+    title = f"cnf {metrics['objective']} {metrics['data']} · {metrics['model']} · {metrics['solver']} · {metrics['trace']} trace"
+    print_metrics_table(run, title, rows)

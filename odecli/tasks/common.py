@@ -44,6 +44,25 @@ def select_device(name: str) -> torch.device:
         raise ConfigError(f"device '{name}' is not a valid torch device (use auto, cpu or cuda).") from exc
 
 
+def prepare(cfg: DictConfig) -> torch.device:
+    """Every task's first lines: torch threads, seeds, and the device it runs on."""
+    apply_threads(cfg.threads)
+    seed_everything(int(cfg.seed))
+    return select_device(str(cfg.device))
+
+
+def print_metrics_table(run: Any, title: str, rows: list[tuple[str, str]]) -> None:
+    """A run's final metrics as a two-column table on its console."""
+    from rich.table import Table
+
+    table = Table(title=title, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in rows:
+        table.add_row(name, value)
+    run.console.print(table)
+
+
 def apply_threads(threads: int | None) -> None:
     if threads is not None:
         if int(threads) < 1:
@@ -104,13 +123,13 @@ def build_scheduler(node: DictConfig | None, optimizer: torch.optim.Optimizer) -
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
-    def __init__(self, iteration: int, value: float, cfg: DictConfig):
+    def __init__(self, iteration: int, value: float, cfg: DictConfig, *, what: str = "loss"):
         lr = OmegaConf.select(cfg, "optim.lr", default="?")
         tol = OmegaConf.select(cfg, "solver.rtol", default="?")
         super().__init__(
-            f"the loss became {value} at iteration {iteration}. Likely causes: a learning rate too high "
+            f"the {what} became {value} at iteration {iteration}. Likely causes: a learning rate too high "
             f"(optim.lr={lr}; try a tenth) or a solver tolerance too loose (solver.rtol={tol}; try solver.tol=1e-6). "
-            f"The last checkpoint is kept."
+            f"The last checkpoint is kept; nonfinite=skip would drop such batches and go on."
         )
         self.iteration = iteration
 

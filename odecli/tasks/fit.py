@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from rich.table import Table
 from torch import nn
 
 from odecli.dynamics import System, build_system
@@ -25,14 +24,13 @@ from odecli.solvers import track_stats
 from odecli.tasks.common import (
     Checkpointer,
     NFEHistory,
-    TrainingDiverged,
-    apply_threads,
     build_optimizer,
     build_scheduler,
     make_solve,
-    seed_everything,
-    select_device,
+    prepare,
+    print_metrics_table,
 )
+from odecli.tasks.loop import TrainingLoop
 from odecli.tracking import Run
 
 LOSSES = {"l1": lambda pred, target: (pred - target).abs().mean(), "mse": lambda pred, target: ((pred - target) ** 2).mean()}
@@ -122,9 +120,7 @@ def _validate(cfg: DictConfig, n_points: int) -> None:
 @TASKS.register("fit")
 def fit(cfg: DictConfig, run: Run) -> dict[str, Any]:
     """Train a neural vector field on one system's trajectory; return the final metrics."""
-    apply_threads(cfg.threads)
-    seed_everything(int(cfg.seed))
-    device = select_device(str(cfg.device))
+    device = prepare(cfg)
     system = build_system(cfg.dynamics)
     _validate(cfg, len(system.t))
     obs = observe(system, noise=float(cfg.data.noise), extrapolate=float(cfg.data.extrapolate), seed=int(cfg.seed), device=device)
@@ -167,28 +163,24 @@ def fit(cfg: DictConfig, run: Run) -> dict[str, Any]:
     if start == 0:
         evaluate(0, plot=False)  # the untrained model's error: where loss/val starts
     loss_value = float("nan")
-    iteration = start
-    batches_before = batches.state_dict()
-    with run.progress(iters, start=start, description=f"fit {system.name}") as progress:
-        completed = start
-        try:
-            for iteration in range(start + 1, iters + 1):
-                batches_before = batches.state_dict()
+    with run.progress(iters, start=start, description=f"fit {system.name}") as progress, \
+            TrainingLoop(run, cfg, start=start, save=checkpoint, samplers=[batches]) as loop:  # fmt: skip
+        for iteration in range(start + 1, iters + 1):
+            with loop.iteration(iteration):
                 began = time.perf_counter()
                 y0, t_relative, starts, targets = batches.sample()
                 field = ShiftedTime(model, starts) if shift_time else model
                 optimizer.zero_grad(set_to_none=True)
                 with track_stats() as stats:
                     loss = loss_fn(solve(field, y0, t_relative), targets)
-                    loss_value = loss.item()
-                    if not torch.isfinite(loss):
-                        raise TrainingDiverged(iteration, loss_value, cfg)
+                    loss_value = loop.check_loss(loss)
                     loss.backward()
+                loop.check_gradients(model.parameters())
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
                 history.add(stats)
-                completed = iteration
+                loop.done(iteration)
                 run.scalars(
                     {"loss/train": loss_value, "nfe/forward": stats.nfe_forward, "nfe/backward": stats.nfe_backward,
                      "time/step": time.perf_counter() - began},
@@ -198,15 +190,8 @@ def fit(cfg: DictConfig, run: Run) -> dict[str, Any]:
                 plot_now = cfg.plot_every > 0 and iteration % cfg.plot_every == 0 and iteration < iters
                 if plot_now or (iteration % cfg.eval_every == 0 and iteration < iters):
                     evaluate(iteration, plot=plot_now)
-                if iteration % cfg.checkpoint_every == 0 or iteration == iters:
-                    checkpoint(iteration)
-        except KeyboardInterrupt:
-            if completed != iteration:  # the unfinished iteration is redone on resume, with the same segments
-                batches.load_state_dict(batches_before)
-            if completed > start and not run.checkpoint_path(completed).exists():
-                run.log(f"[yellow]interrupted:[/] saving a checkpoint at iteration {completed}; continue with resume=true hydra.run.dir={run.dir}")
-                checkpoint(completed)
-            raise
+            if iteration % cfg.checkpoint_every == 0 or iteration == iters:
+                checkpoint(iteration)
 
     final = evaluate(iters, plot=True)
     if cfg.gif and frames:
@@ -219,6 +204,7 @@ def fit(cfg: DictConfig, run: Run) -> dict[str, Any]:
         "loss_train_last": loss_value,
         **history.summary(),
         "iters": iters,
+        "skipped_batches": loop.skipped,
         "params": count_parameters(model),
         "dynamics": system.name,
         "solver": str(cfg.solver.method),
@@ -240,9 +226,6 @@ def _plot(run: Run, cfg: DictConfig, system: System, obs: Observations, model: n
 
 
 def _print_summary(run: Run, metrics: dict[str, Any]) -> None:
-    table = Table(title=f"fit {metrics['dynamics']} · {metrics['solver']}", show_header=True, header_style="bold")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
     rows = [
         ("val MSE", f"{metrics['val_mse']:.3e}"),
         *([("extrapolation MSE", f"{metrics['extrapolation_mse']:.3e}")] if "extrapolation_mse" in metrics else []),
@@ -250,8 +233,7 @@ def _print_summary(run: Run, metrics: dict[str, Any]) -> None:
         ("NFE forward / iteration", f"{metrics['nfe_forward']:.1f}"),
         ("NFE backward / iteration", f"{metrics['nfe_backward']:.1f}"),
         ("iterations", str(metrics["iters"])),
+        *([("skipped batches (non-finite)", str(metrics["skipped_batches"]))] if metrics["skipped_batches"] else []),
         ("parameters", str(metrics["params"])),
     ]
-    for name, value in rows:
-        table.add_row(name, value)
-    run.console.print(table)
+    print_metrics_table(run, f"fit {metrics['dynamics']} · {metrics['solver']}", rows)

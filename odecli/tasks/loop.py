@@ -1,0 +1,140 @@
+"""What every training loop does around its iterations, whatever it trains.
+
+* Ctrl-C: the last *completed* iteration is checkpointed (unless it already is) and the batch
+  samplers are rewound to the state they had after it, so ``resume=true`` redoes the unfinished
+  iteration with the same batch and ends with the same numbers as an uninterrupted run.
+* Non-finite loss, gradients or solver state: ``nonfinite: stop`` (default) ends the run with
+  ``TrainingDiverged`` naming the iteration and the likely causes, leaving the last good checkpoint
+  as it is; ``nonfinite: skip`` drops that batch (no update), warns, and goes on — unless
+  ``MAX_CONSECUTIVE_SKIPS`` batches in a row were bad, when nothing can be learned any more.
+
+A loop uses it like this::
+
+    with TrainingLoop(run, cfg, start=start, save=checkpoint, samplers=[batches]) as loop:
+        for iteration in range(start + 1, iters + 1):
+            with loop.iteration(iteration):
+                loss = ...
+                loop.check_loss(loss)
+                loss.backward()
+                loop.check_gradients(model.parameters())
+                optimizer.step()
+                loop.done(iteration)
+                ...  # logging, evaluation, checkpoints
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from odecli.errors import ConfigError
+from odecli.solvers.errors import NonFiniteState
+from odecli.tasks.common import TrainingDiverged
+
+NONFINITE_POLICIES = ("stop", "skip")
+MAX_CONSECUTIVE_SKIPS = 10
+
+
+class NonFiniteLoss(ArithmeticError):
+    """The loss or a gradient is NaN or infinite (caught by ``TrainingLoop.iteration``)."""
+
+    def __init__(self, value: float, what: str = "loss"):
+        self.value, self.what = value, what
+        super().__init__(f"the {what} became {value}")
+
+
+class GeneratorState:
+    """A ``torch.Generator`` seen as a sampler with ``state_dict``/``load_state_dict``."""
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+
+    def state_dict(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def load_state_dict(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
+
+class TrainingLoop:
+    """Interrupt checkpoints and the non-finite policy around one run's training iterations."""
+
+    def __init__(self, run: Any, cfg: DictConfig, *, start: int, save: Callable[[int], None], samplers: Sequence[Any] = ()):
+        self.run, self.cfg, self.save, self.samplers = run, cfg, save, list(samplers)
+        self.start = self.completed = start
+        self.policy = nonfinite_policy(cfg)
+        self.skipped = 0
+        self._consecutive_skips = 0
+        self._after_completed = self._sampler_states()
+
+    def __enter__(self) -> TrainingLoop:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self._checkpoint_interrupted()
+        return False
+
+    @contextmanager
+    def iteration(self, iteration: int) -> Iterator[None]:
+        """One training iteration; a non-finite loss, gradient or state inside it stops or skips it."""
+        try:
+            yield
+        except (NonFiniteLoss, NonFiniteState) as exc:
+            what = exc.what if isinstance(exc, NonFiniteLoss) else f"solver {exc.what} (at t={exc.t:.6g})"
+            value = exc.value if isinstance(exc, NonFiniteLoss) else float("nan")
+            if self.policy == "stop":
+                raise TrainingDiverged(iteration, value, self.cfg, what=what) from exc
+            self._consecutive_skips += 1
+            if self._consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                raise TrainingDiverged(iteration, value, self.cfg, what=f"{what} ({MAX_CONSECUTIVE_SKIPS} batches in a row)") from exc
+            self.skipped += 1
+            self.run.log(f"[yellow]skipped batch:[/] the {what} became {value} at iteration {iteration} (nonfinite=skip); no update made")
+            self.done(iteration)
+        else:
+            self._consecutive_skips = 0
+
+    def check_loss(self, loss: torch.Tensor) -> float:
+        """The loss as a float; raises ``NonFiniteLoss`` (handled by ``iteration``) when it is NaN or Inf."""
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLoss(value)
+        return value
+
+    def check_gradients(self, parameters: Iterable[torch.Tensor]) -> None:
+        """Raise ``NonFiniteLoss`` before a NaN/Inf gradient can reach the weights."""
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if grads:
+            total = float(torch.stack([g.detach().abs().sum() for g in grads]).sum())
+            if not math.isfinite(total):
+                raise NonFiniteLoss(total, "gradient")
+
+    def done(self, iteration: int) -> None:
+        """The model was updated (or the batch skipped) for ``iteration``: a checkpoint may now record it."""
+        self.completed = iteration
+        self._after_completed = self._sampler_states()
+
+    def _sampler_states(self) -> list[Any]:
+        return [sampler.state_dict() for sampler in self.samplers]
+
+    def _checkpoint_interrupted(self) -> None:
+        for sampler, state in zip(self.samplers, self._after_completed, strict=True):
+            sampler.load_state_dict(state)
+        if self.completed > self.start and not self.run.checkpoint_path(self.completed).exists():
+            self.run.log(
+                f"[yellow]interrupted:[/] saving a checkpoint at iteration {self.completed}; "
+                f"continue with resume=true hydra.run.dir={self.run.dir}"
+            )
+            self.save(self.completed)
+
+
+def nonfinite_policy(cfg: DictConfig) -> str:
+    policy = OmegaConf.select(cfg, "nonfinite", default="stop")
+    if policy not in NONFINITE_POLICIES:
+        raise ConfigError(f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)} (what to do with a NaN/Inf loss), got {policy!r}.")
+    return str(policy)
