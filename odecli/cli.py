@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from rich.table import Table
 
 from odecli import __version__
 from odecli.console import console, error_console
-from odecli.errors import UserError
+from odecli.errors import RunFailed, UserError
 
 app = typer.Typer(
     name="odecli",
@@ -37,6 +38,9 @@ DebugOption = typer.Option(False, "--debug", help="Show Python tracebacks (same 
 EXIT_USER_ERROR = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
+# Writing a run's files failed: the user can fix these (space, permissions, path), so no traceback.
+UNWRITABLE = {errno.EACCES: "permission denied", errno.EPERM: "not permitted", errno.EROFS: "read-only file system",
+              errno.ENOTDIR: "a path component is a file, not a directory", errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded"}  # fmt: skip
 
 
 def _version_callback(value: bool) -> None:
@@ -73,9 +77,19 @@ def _guard(debug: bool, action: Callable[[], Any]) -> Any:
         if isinstance(exc, (UserError, InvalidInputError)):
             error_console.print(f"[bold red]error:[/] {exc}")
             raise typer.Exit(getattr(exc, "exit_code", EXIT_USER_ERROR)) from None
+        if isinstance(exc, RunFailed):
+            error_console.print(f"[bold red]run failed:[/] {exc}")
+            raise typer.Exit(exc.exit_code) from None
         if isinstance(exc, SolverError):
             error_console.print(f"[bold red]solver failed:[/] {exc}")
             raise typer.Exit(EXIT_FAILED) from None
+        if isinstance(exc, OSError) and exc.errno in UNWRITABLE:
+            error_console.print(
+                f"[bold red]error:[/] cannot write {escape(str(exc.filename or 'the run directory'))}: {UNWRITABLE[exc.errno]}. "
+                "Free some space or choose a writable place: paths.output_dir=<dir> (or ODECLI_OUTPUT_DIR). "
+                "Files written before this point are kept; a run that failed is marked status 'failed' where its metrics.json could be written."
+            )
+            raise typer.Exit(EXIT_FAILED if exc.errno in (errno.ENOSPC, errno.EDQUOT) else EXIT_USER_ERROR) from None
         if not _debug_requested(debug):
             error_console.print(f"[bold red]unexpected error:[/] {type(exc).__name__}: {exc}\n(run again with --debug for the traceback)")
         raise typer.Exit(EXIT_FAILED) from None

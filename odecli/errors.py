@@ -22,6 +22,12 @@ class TaskNotAvailable(UserError):
     exit_code = 1
 
 
+class RunFailed(RuntimeError):
+    """A run that stopped for a reason its message explains (e.g. the loss diverged); exit 1, no traceback."""
+
+    exit_code = 1
+
+
 def closest(name: str, choices: Iterable[str]) -> str | None:
     """The choice most similar to ``name``, or None when nothing is close."""
     matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)

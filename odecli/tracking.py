@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +162,10 @@ class Run:
 
     def load_latest_checkpoint(self) -> dict[str, Any] | None:
         """The newest readable checkpoint's state (with ``step``); corrupt ones are reported and skipped."""
+        for partial in self.checkpoints_dir.glob(f".{CHECKPOINT_PREFIX}*.tmp"):  # a writer killed mid-write
+            self.log(f"[yellow]warning:[/] removing {partial.name}, a checkpoint whose writing was cut off")
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
         for path in self.checkpoints():
             try:
                 payload = _read_checkpoint(path)

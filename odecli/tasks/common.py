@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from odecli.errors import ConfigError
+from odecli.errors import ConfigError, RunFailed
 
 Solve = Callable[[Callable, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -120,7 +120,7 @@ def build_scheduler(node: DictConfig | None, optimizer: torch.optim.Optimizer) -
         raise ConfigError(f"scheduler could not be built from {OmegaConf.to_container(node)}: {cause}") from exc
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(RunFailed):
     """The loss became NaN or infinite."""
 
     def __init__(self, iteration: int, value: float, cfg: DictConfig, *, what: str = "loss"):

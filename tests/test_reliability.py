@@ -1,0 +1,282 @@
+"""Fault injection: runs survive kills, Ctrl-C, NaNs, solver failures and full disks, and say what went wrong.
+
+Each test names the fault in docs/reliability.md. The SIGKILL-and-resume tests for every task are in
+tests/test_kill_resume.py (slow tier).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from odecli import hydra_bridge
+from odecli.cli import app
+from odecli.tracking import Run
+
+runner = CliRunner()
+TINY_FIT = ["dynamics=spiral", "iters=6", "eval_every=3", "plot_every=0", "checkpoint_every=2", "data.batch_size=4",
+            "dynamics.n_points=200", "threads=1"]  # fmt: skip
+
+
+def fit(run_dir: Path, *overrides: str) -> dict:
+    hydra_bridge.run("fit", [*TINY_FIT, *overrides, f"hydra.run.dir={run_dir}"])
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def invoke_fit(run_dir: Path, *overrides: str):
+    return runner.invoke(app, ["fit", *TINY_FIT, *overrides, f"hydra.run.dir={run_dir}"])
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the process ended before {path.name} appeared"
+        assert time.time() < deadline, f"{path} did not appear in {timeout}s"
+        time.sleep(0.02)
+
+
+# ----- checkpoints -----------------------------------------------------------------------------
+KILLED_WRITER = textwrap.dedent(
+    """
+    import sys, time, torch
+    from odecli import tracking
+    run = tracking.Run(sys.argv[1], tensorboard=False)
+    run.save_checkpoint({"weights": torch.ones(3)}, 1)
+
+    def stalled_write(data):  # the second checkpoint's bytes stop half-way and the process is killed
+        raise SystemExit("unreachable")
+
+    real_fdopen = tracking.os.fdopen
+    def fdopen(fd, mode):
+        handle = real_fdopen(fd, mode)
+        real_write = handle.write
+        def write(data):
+            real_write(data[: len(data) // 2]); handle.flush()
+            print("writing", flush=True); time.sleep(600)
+        handle.write = write
+        return handle
+    tracking.os.fdopen = fdopen
+    run.save_checkpoint({"weights": torch.full((100000,), 2.0)}, 2)
+    """
+)
+
+
+def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    checkpoints = tmp_path / "checkpoints"
+    assert [p.name for p in checkpoints.glob("ckpt_*.pt")] == ["ckpt_000000001.pt"]
+    assert list(checkpoints.glob(".ckpt_*.tmp")), "the killed writer's partial file is where it was cut off"
+
+    run = Run(tmp_path, tensorboard=False)
+    state = run.load_latest_checkpoint()
+    assert state["step"] == 1 and torch.equal(state["weights"], torch.ones(3))
+    assert not list(checkpoints.glob(".ckpt_*.tmp")), "the partial file is cleaned up on the next load"
+
+
+def test_truncated_latest_checkpoint_is_reported_and_the_previous_one_resumes(tmp_path: Path) -> None:
+    reference = fit(tmp_path / "reference", "iters=8")
+    run_dir = tmp_path / "damaged"
+    fit(run_dir, "iters=8")  # keeps checkpoints 4, 6, 8
+    latest = run_dir / "checkpoints" / "ckpt_000000008.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])
+
+    result = invoke_fit(run_dir, "iters=8", "resume=true")
+    assert result.exit_code == 0, result.output
+    assert "ckpt_000000008.pt is corrupt" in result.output and "continuing from step 6" in result.output
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("val_mse", "loss_train_last", "nfe_forward"):
+        assert resumed[key] == reference[key], key
+
+
+# ----- Ctrl-C ----------------------------------------------------------------------------------
+def test_ctrl_c_saves_a_checkpoint_writes_interrupted_and_exits_130(tmp_path: Path) -> None:
+    run_dir = tmp_path / "interrupted"
+    settings = [*TINY_FIT, "iters=100000", "checkpoint_every=1000", "eval_every=1000"]
+    command = [sys.executable, "-m", "odecli.cli", "fit", *settings, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"})
+    _wait_for(run_dir / "tb", proc)
+    time.sleep(3)  # some iterations in
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted"
+    saved = Run(run_dir, tensorboard=False).load_latest_checkpoint()
+    assert saved is not None and saved["step"] >= 1
+    assert f"saving a checkpoint at iteration {saved['step']}" in output
+
+
+# ----- NaN and Inf -----------------------------------------------------------------------------
+def _nan_loss_at(monkeypatch: pytest.MonkeyPatch, bad_calls: set[int]) -> None:
+    """fit's L1 loss returns NaN on the given (1-based) training calls."""
+    from odecli.tasks import fit as task
+
+    real = task.LOSSES["l1"]
+    calls = {"n": 0}
+
+    def loss(pred, target):
+        calls["n"] += 1
+        value = real(pred, target)
+        return value * float("nan") if calls["n"] in bad_calls else value
+
+    monkeypatch.setitem(task.LOSSES, "l1", loss)
+
+
+def test_nan_loss_stops_naming_the_iteration_and_keeps_the_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _nan_loss_at(monkeypatch, {5})
+    run_dir = tmp_path / "diverged"
+    result = invoke_fit(run_dir)
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "run failed: the loss became nan at iteration 5" in text and "optim.lr" in text and "solver.tol" in text, text
+    assert "Traceback" not in result.output
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "TrainingDiverged" in metrics["error"]
+    assert Run(run_dir, tensorboard=False).load_latest_checkpoint()["step"] == 4  # the last good one, intact
+
+
+def test_nonfinite_skip_drops_the_bad_batch_and_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _nan_loss_at(monkeypatch, {3})
+    run_dir = tmp_path / "skipped"
+    result = invoke_fit(run_dir, "nonfinite=skip")
+    assert result.exit_code == 0, result.output
+    assert "skipped batch" in result.output
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["skipped_batches"] == 1 and metrics["val_mse"] == metrics["val_mse"]
+
+
+def test_nonfinite_skip_gives_up_after_many_bad_batches_in_a_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _nan_loss_at(monkeypatch, set(range(2, 100)))
+    result = invoke_fit(tmp_path / "hopeless", "nonfinite=skip", "iters=20")
+    assert result.exit_code == 1 and "10 batches in a row" in result.output, result.output
+
+
+def test_nonfinite_solver_state_is_reported_like_a_nan_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from odecli.tasks import fit as task
+
+    real_build = task.build_model
+    calls = {"n": 0}
+
+    def build_model(node, dim):  # a vector field that blows up part-way through training
+        model = real_build(node, dim=dim)
+        real_forward = model.forward
+
+        def forward(t, y):
+            calls["n"] += torch.is_grad_enabled()  # training solves only, not the evaluations
+            out = real_forward(t, y)
+            return out * float("inf") if calls["n"] > 100 else out
+
+        model.forward = forward
+        return model
+
+    monkeypatch.setattr(task, "build_model", build_model)
+    run_dir = tmp_path / "blown_up"
+    result = invoke_fit(run_dir)
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "run failed: the solver state" in text and "became nan at iteration" in text and "optim.lr" in text, text
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"
+
+
+def test_bad_nonfinite_policy_is_a_clear_error(tmp_path: Path) -> None:
+    result = invoke_fit(tmp_path / "x", "nonfinite=ignore")
+    assert result.exit_code == 2 and "nonfinite must be one of stop, skip" in result.output, result.output
+
+
+# ----- solver failures -------------------------------------------------------------------------
+def test_solver_failure_in_a_task_says_where_and_what_to_try(tmp_path: Path) -> None:
+    run_dir = tmp_path / "failed"
+    result = invoke_fit(run_dir, "+solver.options.max_num_steps=1")
+    assert result.exit_code == 1, result.output
+    assert "solver failed" in result.output and "max_num_steps=1 at t=" in result.output
+    assert "loosen rtol/atol" in result.output and "Traceback" not in result.output
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "MaxStepsExceeded" in metrics["error"]
+
+
+# ----- file system -----------------------------------------------------------------------------
+def test_unwritable_output_directory_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not_a_directory"
+    blocker.write_text("a file where the outputs should go")
+    result = runner.invoke(app, ["fit", *TINY_FIT, f"paths.output_dir={blocker}/outputs"])
+    assert result.exit_code == 2, result.output
+    assert "cannot write" in result.output and "paths.output_dir" in result.output and "Traceback" not in result.output
+
+
+def test_disk_full_while_checkpointing_fails_cleanly_and_leaves_no_partial_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from odecli import tracking
+
+    real_fsync = os.fsync
+    calls = {"n": 0}
+
+    def fsync(fd: int) -> None:  # the first checkpoint fits; then the disk is full
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(tracking.os, "fsync", fsync)
+    run_dir = tmp_path / "full"
+    result = invoke_fit(run_dir)
+    assert result.exit_code == 1, result.output
+    assert "disk full" in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt_000000002.pt"]
+    assert not (run_dir / "metrics.json").exists(), "no metrics.json claims a result"
+    assert not list(run_dir.glob(".*.tmp"))
+    monkeypatch.undo()
+    assert Run(run_dir, tensorboard=False).load_latest_checkpoint()["step"] == 2
+
+
+def test_two_sweeps_started_together_get_distinct_directories(tmp_path: Path) -> None:
+    env = {**os.environ, "ODECLI_OUTPUT_DIR": str(tmp_path / "outputs"), "COLUMNS": "300"}
+    command = [sys.executable, "-m", "odecli.cli", "fit", "-m", "seed=0,1", *TINY_FIT[:-1], "iters=2"]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    sweeps = sorted((tmp_path / "outputs" / "fit" / "multirun").glob("*/*"))
+    assert len(sweeps) == 2, sweeps
+    for sweep in sweeps:
+        statuses = [json.loads((sweep / job / "metrics.json").read_text())["status"] for job in ("0", "1")]
+        assert statuses == ["completed", "completed"]
+
+
+# ----- bad input -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["solver.tol=-1e-3"], "solver.rtol must be positive"),
+        (["solver=rk4", "solver.step_size=0"], "solver.step_size must be positive"),
+        (["dynamics.n_points=0"], "dynamics.n_points must be at least 2"),
+        (["dynamics.t_end=-5"], "must be greater than dynamics.t_start"),
+        (["data.batch_time=500"], "is longer than the 200 training points"),
+        (["iters=abc"], "iters expects an integer"),
+        (["iters=-3"], "iters must be an integer >= 1"),
+        (["data.noise=-1"], "data.noise must be >= 0"),
+        (["optim.lr=fast"], "optim.lr expects a number"),
+        (["no_such_key=1"], "no_such_key"),
+        (["solver=no_such_solver"], "no_such_solver"),
+        (["dynamics=no_such_system"], "no_such_system"),
+        (["threads=0"], "threads must be a positive integer"),
+        (["device=tpu"], "device 'tpu'"),
+    ],
+)
+def test_bad_values_exit_2_with_a_message_and_no_traceback(overrides: list[str], message: str, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["fit", *TINY_FIT, *overrides])
+    assert result.exit_code == 2, result.output
+    assert message in result.output, result.output
+    assert "Traceback" not in result.output
