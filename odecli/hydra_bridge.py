@@ -196,8 +196,10 @@ def _check_types(config_name: str, overrides: list[str], cfg: DictConfig) -> Non
             continue
         if expected == "integer" and isinstance(new, int) and not isinstance(new, bool):
             continue
-        if expected == "boolean" and isinstance(new, bool):
-            continue
+        if expected == "boolean" and (isinstance(new, bool) or (key.rsplit(".", 1)[-1] == "adjoint" and new == "checkpoint")):
+            continue  # solver.adjoint: false | true | checkpoint
+        if expected == "boolean" and key.rsplit(".", 1)[-1] == "adjoint":
+            raise ConfigError(f"{key} expects false (direct backprop), true (continuous adjoint) or checkpoint (exact, recomputed steps); got {new!r}.")
         if expected in ("text", "mapping", "list"):
             continue
         raise ConfigError(f"{key} expects {_article(expected)} {expected} (default {default!r}), got {new!r}. Example: {key}={default!r}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 # Each module registers its methods in odecli.registry.SOLVERS on import.
 from odecli.solvers import adams, implicit, runge_kutta, scipy_solver  # noqa: F401
 from odecli.solvers.adjoint import odeint_adjoint
+from odecli.solvers.checkpoint_adjoint import odeint_checkpoint
 from odecli.solvers.errors import (
     FuncOutputMismatch,
     InvalidInputError,
@@ -20,12 +21,16 @@ from odecli.solvers.errors import (
     UnknownOption,
 )
 from odecli.solvers.events import odeint_event
+from odecli.solvers.independent import BatchStats, odeint_independent
 from odecli.solvers.odeint import odeint
 from odecli.solvers.stats import SolveStats, track_stats
 
 __all__ = [
     "odeint",
     "odeint_adjoint",
+    "odeint_checkpoint",
+    "odeint_independent",
+    "BatchStats",
     "odeint_event",
     "track_stats",
     "SolveStats",

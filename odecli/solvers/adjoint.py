@@ -429,6 +429,11 @@ def odeint_adjoint(
         )
     if not torch.is_tensor(t):
         raise InvalidInputError(f"t must be a 1-D torch.Tensor of times, got {type(t).__name__}.")
+    if isinstance(options, dict) and options.get("batch_mode", "joint") != "joint":
+        raise InvalidInputError(
+            f"odeint_adjoint supports batch_mode='joint' only, got {options['batch_mode']!r}; "
+            "use direct backprop (odeint) with batch_mode='independent'."
+        )
 
     adjoint_rtol = rtol if adjoint_rtol is None else adjoint_rtol
     adjoint_atol = atol if adjoint_atol is None else adjoint_atol

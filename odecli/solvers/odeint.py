@@ -262,7 +262,8 @@ def odeint(
         rtol, atol: relative and absolute tolerances (numbers, per-element tensors, or a tuple per tuple state).
         method: a registered solver name (``odecli list solvers``); default ``'dopri5'``.
         options: method options as torchdiffeq's (``step_size``, ``first_step``, ``max_num_steps``, ...)
-            plus ``controller='pi'`` for adaptive methods.
+            plus ``controller='pi'`` for adaptive methods, and ``batch_mode='independent'``: per-sample
+            step control over the first dimension of ``y0`` (``odecli.solvers.independent``).
         event_fn: ``event_fn(t, y) -> Tensor``; solve until any component crosses zero. ``t`` must
             then hold two times (the start, and any later time giving the direction).
 
@@ -270,6 +271,12 @@ def odeint(
         ``(len(t), *y0.shape)`` tensor (a tuple of them for a tuple state); with ``event_fn``,
         ``(event_t, solution)`` where ``solution`` holds the states at ``t[0]`` and ``event_t``.
     """
+    if isinstance(options, Mapping) and "batch_mode" in options:
+        from odecli.solvers.independent import check_batch_mode, odeint_independent
+
+        options = dict(options)
+        if check_batch_mode(options.pop("batch_mode")) == "independent":
+            return odeint_independent(func, y0, t, rtol=rtol, atol=atol, method=method, options=options, event_fn=event_fn)
     name, cls = resolve_method(method)
     is_tuple, tensors = _check_state(y0)
     first = tensors[0]

@@ -101,8 +101,8 @@ def build(cfg: DictConfig) -> tuple[nn.Module, dict[str, Any] | None]:
     if name == "rknet":
         if getattr(SOLVERS.get(method), "adaptive", False):
             raise ConfigError(f"RK-Net integrates with a fixed step; '{method}' is adaptive. Use model.solver.method=rk4 (or another fixed-step method).")
-        if solver.get("adjoint"):
-            raise ConfigError("RK-Net backpropagates through the solver's steps; model.solver.adjoint must be false (ODE-Net takes solver.adjoint=true).")
+        if solver.get("adjoint") is True:
+            raise ConfigError("RK-Net backpropagates through the solver's steps; model.solver.adjoint must be false or checkpoint (ODE-Net takes solver.adjoint=true).")
     return build_classifier(node, solve=make_solve(solver)), solver  # type: ignore[arg-type]
 
 
@@ -156,7 +156,7 @@ def classify(cfg: DictConfig, run: Run) -> dict[str, Any]:
     model = model.to(device)
     params = count_parameters(model)
     model_name = MODELS.canonical(str(cfg.model.name))
-    solver_text = "" if solver is None else f", {solver['method']}" + (f" step {solver['step_size']}" if solver.get("step_size") else f" tol {solver['rtol']:g}") + (" adjoint" if solver.get("adjoint") else "")
+    solver_text = "" if solver is None else f", {solver['method']}" + (f" step {solver['step_size']}" if solver.get("step_size") else f" tol {solver['rtol']:g}") + {True: " adjoint", "checkpoint": " checkpoint adjoint"}.get(solver.get("adjoint"), "")
     run.log(
         f"model [bold]{model_name}[/]: {params:,} parameters{solver_text} · data: {len(splits.train)} train, "
         f"{len(splits.val) if splits.val else 0} validation, {len(splits.test)} test ({mnist.source})"

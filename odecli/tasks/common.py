@@ -71,8 +71,8 @@ def apply_threads(threads: int | None) -> None:
 
 
 def make_solve(solver: DictConfig | Mapping[str, Any]) -> Solve:
-    """``solve(func, y0, t)`` as the solver config says: method, tolerances, fixed step, adjoint."""
-    from odecli.solvers import odeint, odeint_adjoint
+    """``solve(func, y0, t)`` as the solver config says: method, tolerances, fixed step, adjoint, batch mode."""
+    from odecli.solvers import odeint, odeint_adjoint, odeint_checkpoint
     from odecli.solvers.odeint import resolve_method
 
     cfg = OmegaConf.to_container(solver, resolve=True) if isinstance(solver, DictConfig) else dict(solver)
@@ -86,7 +86,21 @@ def make_solve(solver: DictConfig | Mapping[str, Any]) -> Solve:
         if float(cfg["step_size"]) <= 0:
             raise ConfigError(f"solver.step_size must be positive, got {cfg['step_size']}.")
         options["step_size"] = float(cfg["step_size"])
-    if not cfg.get("adjoint"):
+    adjoint, batch_mode = cfg.get("adjoint") or False, cfg.get("batch_mode") or "joint"
+    if adjoint not in (False, True, "checkpoint"):
+        raise ConfigError(f"solver.adjoint must be one of false (direct backprop), true (continuous adjoint) or checkpoint, got {adjoint!r}.")
+    if batch_mode not in ("joint", "independent"):
+        raise ConfigError(f"solver.batch_mode must be one of joint or independent, got {batch_mode!r}.")
+    if batch_mode == "independent":
+        if adjoint:
+            raise ConfigError(f"solver.batch_mode=independent works with direct backprop only; set solver.adjoint=false (got {adjoint!r}).")
+        options["batch_mode"] = "independent"
+    if adjoint == "checkpoint":
+        checkpoints = cfg.get("checkpoints")
+        if checkpoints is not None and (isinstance(checkpoints, bool) or not isinstance(checkpoints, int) or checkpoints < 1):
+            raise ConfigError(f"solver.checkpoints must be a positive integer or null (store every step), got {checkpoints!r}.")
+        return lambda func, y0, t: odeint_checkpoint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options, checkpoints=checkpoints)
+    if not adjoint:
         return lambda func, y0, t: odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options)
     adjoint_options = {"norm": "seminorm"} if cfg.get("adjoint_seminorm") else None
     adjoint_rtol, adjoint_atol = float(cfg.get("adjoint_rtol") or rtol), float(cfg.get("adjoint_atol") or atol)
