@@ -259,8 +259,8 @@ def test_two_sweeps_started_together_get_distinct_directories(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["solver.tol=-1e-3"], "solver.rtol must be positive"),
-        (["solver=rk4", "solver.step_size=0"], "solver.step_size must be positive"),
+        (["solver.tol=-1e-3"], "solver.rtol must be a positive number"),
+        (["solver=rk4", "solver.step_size=0"], "solver.step_size must be a positive number"),
         (["dynamics.n_points=0"], "dynamics.n_points must be at least 2"),
         (["dynamics.t_end=-5"], "must be greater than dynamics.t_start"),
         (["data.batch_time=500"], "is longer than the 200 training points"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -77,14 +78,15 @@ def make_solve(solver: DictConfig | Mapping[str, Any]) -> Solve:
 
     cfg = OmegaConf.to_container(solver, resolve=True) if isinstance(solver, DictConfig) else dict(solver)
     method, _ = resolve_method(str(cfg["method"]))
-    rtol, atol = float(cfg["rtol"]), float(cfg["atol"])
     for key in ("rtol", "atol"):
-        if float(cfg[key]) <= 0:
-            raise ConfigError(f"solver.{key} must be positive, got {cfg[key]}. Example: solver.tol=1e-5")
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)) or not 0 < cfg[key] < math.inf:
+            raise ConfigError(f"solver.{key} must be a positive number, got {cfg[key]!r}. Example: solver.tol=1e-5")
+    rtol, atol = float(cfg["rtol"]), float(cfg["atol"])
     options = dict(cfg.get("options") or {})
     if cfg.get("step_size") is not None:
-        if float(cfg["step_size"]) <= 0:
-            raise ConfigError(f"solver.step_size must be positive, got {cfg['step_size']}.")
+        step_size = cfg["step_size"]
+        if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not 0 < step_size < math.inf:
+            raise ConfigError(f"solver.step_size must be a positive number (or null: the output grid), got {step_size!r}.")
         options["step_size"] = float(cfg["step_size"])
     adjoint, batch_mode = cfg.get("adjoint") or False, cfg.get("batch_mode") or "joint"
     if adjoint not in (False, True, "checkpoint"):

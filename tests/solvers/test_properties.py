@@ -77,3 +77,36 @@ def test_tuple_states_match_the_concatenated_solve(sizes, dtype):
 def test_empty_state(method):
     y = odeint(lambda t, y: y, torch.zeros(0), torch.tensor([0.0, 1.0]), method=method, options=_options(method))
     assert y.shape == (2, 0)
+
+
+@st.composite
+def any_time_grids(draw):
+    """Time grids as users mistype them: empty, repeated, unsorted, NaN, integer, 2-D — or fine."""
+    values = draw(st.lists(st.one_of(st.floats(-3, 3), st.sampled_from([float("nan"), float("inf")])), min_size=0, max_size=5))
+    kind = draw(st.sampled_from(["float", "int", "2d"]))
+    if kind == "int":
+        return torch.tensor([int(v) if math.isfinite(v) else 0 for v in values], dtype=torch.int64)
+    grid = torch.tensor(values, dtype=torch.float64)
+    return grid.reshape(1, -1) if kind == "2d" else grid
+
+
+@settings(max_examples=60, deadline=None)
+@given(t=any_time_grids(), method=st.sampled_from(METHODS), tuple_state=st.booleans())
+def test_any_time_grid_either_solves_correctly_or_raises_a_documented_error(t, method, tuple_state):
+    from odecli.solvers.errors import InvalidInputError
+
+    y0 = (torch.ones(2, dtype=torch.float64), torch.ones(1, dtype=torch.float64)) if tuple_state else torch.ones(2, dtype=torch.float64)
+    decay = (lambda s, y: (-y[0], -y[1])) if tuple_state else (lambda s, y: -y)
+    try:
+        solution = odeint(decay, y0, t, method=method, rtol=1e-8, atol=1e-8, options=_options(method))
+    except InvalidInputError:
+        valid = t.dim() == 1 and t.is_floating_point() and len(t) > 0 and bool(torch.isfinite(t).all())
+        if valid and len(t) > 1:
+            diffs = t[1:] - t[:-1]
+            valid = bool((diffs > 0).all() or (diffs < 0).all())
+        assert not valid, f"a valid grid {t.tolist()} was rejected"
+        return
+    first = solution[0] if tuple_state else solution
+    expected = torch.exp(-(t - t[0]))[:, None].to(first) * torch.ones(2, dtype=torch.float64)
+    tolerance = 1e-5 if method in ("dopri5", "tsit5", "bosh3") else 5e-2
+    torch.testing.assert_close(first, expected, atol=tolerance, rtol=tolerance)
