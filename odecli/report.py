@@ -19,7 +19,8 @@ from odecli.errors import UserError
 from odecli.tracking import METRICS_FILE, atomic_write_bytes, atomic_write_json
 
 # Columns shown first when present; the rest follow alphabetically.
-PREFERRED_COLUMNS = ("val_mse", "test_accuracy", "test_error", "nll_test", "rmse_interp", "rmse_extrap", "nfe_forward", "nfe_backward", "wall_time_s")
+PREFERRED_COLUMNS = ("val_mse", "test_accuracy", "test_error", "nll_test", "n_obs", "rmse_interp", "rmse_extrap", "rnn_rmse_interp", "rnn_rmse_extrap",
+                     "nfe_forward", "nfe_backward", "wall_time_s")  # fmt: skip
 HIDDEN_COLUMNS = {"task", "run_dir", "status", "error"}
 
 

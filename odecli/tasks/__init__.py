@@ -9,4 +9,5 @@ from odecli.tasks import (  # noqa: F401
     cnf,
     fit,
     sweep_tol,  # noqa: F401
+    vae,  # noqa: F401  (odecli vae: latent ODE vs RNN on irregular series)
 )
