@@ -305,17 +305,18 @@ def odeint(
         flat_shapes = shapes if is_tuple else None
         wrap_reverse = reverse and not native
         solver_func = _FlatFunc(func, flat_shapes, first.shape, wrap_reverse)
+        unflatten = solver_func.unflatten  # bound now: solver_func may be wrapped below (NFE counting)
         _attach_callbacks(solver_func, func, wrap_reverse)
         state = torch.cat([x.reshape(-1) for x in tensors])
         if is_tuple:
             user_norm = options.get("norm")
             if callable(user_norm):
-                options["norm"] = lambda flat, _norm=user_norm: _norm(solver_func.unflatten(flat))
+                options["norm"] = lambda flat, _norm=user_norm: _norm(unflatten(flat))
             elif "norm" in getattr(cls, "options", ()) and user_norm is None:
                 options["norm"] = _mixed_rms_norm([s.numel() for s in shapes])
         if combined_event is not None:
             event_inner = combined_event
-            combined_event = lambda te, ye: event_inner(-te if wrap_reverse else te, solver_func.unflatten(ye))  # noqa: E731
+            combined_event = lambda te, ye: event_inner(-te if wrap_reverse else te, unflatten(ye))  # noqa: E731
         times = t
         if wrap_reverse:
             times = -t

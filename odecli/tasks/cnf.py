@@ -24,7 +24,7 @@ from odecli.data import targets
 from odecli.data.toy2d import get_density, sample
 from odecli.errors import ConfigError
 from odecli.models import build_model, count_parameters
-from odecli.models.cnf import CNFDynamics, log_likelihood, standard_normal_log_prob
+from odecli.models.cnf import CNFDynamics, log_likelihood, standard_normal_log_prob, step_control
 from odecli.registry import TASKS
 from odecli.solvers import track_stats
 from odecli.tasks.common import (
@@ -223,7 +223,7 @@ def _sample_with_log_density(
         return x, standard_normal_log_prob(z) - log_det, (zero, zero)
     zeros = torch.zeros(len(z), dtype=z.dtype, device=z.device)
     state = (z, zeros) + ((zeros, zeros) if dynamics.regularize else ())
-    final = tuple(part[-1] for part in solve(dynamics, state, torch.tensor([t1, 0.0], dtype=z.dtype, device=z.device)))
+    final = tuple(part[-1] for part in solve(dynamics, state, torch.tensor([t1, 0.0], dtype=z.dtype, device=z.device), **step_control(dynamics)))
     if dynamics.regularize:  # integrated backwards in time: the integrals come out negated
         regularizers = (-final[2].mean(), -final[3].mean())
     else:

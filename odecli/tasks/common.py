@@ -72,7 +72,7 @@ def apply_threads(threads: int | None) -> None:
 
 
 def make_solve(solver: DictConfig | Mapping[str, Any]) -> Solve:
-    """``solve(func, y0, t)`` as the solver config says: method, tolerances, fixed step, adjoint, batch mode."""
+    """``solve(func, y0, t, norm=None)`` as the solver config says: method, tolerances, fixed step, adjoint, batch mode."""
     from odecli.solvers import odeint, odeint_adjoint, odeint_checkpoint
     from odecli.solvers.odeint import resolve_method
 
@@ -101,15 +101,22 @@ def make_solve(solver: DictConfig | Mapping[str, Any]) -> Solve:
         checkpoints = cfg.get("checkpoints")
         if checkpoints is not None and (isinstance(checkpoints, bool) or not isinstance(checkpoints, int) or checkpoints < 1):
             raise ConfigError(f"solver.checkpoints must be a positive integer or null (store every step), got {checkpoints!r}.")
-        return lambda func, y0, t: odeint_checkpoint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options, checkpoints=checkpoints)
+        return lambda func, y0, t, norm=None: odeint_checkpoint(
+            func, y0, t, rtol=rtol, atol=atol, method=method, options=_with_norm(options, norm), checkpoints=checkpoints
+        )
     if not adjoint:
-        return lambda func, y0, t: odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options)
+        return lambda func, y0, t, norm=None: odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=_with_norm(options, norm))
     adjoint_options = {"norm": "seminorm"} if cfg.get("adjoint_seminorm") else None
     adjoint_rtol, adjoint_atol = float(cfg.get("adjoint_rtol") or rtol), float(cfg.get("adjoint_atol") or atol)
-    return lambda func, y0, t: odeint_adjoint(
-        func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
+    return lambda func, y0, t, norm=None: odeint_adjoint(
+        func, y0, t, rtol=rtol, atol=atol, method=method, options=_with_norm(options, norm),
         adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_options=adjoint_options,
     )  # fmt: skip
+
+
+def _with_norm(options: dict[str, Any], norm: Callable | None) -> dict[str, Any]:
+    """A task's own error norm for one solve (e.g. leaving quadrature-only states out of step control)."""
+    return options if norm is None else {**options, "norm": norm}
 
 
 def build_optimizer(node: DictConfig, parameters: Any) -> torch.optim.Optimizer:

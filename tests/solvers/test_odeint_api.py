@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -217,3 +218,19 @@ def test_no_warnings_on_a_plain_solve():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         odeint(LinearField(), LINEAR_Y0, torch.tensor([0.0, 1.0], dtype=torch.float64))
+
+
+def test_user_norm_on_a_tuple_state_works_while_stats_are_tracked():
+    """A custom norm gets the tuple parts, also when NFE counting wraps the function (it once got a wrapper)."""
+    seen = []
+
+    def norm(parts):
+        seen.append(len(parts))
+        return parts[0].abs().max()
+
+    y0 = (torch.ones(3, requires_grad=True), torch.zeros(2))
+    with track_stats():
+        y = odeint(lambda t, y: (-y[0], y[0][:2]), y0, torch.tensor([0.0, 1.0]), options={"norm": norm})
+        y[0].sum().backward()
+    assert seen and set(seen) == {2}
+    torch.testing.assert_close(y[0][-1], torch.full((3,), math.exp(-1.0)), rtol=1e-5, atol=1e-5)
