@@ -169,6 +169,10 @@ def flatten_keys(cfg: Any, prefix: str = "") -> list[str]:
     return keys
 
 
+# Settings whose number may be replaced by null (their configs say what null means).
+NULLABLE_SETTINGS = frozenset({"threads", "time_span"})
+
+
 def _check_types(config_name: str, overrides: list[str], cfg: DictConfig) -> None:
     """A value override must keep the type of the default it replaces (YAML configs carry no schema)."""
     from hydra import compose as hydra_compose
@@ -190,6 +194,8 @@ def _check_types(config_name: str, overrides: list[str], cfg: DictConfig) -> Non
         default = OmegaConf.select(base, key, throw_on_missing=False, throw_on_resolution_failure=False)
         new = OmegaConf.select(cfg, key, throw_on_missing=False, throw_on_resolution_failure=False)
         expected = _type_name(default)
+        if new is None and expected in ("integer", "number", "boolean") and key.rsplit(".", 1)[-1] not in NULLABLE_SETTINGS:
+            raise ConfigError(f"{key} cannot be null: it expects {_article(expected)} {expected} (default {default!r}). Example: {key}={default!r}")
         if expected is None or new is None:
             continue
         if expected == "number" and isinstance(new, (int, float)) and not isinstance(new, bool):

@@ -27,7 +27,7 @@ values = st.one_of(
 CLEAN_PREFIXES = ("error:", "run failed:", "solver failed:")
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(key=st.sampled_from(NUMERIC_KEYS), value=values)
 def test_a_numeric_override_runs_or_fails_cleanly(key: str, value: object, tmp_path: Path) -> None:
     if key in ("iters", "dynamics.n_points") and isinstance(value, int):

@@ -273,6 +273,7 @@ def test_two_sweeps_started_together_get_distinct_directories(tmp_path: Path) ->
         (["dynamics=no_such_system"], "no_such_system"),
         (["threads=0"], "threads must be a positive integer"),
         (["device=tpu"], "device 'tpu'"),
+        (["seed=null"], "seed cannot be null"),
     ],
 )
 def test_bad_values_exit_2_with_a_message_and_no_traceback(overrides: list[str], message: str, tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ from odecli.data.toy2d import eight_gaussians_log_prob, sample
 from odecli.models.cnf import CNFDynamics, ConcatMLP, PlanarCNF, divergence_of, log_likelihood, standard_normal_log_prob
 
 
-def _solve(func, y0, t):
-    return odeint(func, y0, t, rtol=1e-8, atol=1e-8, method="dopri5")
+def _solve(func, y0, t, norm=None):
+    return odeint(func, y0, t, rtol=1e-8, atol=1e-8, method="dopri5", options={"norm": norm} if norm else None)
 
 
 @pytest.mark.parametrize("field", [ConcatMLP(widths=(16, 16)), PlanarCNF(width=4)], ids=["ffjord_mlp", "planar_cnf"])
