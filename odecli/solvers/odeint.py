@@ -142,7 +142,7 @@ def _check_tolerance(name: str, tol, shapes: Sequence[torch.Size], is_tuple: boo
     if is_tuple and isinstance(tol, (tuple, list)):
         if len(tol) != len(shapes):
             raise InvalidInputError(f"a tuple {name} needs one value per state tensor ({len(shapes)}), got {len(tol)}.")
-        parts = [torch.as_tensor(v, dtype=dtype, device=device).expand(shape.numel()) for v, shape in zip(tol, shapes)]
+        parts = [torch.as_tensor(v, dtype=dtype, device=device).expand(shape.numel()) for v, shape in zip(tol, shapes, strict=True)]
         return _check_tolerance(name, torch.cat(parts), shapes, False, device, dtype)
     try:
         value = float(tol)
@@ -169,7 +169,7 @@ class _FlatFunc:
     def unflatten(self, y: torch.Tensor):
         if self.shapes is None:
             return y.view(self.shape)
-        return tuple(part.view(shape) for part, shape in zip(torch.split(y, self.sizes), self.shapes))
+        return tuple(part.view(shape) for part, shape in zip(torch.split(y, self.sizes), self.shapes, strict=True))
 
     def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out = self.func(-t if self.reverse else t, self.unflatten(y))
@@ -191,7 +191,7 @@ class _FlatFunc:
                 got = f"a tuple of {len(out)}" if isinstance(out, (tuple, list)) else type(out).__name__
                 raise FuncOutputMismatch(f"func(t, y) must return a tuple of {len(self.shapes)} tensors like y, got {got}.")
             outs, shapes = tuple(out), self.shapes
-        for i, (o, shape) in enumerate(zip(outs, shapes)):
+        for i, (o, shape) in enumerate(zip(outs, shapes, strict=True)):
             where = f"output[{i}]" if self.shapes is not None else "output"
             if not isinstance(o, torch.Tensor):
                 raise FuncOutputMismatch(f"func(t, y) {where} must be a torch.Tensor, got {type(o).__name__}.")
@@ -347,7 +347,7 @@ def odeint(
     if is_tuple:
         flat = solution.reshape(len(solution), -1)
         sizes = [s.numel() for s in shapes]
-        solution = tuple(part.reshape(len(flat), *shape) for part, shape in zip(torch.split(flat, sizes, dim=1), shapes))
+        solution = tuple(part.reshape(len(flat), *shape) for part, shape in zip(torch.split(flat, sizes, dim=1), shapes, strict=True))
     if combined_event is not None:
         return event_t, solution
     return solution

@@ -31,7 +31,13 @@ import torch
 from odecli.registry import SOLVERS
 from odecli.solvers.base import AbstractSolver
 from odecli.solvers.controllers import make_controller, rms_norm, select_initial_step
-from odecli.solvers.errors import FuncOutputMismatch, InvalidInputError, MaxStepsExceeded, NonFiniteState, StepSizeTooSmall
+from odecli.solvers.errors import (
+    FuncOutputMismatch,
+    InvalidInputError,
+    MaxStepsExceeded,
+    NonFiniteState,
+    StepSizeTooSmall,
+)
 from odecli.solvers.interpolation import DenseOutputs, cubic_hermite, dense_weights_tensor
 from odecli.solvers.tableau import (
     ADAPTIVE_HEUN,

@@ -70,7 +70,7 @@ class ButcherTableau:
             if len(self.dense) != s:
                 raise InvalidTableau(f"{self.name}: dense output needs one polynomial per stage ({s}), got {len(self.dense)}.")
             at_one = [math.fsum(row) for row in self.dense]  # b_i(1) must equal b_i
-            worst = max(abs(x - y) for x, y in zip(at_one, self.b))
+            worst = max(abs(x - y) for x, y in zip(at_one, self.b, strict=True))
             if worst > 1e-7:
                 raise InvalidTableau(f"{self.name}: dense output at θ=1 differs from b by {worst:.3g}; the interpolant must end at y1.")
 
@@ -298,7 +298,7 @@ DOPRI8 = ButcherTableau(
         _DOPRI8_B[:-1],
     ),  # fmt: skip
     b=_DOPRI8_B,
-    b_error=tuple(hi - lo for hi, lo in zip(_DOPRI8_B, _DOPRI8_B_LOW)),
+    b_error=tuple(hi - lo for hi, lo in zip(_DOPRI8_B, _DOPRI8_B_LOW, strict=True)),
     dense=quartic_dense_from_mid(_DOPRI8_B, _dopri8_mid()),
 )
 

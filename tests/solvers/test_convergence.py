@@ -7,7 +7,6 @@ Fixed-grid methods run with ``step_size``; adaptive methods are forced onto a fi
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np

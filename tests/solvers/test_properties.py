@@ -68,7 +68,7 @@ def test_tuple_states_match_the_concatenated_solve(sizes, dtype):
     t = torch.tensor([0.0, 0.5, 1.0], dtype=dtype)
     out = odeint(lambda t, y: tuple(-p for p in y), parts, t)
     assert isinstance(out, tuple) and len(out) == len(parts)
-    for part, solution in zip(parts, out):
+    for part, solution in zip(parts, out, strict=True):
         assert solution.shape == (3, *part.shape)
         torch.testing.assert_close(solution, part[None] * torch.exp(-t)[:, None], rtol=1e-4, atol=1e-5)
 
