@@ -46,7 +46,7 @@ from torch import nn
 
 from odecli.solvers import stats
 from odecli.solvers.adjoint import _Structure, find_parameters
-from odecli.solvers.errors import InvalidInputError, NonFiniteState
+from odecli.solvers.errors import InvalidInputError
 from odecli.solvers.interpolation import cubic_hermite, dense_weights_tensor
 from odecli.solvers.odeint import (
     _attach_callbacks,
@@ -63,6 +63,7 @@ from odecli.solvers.runge_kutta import (
     AbstractFixedGridRungeKutta,
     AbstractRungeKutta,
     _nudge,
+    raise_if_not_finite,
 )
 
 
@@ -301,9 +302,7 @@ def _forward_fixed(solver: AbstractFixedGridRungeKutta, t: torch.Tensor, times: 
         if j == n_out:
             break
     solution = torch.stack(outputs)
-    if not bool(torch.isfinite(solution.detach()).all()):
-        bad = int((~torch.isfinite(solution.detach())).reshape(n_out, -1).any(dim=1).nonzero()[0])
-        raise NonFiniteState(times[bad])
+    raise_if_not_finite(solution, times)
     return solution
 
 

@@ -56,6 +56,14 @@ from odecli.solvers.tableau import (
     tableau_tensors,
 )
 
+
+def raise_if_not_finite(solution: torch.Tensor, times) -> None:
+    """``NonFiniteState`` at the first output time whose state holds NaN or Inf."""
+    if not bool(torch.isfinite(solution.detach()).all()):
+        bad = int((~torch.isfinite(solution.detach())).reshape(len(solution), -1).any(dim=1).nonzero()[0])
+        raise NonFiniteState(times[bad])
+
+
 ALL_CALLBACKS = frozenset({"callback_step", "callback_accept_step", "callback_reject_step"})
 ADAPTIVE_OPTIONS = frozenset(
     {"first_step", "min_step", "max_step", "safety", "ifactor", "dfactor", "max_num_steps", "step_t", "jump_t", "norm", "controller"}
@@ -576,9 +584,7 @@ class AbstractFixedGridRungeKutta(AbstractRungeKutta):
             if j == n_out:
                 break
         solution = torch.stack(outputs)
-        if not bool(torch.isfinite(solution.detach()).all()):
-            bad = int((~torch.isfinite(solution.detach())).reshape(n_out, -1).any(dim=1).nonzero()[0])
-            raise NonFiniteState(times[bad])
+        raise_if_not_finite(solution, times)
         return solution.view(n_out, *self.shape)
 
     def _interpolate(self, t0, y0, f0, t1, y1, t):
