@@ -1,0 +1,204 @@
+"""``radau5``: the 3-stage Radau IIA collocation method (order 5, L-stable, stiffly accurate), adaptive.
+
+The method of Hairer & Wanner's RADAU5 and scipy's ``solve_ivp(method="Radau")``. One step solves all
+three stages together, for the increments ``Z_i = Y_i - y0``::
+
+    Z = h (A ⊗ I) F(Z),    F(Z)_i = f(t0 + c_i h, y0 + Z_i),    y1 = y0 + Z_3
+
+with ``c = ((4 - √6)/10, (4 + √6)/10, 1)`` and ``A`` the collocation matrix (computed below from
+its definition, ``A_ij = ∫_0^{c_i} ℓ_j``). Radau IIA has stage order 3 (Kværnø's ESDIRKs have 2),
+which is what keeps its accuracy on stiff problems, where the stages' errors do not cancel.
+
+**Newton.** Simplified Newton on the ``3n`` system with ``P = I - h (A ⊗ J)``. With ``A = V D V⁻¹``
+(one real eigenvalue γ₀ and a complex pair), ``P = (V ⊗ I)(I - h D ⊗ J)(V⁻¹ ⊗ I)``, so a solve is
+one real LU of ``I - hγ₀J`` and one complex LU of ``I - h d J`` (the pair's conjugate comes free):
+``n × n`` factorisations, not ``3n × 3n``. Newton starts from the previous step's collocation
+polynomial extrapolated to the new nodes (from zero when that fails or there is none). The
+convergence test, Jacobian reuse, failure handling and IFT gradients are those of
+``adaptive_implicit.py``; the gradient of a converged step is the exact derivative of its
+collocation equations.
+
+**Error.** Hairer's estimate: the embedded third-order solution ``ŷ1 = y0 + h(γ₀ f(t0, y0) + Σ b̂_i F_i)``
+(``b̂`` from the order conditions with ``b̂₀ = γ₀``) minus ``y1``, filtered by ``(I - hγ₀J)⁻¹`` (which
+bounds it on stiff components); on the first step and after a rejection an estimate above 1 is
+refined once with ``f(t0, y0 + err)`` (Hairer & Wanner II, IV.8). It is ``O(h⁴)`` for an ``O(h⁶)``
+local error, so the controller's exponent is 1/4 and the actual error sits well below the tolerance —
+the global error on Van der Pol μ = 1000 and Robertson reaches the tolerance (``benchmarks/stiff.md``).
+
+**Dense output.** The collocation polynomial through ``y0, Y_1, Y_2, Y_3`` (cubic, no extra evaluation).
+
+Reference: E. Hairer & G. Wanner, Solving Ordinary Differential Equations II, 2nd ed., IV.5 and IV.8.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from odecli.registry import SOLVERS
+from odecli.solvers.adaptive_implicit import AbstractAdaptiveImplicit, IterationMatrix, NewtonFailed, ShiftedLU
+
+SQRT6 = math.sqrt(6.0)
+NODES = np.array([(4.0 - SQRT6) / 10.0, (4.0 + SQRT6) / 10.0, 1.0])
+
+
+def _lagrange(nodes: np.ndarray, j: int) -> np.polynomial.Polynomial:
+    """The Lagrange basis polynomial that is 1 at ``nodes[j]`` and 0 at the others."""
+    others = np.delete(nodes, j)
+    return np.polynomial.Polynomial.fromroots(others) / np.prod(nodes[j] - others)
+
+
+def collocation_matrix(c: np.ndarray) -> np.ndarray:
+    """``A_ij = ∫_0^{c_i} ℓ_j(s) ds``: the Runge–Kutta matrix of collocation at the nodes ``c``."""
+    a = np.empty((len(c), len(c)))
+    for j in range(len(c)):
+        integral = _lagrange(c, j).integ()
+        a[:, j] = integral(c) - integral(0.0)
+    return a
+
+
+A = collocation_matrix(NODES)
+B = A[-1].copy()  # stiffly accurate: y1 is the last stage
+
+
+def _eigenbasis(a: np.ndarray) -> tuple[float, complex, np.ndarray, np.ndarray]:
+    """``(γ₀, d, V, V⁻¹)`` with ``A = V diag(γ₀, d, d̄) V⁻¹``, columns ordered real, d, conj(d)."""
+    values, vectors = np.linalg.eig(a)
+    real = int(np.argmin(np.abs(values.imag)))
+    pair = int(next(k for k in range(3) if k != real and values[k].imag > 0))
+    gamma0 = float(values[real].real)
+    v = np.stack([vectors[:, real].real.astype(complex), vectors[:, pair], vectors[:, pair].conj()], axis=1)
+    return gamma0, complex(values[pair]), v, np.linalg.inv(v)
+
+
+GAMMA0, PAIR, V, V_INV = _eigenbasis(A)
+
+
+def embedded_weights(c: np.ndarray, gamma0: float) -> np.ndarray:
+    """``b̂`` of the third-order embedded quadrature ``γ₀ g(0) + Σ b̂_i g(c_i)``: exact for 1, s, s²."""
+    powers = np.vander(c, 3, increasing=True).T  # rows: c⁰, c¹, c²
+    targets = np.array([1.0, 1 / 2, 1 / 3]) - np.array([gamma0, 0.0, 0.0])
+    return np.linalg.solve(powers, targets)
+
+
+# ŷ1 - y1 = γ₀ h f0 + h Σ (b̂ - b)_i F_i = γ₀ h f0 + Σ e_i Z_i, since h F = A⁻¹ Z.
+ERROR_WEIGHTS = (embedded_weights(NODES, GAMMA0) - B) @ np.linalg.inv(A)
+
+
+def dense_coefficients(c: np.ndarray) -> np.ndarray:
+    """``[3, 3]``: ``u(θ) = y0 + Σ_i ℓ_i(θ) Z_i`` with ℓ the Lagrange basis on ``(0, c)``, powers θ¹..θ³."""
+    nodes = np.concatenate([[0.0], c])
+    return np.stack([_lagrange(nodes, i + 1).coef[1:] for i in range(len(c))])
+
+
+DENSE = dense_coefficients(NODES)
+
+
+@lru_cache(maxsize=16)
+def _constants(dtype: torch.dtype, device: torch.device):
+    complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    return (
+        torch.tensor(A, dtype=dtype, device=device),
+        torch.tensor(ERROR_WEIGHTS, dtype=dtype, device=device),
+        torch.tensor(V, dtype=complex_dtype, device=device),
+        torch.tensor(V_INV, dtype=complex_dtype, device=device),
+        torch.tensor(DENSE, dtype=dtype, device=device),
+    )
+
+
+class _CollocationMatrix(IterationMatrix):
+    """``P = I - h (A ⊗ J)`` applied through A's eigenbasis: one real and one complex LU."""
+
+    def __init__(self, jac: torch.Tensor, h: float, v: torch.Tensor, v_inv: torch.Tensor):
+        self.real = ShiftedLU(jac, h * GAMMA0)
+        self.complex = ShiftedLU(jac, h * PAIR)
+        self.v, self.v_inv = v, v_inv
+
+    def solve(self, rhs: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+        """``P⁻¹ rhs`` or ``P⁻ᵀ rhs`` for ``rhs`` of shape ``[3, n]``; the eigenbasis pair is conjugate."""
+        rhs = rhs.to(self.v.dtype)
+        into, out_of = (self.v.T, self.v_inv.T) if transpose else (self.v_inv, self.v)
+        w = into[:2] @ rhs  # components 0 (real) and 1; component 2 is the conjugate of 1
+        w0 = self.real.solve(w[0].real, transpose)
+        w1 = self.complex.solve(w[1], transpose)
+        return out_of[:, :1].real * w0 + 2.0 * (out_of[:, 1:2] * w1).real
+
+
+@SOLVERS.register(
+    "radau5",
+    description="Radau IIA order 5 (3-stage collocation), L-stable, stiffly accurate; adaptive, Newton + autograd Jacobian; stiff problems at tight tolerances.",
+)
+class Radau5(AbstractAdaptiveImplicit):
+    """Radau IIA, 3 stages, order 5 (stage order 3), with Hairer's error estimate and the collocation polynomial as dense output."""
+
+    order: ClassVar[int] = 5
+    error_order: ClassVar[int] = 4
+    reference = "Hairer & Wanner, Solving Ordinary Differential Equations II (2nd ed., 1996), IV.5 and IV.8 (RADAU5)"
+
+    def __init__(self, func, y0: torch.Tensor, rtol, atol, **options: Any):
+        super().__init__(func, y0, rtol, atol, **options)
+        self.a, self.error_weights, self.v, self.v_inv, _ = _constants(self.dtype, self.device)
+        self.dense = DENSE
+        self.nodes = NODES.tolist()
+        self._last_step = None  # (t0, h, y0, Z) of the last solved step: the next Newton start
+
+    def _factorise(self, jac: torch.Tensor, h: float) -> _CollocationMatrix:
+        return _CollocationMatrix(jac, h, self.v, self.v_inv)
+
+    def _extrapolated_guess(self, t0: float, h: float, y0: torch.Tensor) -> torch.Tensor | None:
+        """``Z`` at the new nodes from the last step's collocation polynomial."""
+        if self._last_step is None:
+            return None
+        t_last, h_last, y_last, z_last = self._last_step
+        thetas = np.array([(t0 + c * h - t_last) / h_last for c in self.nodes])
+        weights = np.stack([thetas**p for p in (1, 2, 3)], axis=1) @ DENSE.T  # [node, stage]
+        guess = y_last - y0 + torch.from_numpy(weights).to(self.dtype) @ z_last
+        return guess if bool(torch.isfinite(guess).all()) else None
+
+    def _step(self, t0: float, h: float, y0: torch.Tensor, f0: torch.Tensor, matrix: _CollocationMatrix, grad: bool):
+        y0_d = y0.detach()
+        scale = self.atol + self.newton_rtol * y0_d.abs()
+        times = [self._time(t0 + c * h if c != 1.0 else t0 + h) for c in self.nodes]
+        a_h = self.a * h
+
+        def stage_slopes(z: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+            self.nfe += 3
+            return torch.stack([self.func(times[i], base + z[i]) for i in range(3)])
+
+        def residual(z: torch.Tensor) -> torch.Tensor:
+            return z - a_h @ stage_slopes(z, y0_d)
+
+        zero = torch.zeros(3, self.n, dtype=self.dtype, device=self.device)
+        guess = self._extrapolated_guess(t0, h, y0_d)
+        with torch.no_grad():
+            try:
+                z_star, theta = self._newton(residual, zero if guess is None else guess, matrix, scale)
+            except NewtonFailed:
+                if guess is None:
+                    raise
+                self._eta = 1.0
+                z_star, theta = self._newton(residual, zero, matrix, scale)
+        self._last_step = (t0, h, y0_d, z_star)
+        if grad:
+            slopes = stage_slopes(z_star, y0)
+            z = self._attach(z_star, a_h @ slopes, lambda z: a_h @ stage_slopes(z, y0_d), matrix)
+            f1 = slopes[-1].detach()
+        else:
+            z = z_star
+        y1 = y0 + z[-1]
+        with torch.no_grad():
+            if not grad:
+                f1 = self._eval(t0 + h, y1)
+            weighted_z = self.error_weights @ z_star
+            raw = weighted_z + (GAMMA0 * h) * f0.detach()
+            error = matrix.real.solve(raw)
+            ratio = self._error_ratio(error.clone(), y0_d, y1)
+            if ratio > 1.0 and self.previous_rejected:
+                # Stiff components can inflate the first estimate; one refinement (Hairer's RADAU5).
+                refined = weighted_z + (GAMMA0 * h) * self._eval(t0, y0_d + error)
+                ratio = self._error_ratio(matrix.real.solve(refined), y0_d, y1)
+        return y1, z / h, ratio, theta, f1

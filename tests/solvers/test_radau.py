@@ -1,0 +1,91 @@
+"""radau5: the Radau IIA coefficients derived in ``odecli.solvers.radau``, its linear algebra, and its accuracy.
+
+Order slopes, tolerance proportionality, stiff problems, Newton, options and gradients are in the
+registry-parametrized tests (``test_convergence.py``, ``test_stiff.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from odecli import odeint
+from odecli.solvers import radau
+from tests.solvers.test_stiff import _trees, van_der_pol
+
+solve_ivp = pytest.importorskip("scipy.integrate").solve_ivp
+
+F64 = torch.float64
+
+
+def test_collocation_coefficients_have_order_5_and_match_the_literature():
+    for p, value, expected in _trees(radau.A, radau.B, 5):
+        assert value == pytest.approx(expected, abs=1e-12), f"an order-{p} condition fails"
+    # Hairer & Wanner II, Table IV.5.6 (first row of A) and IV.8 (the error weights, γ₀·(-13 ∓ 7√6, -1)/3).
+    s6 = math.sqrt(6.0)
+    np.testing.assert_allclose(radau.A[0], [(88 - 7 * s6) / 360, (296 - 169 * s6) / 1800, (-2 + 3 * s6) / 225], rtol=1e-13)
+    np.testing.assert_allclose(radau.ERROR_WEIGHTS, radau.GAMMA0 * np.array([-13 - 7 * s6, -13 + 7 * s6, -1]) / 3, rtol=1e-12)
+    assert radau.GAMMA0 == pytest.approx(1 / (3 + 3 ** (2 / 3) - 3 ** (1 / 3)), rel=1e-13)
+
+
+def test_eigenbasis_reconstructs_the_matrix_with_a_conjugate_pair():
+    d = np.diag([radau.GAMMA0, radau.PAIR, np.conj(radau.PAIR)])
+    np.testing.assert_allclose(radau.V @ d @ radau.V_INV, radau.A, atol=1e-14)
+    np.testing.assert_allclose(radau.V[:, 2], radau.V[:, 1].conj())
+    assert np.all(radau.V[:, 0].imag == 0)
+
+
+def test_l_stable_and_stiffly_accurate():
+    ones = np.ones(3)
+
+    def stability(z: complex) -> complex:
+        return 1 + z * radau.B @ np.linalg.solve(np.eye(3) - z * radau.A, ones)
+
+    assert abs(stability(-1e12)) < 1e-9
+    for y in np.concatenate([np.linspace(-50, 50, 401), [-1e6, 1e6]]):
+        assert abs(stability(1j * y)) <= 1 + 1e-12
+    # The step's exact value for y' = λy, against R(z) = (1 + 2z/5 + z²/20) / (1 - 3z/5 + 3z²/20 - z³/60).
+    z = -2.5
+    assert stability(z) == pytest.approx((1 + 2 * z / 5 + z**2 / 20) / (1 - 3 * z / 5 + 3 * z**2 / 20 - z**3 / 60), rel=1e-12)
+
+
+def test_embedded_quadrature_is_third_order_but_not_fourth():
+    weights = radau.embedded_weights(radau.NODES, radau.GAMMA0)
+    for power in range(3):
+        assert weights @ radau.NODES**power + (radau.GAMMA0 if power == 0 else 0.0) == pytest.approx(1 / (power + 1), abs=1e-13)
+    assert abs(weights @ radau.NODES**3 - 1 / 4) > 1e-3  # else the estimate would vanish
+
+
+def test_dense_output_passes_through_the_stages():
+    powers = np.stack([radau.NODES**p for p in (1, 2, 3)], axis=1)  # [node, power]
+    np.testing.assert_allclose(powers @ radau.DENSE.T, np.eye(3), atol=1e-13)
+
+
+@pytest.mark.parametrize("blocks", [1, 3])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_eigenbasis_solve_equals_the_dense_3n_system(blocks, transpose):
+    gen = torch.Generator().manual_seed(0)
+    d, h = 2, 0.7
+    jac = torch.randn(blocks, d, d, generator=gen, dtype=F64) * 3
+    _, _, v, v_inv, _ = radau._constants(F64, torch.device("cpu"))
+    matrix = radau._CollocationMatrix(jac, h, v, v_inv)
+    rhs = torch.randn(3, blocks * d, generator=gen, dtype=F64)
+    full_j = torch.block_diag(*jac)
+    dense = torch.eye(3 * blocks * d, dtype=F64) - h * torch.kron(torch.tensor(radau.A, dtype=F64), full_j)
+    dense = dense.T if transpose else dense
+    expected = torch.linalg.solve(dense, rhs.reshape(-1)).view(3, -1)
+    torch.testing.assert_close(matrix.solve(rhs, transpose=transpose), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_global_error_within_tolerance_through_the_van_der_pol_fold():
+    """μ = 1000 over the first relaxation jump (t ≈ 807): the error, measured in the tolerance's own units, stays ≲ 1."""
+    func, numpy_func = van_der_pol(1000.0)
+    t = torch.linspace(0.0, 1000.0, 11, dtype=F64)
+    reference = solve_ivp(numpy_func, (0.0, 1000.0), [2.0, 0.0], method="Radau", rtol=1e-11, atol=1e-11, t_eval=t.numpy()).y.T
+    rtol, atol = 1e-6, 1e-8
+    y = odeint(func, torch.tensor([2.0, 0.0], dtype=F64), t, method="radau5", rtol=rtol, atol=atol).numpy()
+    weighted = np.abs(y - reference) / (atol + rtol * np.abs(reference))
+    assert weighted.max() < 3.0, weighted.max(axis=0)
