@@ -17,8 +17,8 @@ grows linearly with the batch, not cubically.
 **Newton.** Simplified Newton on the stage equations ``G(Y) = Y - Φ(Y) = 0`` with the method's
 iteration matrix. Convergence test (Hairer & Wanner, Solving ODEs II, IV.8): with ``‖·‖`` the RMS of
 ``ΔY / (atol + rtol·|y0|)`` and the contraction rate ``θ_k = ‖ΔY_k‖ / ‖ΔY_{k-1}‖``, the solve has
-converged once ``η_k ‖ΔY_k‖ ≤ κ = 0.05`` with ``η_k = θ_k / (1 - θ_k)`` (``η_1 = max(η_previous, ε)^0.8``):
-the remaining Newton error is about 5% of the local error tolerance (``rtol`` floored so that this is
+converged once ``η_k ‖ΔY_k‖ ≤ κ`` (``newton_kappa``, 0.05 unless a method sets its own) with ``η_k = θ_k / (1 - θ_k)`` (``η_1 = max(η_previous, ε)^0.8``):
+the remaining Newton error is about κ times the local error tolerance (``rtol`` floored so that this is
 never below ~100 ulps). It has failed when ``θ_k ≥ 1``, an iterate is not finite, or after
 ``max_iters`` (default 10) iterations. A failure never raises: it rejects the step, and the step is
 retried with a fresh Jacobian (same h) if the Jacobian was reused from an earlier step, otherwise
@@ -182,6 +182,7 @@ class AbstractAdaptiveImplicit(AbstractSolver):
     adaptive: ClassVar[bool] = True
     implicit: ClassVar[bool] = True
     error_order: ClassVar[int | None] = None
+    newton_kappa: float = NEWTON_KAPPA  # Newton's error target as a fraction of the tolerance (see the module docstring)
     callbacks: ClassVar[frozenset[str]] = ALL_CALLBACKS
     options: ClassVar[frozenset[str]] = frozenset(
         {"first_step", "min_step", "max_step", "safety", "ifactor", "dfactor", "max_num_steps", "norm", "controller",
@@ -230,7 +231,8 @@ class AbstractAdaptiveImplicit(AbstractSolver):
         self.controller = make_controller(controller, self.error_order or self.order, safety, ifactor, dfactor)
         self.rtol, self.atol = self._tolerance(rtol, "rtol"), self._tolerance(atol, "atol")
         eps = torch.finfo(self.dtype).eps
-        self.newton_rtol = torch.clamp(self.rtol, min=100 * eps / NEWTON_KAPPA) if isinstance(self.rtol, torch.Tensor) else max(self.rtol, 100 * eps / NEWTON_KAPPA)
+        floor = 100 * eps / self.newton_kappa
+        self.newton_rtol = torch.clamp(self.rtol, min=floor) if isinstance(self.rtol, torch.Tensor) else max(self.rtol, floor)
         self.callback_step = getattr(func, "callback_step", None)
         self.callback_accept_step = getattr(func, "callback_accept_step", None)
         self.callback_reject_step = getattr(func, "callback_reject_step", None)
@@ -295,7 +297,7 @@ class AbstractAdaptiveImplicit(AbstractSolver):
                 if theta >= 1.0:
                     raise NewtonFailed(iteration, size)
                 eta = theta / (1.0 - theta)
-            if eta * size <= NEWTON_KAPPA or size == 0.0:
+            if eta * size <= self.newton_kappa or size == 0.0:
                 self._eta = eta
                 return y, theta_max
             previous = size
@@ -416,7 +418,7 @@ class AbstractAdaptiveImplicit(AbstractSolver):
                     jac_wanted = True  # retry the same h with a Jacobian taken here
                     continue
                 if forced or h / 2 < smallest:
-                    newton = NewtonDidNotConverge(tau, failure.iterations, failure.ratio, NEWTON_KAPPA)
+                    newton = NewtonDidNotConverge(tau, failure.iterations, failure.ratio, self.newton_kappa)
                     raise StepSizeTooSmall(tau, h / 2, smallest) from newton
                 h = h / 2
                 continue
