@@ -1,4 +1,4 @@
-"""Shared fixtures: isolated output directories and registries that tests may modify."""
+"""Shared fixtures: isolated output directories, registries that tests may modify, one torch thread."""
 
 from __future__ import annotations
 
@@ -31,3 +31,14 @@ def clean_registries() -> Iterator[None]:
         r._entries, r._aliases = saved[kind]
     registry._loaded_plugin_sources.clear()
     registry._loaded_plugin_sources.update(saved_sources)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread: the box is shared, and more threads only slow small tensors down."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -15,14 +15,7 @@ from omegaconf import OmegaConf
 from odecli import hydra_bridge
 from odecli.data.irregular import IrregularBatch, SeriesFileError, load_series, read_series_file, write_series_csv
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the box is shared, and more threads only slow these small tensors down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.cache

@@ -12,14 +12,7 @@ from odecli.registry import MODELS, load_all
 from odecli.solvers import track_stats
 from odecli.tasks.common import make_solve
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the box is shared, and more threads only slow these small tensors down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def solver(**settings) -> object:
