@@ -159,7 +159,7 @@ class Radau5(AbstractAdaptiveImplicit):
         t_last, h_last, y_last, z_last = self._last_step
         thetas = np.array([(t0 + c * h - t_last) / h_last for c in self.nodes])
         weights = np.stack([thetas**p for p in (1, 2, 3)], axis=1) @ DENSE.T  # [node, stage]
-        guess = y_last - y0 + torch.from_numpy(weights).to(self.dtype) @ z_last
+        guess = y_last - y0 + torch.from_numpy(weights).to(dtype=self.dtype, device=self.device) @ z_last
         return guess if bool(torch.isfinite(guess).all()) else None
 
     def _step(self, t0: float, h: float, y0: torch.Tensor, f0: torch.Tensor, matrix: _CollocationMatrix, grad: bool):
