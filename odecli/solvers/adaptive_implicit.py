@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from odecli.solvers.base import AbstractSolver
-from odecli.solvers.controllers import make_controller, rms_norm, select_initial_step
+from odecli.solvers.controllers import StepLimits, flat_tolerance, make_controller, rms_norm, select_initial_step
 from odecli.solvers.errors import (
     InvalidInputError,
     MaxStepsExceeded,
@@ -213,12 +213,7 @@ class AbstractAdaptiveImplicit(AbstractSolver):
         super().__init__(func, y0, rtol, atol)
         self.n = y0.numel()
         self.dtype, self.device = y0.dtype, y0.device
-        self.first_step = None if first_step is None else abs(float(first_step))
-        self.min_step, self.max_step = abs(float(min_step)), abs(float(max_step))
-        if self.min_step > self.max_step:
-            raise InvalidInputError(f"options min_step={min_step} exceeds max_step={max_step}.")
-        if int(max_num_steps) < 1:
-            raise InvalidInputError(f"options['max_num_steps'] must be a positive integer, got {max_num_steps}.")
+        self.first_step, self.min_step, self.max_step, self.max_num_steps = StepLimits.parse(first_step, min_step, max_step, max_num_steps)
         if int(max_iters) < 1:
             raise InvalidInputError(f"options['max_iters'] must be at least 1, got {max_iters}.")
         if jacobian not in ("autograd", "finite_difference"):
@@ -226,10 +221,11 @@ class AbstractAdaptiveImplicit(AbstractSolver):
         blocks = int(jacobian_blocks)
         if blocks < 1 or (self.n and self.n % blocks):
             raise InvalidInputError(f"options['jacobian_blocks']={jacobian_blocks} must be a positive divisor of the state size {self.n}.")
-        self.max_num_steps, self.max_iters = int(max_num_steps), int(max_iters)
+        self.max_iters = int(max_iters)
         self.norm = norm
         self.controller = make_controller(controller, self.error_order or self.order, safety, ifactor, dfactor)
-        self.rtol, self.atol = self._tolerance(rtol, "rtol"), self._tolerance(atol, "atol")
+        self.rtol = flat_tolerance(rtol, "rtol", self.n, self.dtype, self.device)
+        self.atol = flat_tolerance(atol, "atol", self.n, self.dtype, self.device)
         eps = torch.finfo(self.dtype).eps
         floor = 100 * eps / self.newton_kappa
         self.newton_rtol = torch.clamp(self.rtol, min=floor) if isinstance(self.rtol, torch.Tensor) else max(self.rtol, floor)
@@ -242,13 +238,6 @@ class AbstractAdaptiveImplicit(AbstractSolver):
         self.n_newton_failures = 0
         self._eta = 1.0  # Hairer's η carried between Newton solves
         self.previous_rejected = True  # the step being taken is the first or follows a rejection
-
-    def _tolerance(self, tol, name: str):
-        if isinstance(tol, torch.Tensor) and tol.numel() > 1:
-            if tol.numel() != self.n:
-                raise InvalidInputError(f"{name} has {tol.numel()} elements but the state has {self.n}; pass a scalar or one per element.")
-            return tol.detach().reshape(self.n).to(dtype=self.dtype, device=self.device)
-        return float(tol)
 
     def _time(self, t: float) -> torch.Tensor:
         return torch.scalar_tensor(t, dtype=self.dtype, device=self.device)

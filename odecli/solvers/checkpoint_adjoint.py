@@ -50,12 +50,9 @@ from odecli.solvers.errors import InvalidInputError
 from odecli.solvers.interpolation import cubic_hermite, dense_weights_tensor
 from odecli.solvers.odeint import (
     _attach_callbacks,
-    _check_state,
-    _check_times,
-    _check_tolerance,
     _FlatFunc,
     _mixed_rms_norm,
-    _split_options,
+    check_problem,
     resolve_method,
 )
 from odecli.solvers.runge_kutta import (
@@ -109,15 +106,10 @@ def odeint_checkpoint(
     batch_mode = options.pop("batch_mode", "joint")
     if batch_mode != "joint":
         raise InvalidInputError(f"the checkpoint adjoint supports batch_mode='joint' only, got {batch_mode!r}; use direct backprop (adjoint=False) with batch_mode='independent'.")
-    is_tuple, tensors = _check_state(y0)
+    is_tuple, tensors, shapes, options, rtol, atol = check_problem(name, cls, y0, t, rtol, atol, options)
     first = tensors[0]
-    _check_times(t, first.device)
-    options = _split_options(name, cls, options)
     if options.get("jump_t") is not None:
         raise InvalidInputError("options['jump_t'] is not supported by the checkpoint adjoint; use direct backprop (adjoint=False) or split the solve at the jumps.")
-    shapes = [x.shape for x in tensors]
-    rtol = _check_tolerance("rtol", rtol, shapes, is_tuple, first.device, first.dtype)
-    atol = _check_tolerance("atol", atol, shapes, is_tuple, first.device, first.dtype)
     params = tuple(find_parameters(func)) if adjoint_params is None else tuple(adjoint_params)
     for i, p in enumerate(params):
         if not torch.is_tensor(p):

@@ -17,12 +17,45 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Callable
+from dataclasses import astuple, dataclass
 
 import torch
 
 from odecli.solvers.errors import InvalidInputError
 
 Norm = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class StepLimits:
+    """The step-size options every adaptive solver takes, checked (torchdiffeq's names and defaults)."""
+
+    first_step: float | None
+    min_step: float
+    max_step: float
+    max_num_steps: int
+
+    @classmethod
+    def parse(cls, first_step, min_step, max_step, max_num_steps) -> StepLimits:
+        """Magnitudes of the steps; ``InvalidInputError`` naming the option when they cannot hold."""
+        lower, upper = abs(float(min_step)), abs(float(max_step))
+        if lower > upper:
+            raise InvalidInputError(f"options min_step={min_step} exceeds max_step={max_step}.")
+        if int(max_num_steps) < 1:
+            raise InvalidInputError(f"options['max_num_steps'] must be a positive integer, got {max_num_steps}.")
+        return cls(None if first_step is None else abs(float(first_step)), lower, upper, int(max_num_steps))
+
+    def __iter__(self):
+        return iter(astuple(self))
+
+
+def flat_tolerance(tol, name: str, n: int, dtype: torch.dtype, device: torch.device) -> float | torch.Tensor:
+    """``rtol``/``atol`` as a float, or as a flat ``[n]`` tensor when given one value per state element."""
+    if isinstance(tol, torch.Tensor) and tol.numel() > 1:
+        if tol.numel() != n:
+            raise InvalidInputError(f"{name} has {tol.numel()} elements but the state has {n}; pass a scalar or one per element.")
+        return tol.detach().reshape(n).to(dtype=dtype, device=device)
+    return float(tol)
 
 
 def rms_norm(tensor: torch.Tensor) -> torch.Tensor:

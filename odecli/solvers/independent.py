@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from odecli.solvers import stats
+from odecli.solvers.controllers import StepLimits
 from odecli.solvers.errors import InvalidInputError, InvalidTimeGrid, MaxStepsExceeded, NonFiniteState
 from odecli.solvers.runge_kutta import DEFAULT_MAX_NUM_STEPS, AbstractAdaptiveRungeKutta, AbstractRungeKutta
 
@@ -172,14 +173,8 @@ class _IndependentRK:
         self.n = y0[0].numel()
         self.dtype, self.device = y0.dtype, y0.device
         self.rtol, self.atol = self._tolerance(rtol, "rtol"), self._tolerance(atol, "atol")
-        self.first_step = None if first_step is None else abs(float(first_step))
-        self.min_step, self.max_step = abs(float(min_step)), abs(float(max_step))
-        if self.min_step > self.max_step:
-            raise InvalidInputError(f"options min_step={min_step} exceeds max_step={max_step}.")
+        self.first_step, self.min_step, self.max_step, self.max_num_steps = StepLimits.parse(first_step, min_step, max_step, max_num_steps)
         self.safety, self.ifactor, self.dfactor = float(safety), float(ifactor), float(dfactor)
-        self.max_num_steps = int(max_num_steps)
-        if self.max_num_steps < 1:
-            raise InvalidInputError(f"options['max_num_steps'] must be a positive integer, got {max_num_steps}.")
         self.time_view = (self.batch,) + (1,) * (y0.ndim - 1)
         self.nfe = 0
         self.accepted = torch.zeros(self.batch, dtype=torch.long, device=self.device)

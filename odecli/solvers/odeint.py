@@ -239,6 +239,18 @@ def _flip_time_options(options: dict[str, Any]) -> None:
         options["grid_constructor"] = lambda func, y0, t: -user_grid(func, y0, -t)
 
 
+def check_problem(name: str, cls, y0, t, rtol, atol, options) -> tuple[bool, list[torch.Tensor], list[torch.Size], dict[str, Any], Any, Any]:
+    """The checks every front end makes: ``(is_tuple, state tensors, their shapes, solver options, rtol, atol)``."""
+    is_tuple, tensors = _check_state(y0)
+    first = tensors[0]
+    _check_times(t, first.device)
+    options = _split_options(name, cls, options)
+    shapes = [x.shape for x in tensors]
+    rtol = _check_tolerance("rtol", rtol, shapes, is_tuple, first.device, first.dtype)
+    atol = _check_tolerance("atol", atol, shapes, is_tuple, first.device, first.dtype)
+    return is_tuple, tensors, shapes, options, rtol, atol
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -278,15 +290,10 @@ def odeint(
         if check_batch_mode(options.pop("batch_mode")) == "independent":
             return odeint_independent(func, y0, t, rtol=rtol, atol=atol, method=method, options=options, event_fn=event_fn)
     name, cls = resolve_method(method)
-    is_tuple, tensors = _check_state(y0)
+    is_tuple, tensors, shapes, options, rtol, atol = check_problem(name, cls, y0, t, rtol, atol, options)
     first = tensors[0]
-    _check_times(t, first.device)
     if event_fn is not None and len(t) != 2:
         raise InvalidTimeGrid(f"with event_fn, t must hold exactly two times (start and a later time for the direction), got {len(t)}.")
-    options = _split_options(name, cls, options)
-    shapes = [x.shape for x in tensors]
-    rtol = _check_tolerance("rtol", rtol, shapes, is_tuple, first.device, first.dtype)
-    atol = _check_tolerance("atol", atol, shapes, is_tuple, first.device, first.dtype)
 
     supported = getattr(cls, "callbacks", frozenset())
     unsupported = {n for n in CALLBACK_NAMES if getattr(func, n, None) is not None} - set(supported)

@@ -30,7 +30,7 @@ import torch
 
 from odecli.registry import SOLVERS
 from odecli.solvers.base import AbstractSolver
-from odecli.solvers.controllers import make_controller, rms_norm, select_initial_step
+from odecli.solvers.controllers import StepLimits, flat_tolerance, make_controller, rms_norm, select_initial_step
 from odecli.solvers.errors import (
     FuncOutputMismatch,
     InvalidInputError,
@@ -239,19 +239,14 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
         **options: Any,
     ):
         super().__init__(func, y0, rtol, atol, norm=norm)
-        self.first_step = None if first_step is None else abs(float(first_step))
-        self.min_step, self.max_step = abs(float(min_step)), abs(float(max_step))
-        if self.min_step > self.max_step:
-            raise InvalidInputError(f"options min_step={min_step} exceeds max_step={max_step}.")
-        if int(max_num_steps) < 1:
-            raise InvalidInputError(f"options['max_num_steps'] must be a positive integer, got {max_num_steps}.")
-        self.max_num_steps = int(max_num_steps)
+        self.first_step, self.min_step, self.max_step, self.max_num_steps = StepLimits.parse(first_step, min_step, max_step, max_num_steps)
         self.controller = make_controller(controller, self.order, safety, ifactor, dfactor)
         self.step_t = self._time_list("step_t", step_t)
         self.jump_t = self._time_list("jump_t", jump_t)
         if set(self.step_t) & set(self.jump_t):
             raise InvalidInputError("options step_t and jump_t must not share any time; a time is either a step point or a jump.")
-        self.rtol, self.atol = self._tolerance(rtol, "rtol"), self._tolerance(atol, "atol")
+        self.rtol = flat_tolerance(rtol, "rtol", self.n, self.dtype, self.device)
+        self.atol = flat_tolerance(atol, "atol", self.n, self.dtype, self.device)
         self._steps_since_output = 0
 
     @staticmethod
@@ -264,13 +259,6 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
             return [float(v) for v in values]
         except TypeError:
             raise InvalidInputError(f"options['{name}'] must be a 1-D tensor or a sequence of times, got {type(values).__name__}.") from None
-
-    def _tolerance(self, tol, name: str):
-        if isinstance(tol, torch.Tensor) and tol.numel() > 1:
-            if tol.numel() != self.n:
-                raise InvalidInputError(f"{name} has {tol.numel()} elements but the state has {self.n}; pass a scalar or one per element.")
-            return tol.detach().reshape(self.n).to(dtype=self.dtype, device=self.device)
-        return float(tol)
 
     # -- the step loop --------------------------------------------------------------------------
 
