@@ -214,9 +214,7 @@ def classify(cfg: DictConfig, run: Run) -> dict[str, Any]:
                         loss = F.cross_entropy(model(x), y, label_smoothing=float(cfg.label_smoothing))
                         loss_value = loop.check_loss(loss)
                         loss.backward()
-                    loop.check_gradients(model.parameters())
-                    optimizer.step()
-                    loop.done(step)
+                    loop.update(step, model.parameters(), optimizer)
                     history.add(stats)
                     nfe_trace.append((step, stats.nfe_forward, stats.nfe_backward))
                     run.scalars(

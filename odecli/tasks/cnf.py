@@ -161,12 +161,8 @@ def cnf(cfg: DictConfig, run: Run) -> dict[str, Any]:
                     loss = nll + float(cfg.regularize.kinetic) * kinetic + float(cfg.regularize.jacobian) * jacobian
                     loss_value = loop.check_loss(loss)
                     loss.backward()
-                loop.check_gradients(field.parameters())
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
+                loop.update(iteration, field.parameters(), optimizer, scheduler)
                 history.add(stats)
-                loop.done(iteration)
                 scalars = {"loss/train": loss_value, ("loss/kl" if matching else "loss/nll"): nll.item(), "nfe/forward": stats.nfe_forward,
                            "nfe/backward": stats.nfe_backward, "time/step": time.perf_counter() - began}  # fmt: skip
                 if regularize:

@@ -175,12 +175,8 @@ def fit(cfg: DictConfig, run: Run) -> dict[str, Any]:
                     loss = loss_fn(solve(field, y0, t_relative), targets)
                     loss_value = loop.check_loss(loss)
                     loss.backward()
-                loop.check_gradients(model.parameters())
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
+                loop.update(iteration, model.parameters(), optimizer, scheduler)
                 history.add(stats)
-                loop.done(iteration)
                 run.scalars(
                     {"loss/train": loss_value, "nfe/forward": stats.nfe_forward, "nfe/backward": stats.nfe_backward,
                      "time/step": time.perf_counter() - began},

@@ -16,9 +16,7 @@ A loop uses it like this::
                 loss = ...
                 loop.check_loss(loss)
                 loss.backward()
-                loop.check_gradients(model.parameters())
-                optimizer.step()
-                loop.done(iteration)
+                loop.update(iteration, model.parameters(), optimizer, scheduler)
                 ...  # logging, evaluation, checkpoints
 """
 
@@ -113,6 +111,14 @@ class TrainingLoop:
             total = float(torch.stack([g.detach().abs().sum() for g in grads]).sum())
             if not math.isfinite(total):
                 raise NonFiniteLoss(total, "gradient")
+
+    def update(self, iteration: int, parameters: Iterable[torch.Tensor], optimizer: torch.optim.Optimizer, scheduler: Any = None) -> None:
+        """End ``iteration`` with the model update: gradients checked, optimizer (and scheduler) stepped, then ``done``."""
+        self.check_gradients(parameters)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        self.done(iteration)
 
     def done(self, iteration: int) -> None:
         """The model was updated (or the batch skipped) for ``iteration``: a checkpoint may now record it."""

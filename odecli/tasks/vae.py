@@ -189,12 +189,8 @@ def vae(cfg: DictConfig, run: Run) -> dict[str, Any]:
                 if cfg.grad_clip is not None:
                     for model in models.values():
                         nn.utils.clip_grad_norm_(model.parameters(), float(cfg.grad_clip))
-                loop.check_gradients(models.parameters())
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
+                loop.update(iteration, models.parameters(), optimizer, scheduler)
                 history.add(stats)
-                loop.done(iteration)
                 run.scalars({**scalars, "time/step": time.perf_counter() - began}, iteration)
                 progress.update(iteration, elbo=-scalars["loss/elbo"], rnn=rnn_value, nfe_fwd=stats.nfe_forward, nfe_bwd=stats.nfe_backward)
                 if iteration % cfg.eval_every == 0 and iteration < iters:

@@ -17,6 +17,7 @@ from odecli.solvers.adaptive_implicit import AbstractAdaptiveImplicit
 from odecli.solvers.errors import InvalidInputError, MaxStepsExceeded, NewtonDidNotConverge, StepSizeTooSmall
 from odecli.solvers.esdirk import ESDIRK_TABLEAUS, AbstractESDIRK, ESDIRKTableau
 from odecli.solvers.tableau import InvalidTableau
+from tests.solvers.test_gradcheck import _field, _inputs
 
 solve_ivp = pytest.importorskip("scipy.integrate").solve_ivp
 
@@ -272,21 +273,6 @@ def test_per_element_tolerances_and_tuple_states(name):
 # The forward solve's Newton error (≤ κ·tol) varies non-smoothly with the inputs; gradcheck's finite
 # differences (eps 1e-6) see it divided by eps, so its tolerance must be tight.
 TIGHT = {"rtol": 1e-12, "atol": 1e-13}
-
-
-def _field(weight, bias):
-    def func(t, y):
-        return torch.tanh(y @ weight + bias) * torch.cos(t) - 0.1 * y
-
-    return func
-
-
-def _inputs(seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    y0 = torch.randn(2, generator=gen, dtype=F64).requires_grad_(True)
-    weight = (0.5 * torch.randn(2, 2, generator=gen, dtype=F64)).requires_grad_(True)
-    bias = (0.1 * torch.randn(2, generator=gen, dtype=F64)).requires_grad_(True)
-    return y0, weight, bias
 
 
 FIXED_STEPS = {"first_step": 0.05, "min_step": 0.05, "max_step": 0.05}  # every step accepted (see below)
