@@ -343,10 +343,14 @@ def run(config_name: str, overrides: Sequence[str] = (), *, multirun: bool = Fal
     from hydra.core.global_hydra import GlobalHydra
 
     overrides = list(overrides)
-    validate(config_name, overrides, multirun=multirun)
-    if not multirun:
-        multirun = is_multirun_config(compose(config_name, overrides, with_hydra=True))
-    cfg = compose(config_name, [o for o in overrides if not _has_sweep_value(o)] if multirun else overrides)
+    if multirun:
+        validate(config_name, overrides, multirun=True)
+    else:
+        # One composition checks every override and says whether the config itself asks for a multirun.
+        cfg = compose(config_name, overrides, with_hydra=True)
+        multirun = is_multirun_config(cfg)
+    if multirun:
+        cfg = compose(config_name, [o for o in overrides if not _has_sweep_value(o)])
     if OmegaConf.select(cfg, "resume", default=False) and not multirun:
         _check_resume_target(config_name, overrides)
     overrides = overrides + _default_dirs(cfg, overrides, multirun)
