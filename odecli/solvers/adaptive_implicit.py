@@ -79,6 +79,9 @@ class Jacobian:
 
     def __init__(self, func, n: int, blocks: int, method: str, dtype: torch.dtype, device: torch.device):
         self.func, self.n, self.blocks, self.d = func, n, blocks, n // blocks
+        # ``func.jacobian_columns = (start, stop)``: f reads only those state elements; the other columns are 0.
+        columns = getattr(func, "jacobian_columns", None)
+        self.columns = range(*columns) if columns is not None and blocks == 1 else range(self.d)
         self.finite_difference = method == "finite_difference"
         self.dtype, self.device = dtype, device
         eye = torch.eye(self.d, dtype=dtype, device=device)
@@ -95,7 +98,8 @@ class Jacobian:
             if jac is not None:
                 return jac, 1
             self.finite_difference = True  # not connected in the graph: use differences from now on
-            return self._differences(t, y)[0], 1 + self.d + 1
+            jac, evaluations = self._differences(t, y)
+            return jac, 1 + evaluations
         return self._differences(t, y)
 
     def _autograd(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
@@ -123,13 +127,12 @@ class Jacobian:
             f0 = self.func(t, y)
             eps = torch.finfo(self.dtype).eps
             steps = math.sqrt(eps) * torch.clamp(y.abs(), min=1.0)
-            columns = []
-            for i in range(self.d):
+            jac = torch.zeros(self.blocks, self.d, self.d, dtype=self.dtype, device=self.device)  # [blocks, row, column]
+            for i in self.columns:
                 delta = (y + steps * self.seeds[i]) - y  # component i of every block; as represented in floating point
                 change = (self.func(t, y + delta) - f0).view(self.blocks, self.d)
-                columns.append(change / delta.view(self.blocks, self.d)[:, i : i + 1])
-            jac = torch.stack(columns, dim=2)  # [blocks, row, column]
-        return jac, self.d + 1
+                jac[:, :, i] = change / delta.view(self.blocks, self.d)[:, i : i + 1]
+        return jac, len(self.columns) + 1
 
 
 class ShiftedLU:

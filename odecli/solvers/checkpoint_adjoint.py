@@ -49,8 +49,8 @@ from odecli.solvers.adjoint import _Structure, find_parameters
 from odecli.solvers.errors import InvalidInputError
 from odecli.solvers.interpolation import cubic_hermite, dense_weights_tensor
 from odecli.solvers.odeint import (
-    _attach_callbacks,
     _FlatFunc,
+    _forward_func_attributes,
     _mixed_rms_norm,
     check_problem,
     resolve_method,
@@ -119,7 +119,7 @@ def odeint_checkpoint(
     structure = _Structure(y0)
     y0_flat = structure.flatten(y0)
     flat_func = _FlatFunc(func, shapes if is_tuple else None, first.shape, reverse=False)
-    _attach_callbacks(flat_func, func, False)
+    _forward_func_attributes(flat_func, func, False)
     if is_tuple and issubclass(cls, AbstractAdaptiveRungeKutta):
         user_norm = options.get("norm")
         if callable(user_norm):

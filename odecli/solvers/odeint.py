@@ -202,7 +202,10 @@ class _FlatFunc:
         self.checked = True
 
 
-def _attach_callbacks(wrapper: _FlatFunc, func, reverse: bool) -> None:
+def _forward_func_attributes(wrapper: _FlatFunc, func, reverse: bool) -> None:
+    """What solvers read from ``func`` besides calling it: step callbacks and the Jacobian hint."""
+    if getattr(func, "jacobian_columns", None) is not None and wrapper.shapes is None:
+        wrapper.jacobian_columns = func.jacobian_columns
     for name in CALLBACK_NAMES:
         callback = getattr(func, name, None)
         if callback is None:
@@ -313,7 +316,7 @@ def odeint(
         wrap_reverse = reverse and not native
         solver_func = _FlatFunc(func, flat_shapes, first.shape, wrap_reverse)
         unflatten = solver_func.unflatten  # bound now: solver_func may be wrapped below (NFE counting)
-        _attach_callbacks(solver_func, func, wrap_reverse)
+        _forward_func_attributes(solver_func, func, wrap_reverse)
         state = torch.cat([x.reshape(-1) for x in tensors])
         if is_tuple:
             user_norm = options.get("norm")
