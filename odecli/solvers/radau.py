@@ -106,7 +106,6 @@ def _constants(dtype: torch.dtype, device: torch.device):
         torch.tensor(ERROR_WEIGHTS, dtype=dtype, device=device),
         torch.tensor(V, dtype=complex_dtype, device=device),
         torch.tensor(V_INV, dtype=complex_dtype, device=device),
-        torch.tensor(DENSE, dtype=dtype, device=device),
     )
 
 
@@ -144,7 +143,7 @@ class Radau5(AbstractAdaptiveImplicit):
 
     def __init__(self, func, y0: torch.Tensor, rtol, atol, **options: Any):
         super().__init__(func, y0, rtol, atol, **options)
-        self.a, self.error_weights, self.v, self.v_inv, _ = _constants(self.dtype, self.device)
+        self.a, self.error_weights, self.v, self.v_inv = _constants(self.dtype, self.device)
         self.dense = DENSE
         self.nodes = NODES.tolist()
         self._last_step = None  # (t0, h, y0, Z) of the last solved step: the next Newton start
