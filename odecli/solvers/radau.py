@@ -98,33 +98,48 @@ def dense_coefficients(c: np.ndarray) -> np.ndarray:
 DENSE = dense_coefficients(NODES)
 
 
+def _real_transforms() -> dict[bool, tuple[np.ndarray, np.ndarray]]:
+    """``{transpose: (into, out_of)}``: the eigenbasis change in real arithmetic.
+
+    ``P⁻¹ r = V (I - hD⊗J)⁻¹ V⁻¹ r``: with the pair conjugate, ``into @ r`` gives ``(w₀, Re w₁, Im w₁)``
+    (``w = V⁻¹ r``) and ``out_of @ (w₀', Re w₁', Im w₁')`` gives ``Re(V w')``; for ``P⁻ᵀ`` the roles of
+    ``V`` and ``V⁻ᵀ`` swap.
+    """
+    transforms = {}
+    for transpose, (inverse, basis) in ((False, (V_INV, V)), (True, (V.T, V_INV.T))):
+        into = np.stack([inverse[0].real, inverse[1].real, inverse[1].imag])
+        out_of = np.stack([basis[:, 0].real, 2.0 * basis[:, 1].real, -2.0 * basis[:, 1].imag], axis=1)
+        transforms[transpose] = (into, out_of)
+    return transforms
+
+
+REAL_TRANSFORMS = _real_transforms()
+
+
 @lru_cache(maxsize=16)
 def _constants(dtype: torch.dtype, device: torch.device):
-    complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-    return (
-        torch.tensor(A, dtype=dtype, device=device),
-        torch.tensor(ERROR_WEIGHTS, dtype=dtype, device=device),
-        torch.tensor(V, dtype=complex_dtype, device=device),
-        torch.tensor(V_INV, dtype=complex_dtype, device=device),
-    )
+    def tensor(values):
+        return torch.tensor(values, dtype=dtype, device=device)
+
+    transforms = {transpose: (tensor(into), tensor(out_of)) for transpose, (into, out_of) in REAL_TRANSFORMS.items()}
+    return tensor(A), tensor(ERROR_WEIGHTS), transforms
 
 
 class _CollocationMatrix(IterationMatrix):
     """``P = I - h (A ⊗ J)`` applied through A's eigenbasis: one real and one complex LU."""
 
-    def __init__(self, jac: torch.Tensor, h: float, v: torch.Tensor, v_inv: torch.Tensor):
+    def __init__(self, jac: torch.Tensor, h: float, transforms):
         self.real = ShiftedLU(jac, h * GAMMA0)
         self.complex = ShiftedLU(jac, h * PAIR)
-        self.v, self.v_inv = v, v_inv
+        self.transforms = transforms
 
     def solve(self, rhs: torch.Tensor, transpose: bool = False) -> torch.Tensor:
-        """``P⁻¹ rhs`` or ``P⁻ᵀ rhs`` for ``rhs`` of shape ``[3, n]``; the eigenbasis pair is conjugate."""
-        rhs = rhs.to(self.v.dtype)
-        into, out_of = (self.v.T, self.v_inv.T) if transpose else (self.v_inv, self.v)
-        w = into[:2] @ rhs  # components 0 (real) and 1; component 2 is the conjugate of 1
-        w0 = self.real.solve(w[0].real, transpose)
-        w1 = self.complex.solve(w[1], transpose)
-        return out_of[:, :1].real * w0 + 2.0 * (out_of[:, 1:2] * w1).real
+        """``P⁻¹ rhs`` or ``P⁻ᵀ rhs`` for ``rhs`` of shape ``[3, n]``."""
+        into, out_of = self.transforms[transpose]
+        w = into @ rhs
+        w0 = self.real.solve(w[0], transpose)
+        w1 = self.complex.solve(torch.complex(w[1], w[2]), transpose)
+        return out_of @ torch.stack([w0, w1.real, w1.imag])
 
 
 @SOLVERS.register(
@@ -143,13 +158,13 @@ class Radau5(AbstractAdaptiveImplicit):
 
     def __init__(self, func, y0: torch.Tensor, rtol, atol, **options: Any):
         super().__init__(func, y0, rtol, atol, **options)
-        self.a, self.error_weights, self.v, self.v_inv = _constants(self.dtype, self.device)
+        self.a, self.error_weights, self.transforms = _constants(self.dtype, self.device)
         self.dense = DENSE
         self.nodes = NODES.tolist()
         self._last_step = None  # (t0, h, y0, Z) of the last solved step: the next Newton start
 
     def _factorise(self, jac: torch.Tensor, h: float) -> _CollocationMatrix:
-        return _CollocationMatrix(jac, h, self.v, self.v_inv)
+        return _CollocationMatrix(jac, h, self.transforms)
 
     def _extrapolated_guess(self, t0: float, h: float, y0: torch.Tensor) -> torch.Tensor | None:
         """``Z`` at the new nodes from the last step's collocation polynomial."""

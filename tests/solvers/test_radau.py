@@ -70,8 +70,8 @@ def test_eigenbasis_solve_equals_the_dense_3n_system(blocks, transpose):
     gen = torch.Generator().manual_seed(0)
     d, h = 2, 0.7
     jac = torch.randn(blocks, d, d, generator=gen, dtype=F64) * 3
-    _, _, v, v_inv = radau._constants(F64, torch.device("cpu"))
-    matrix = radau._CollocationMatrix(jac, h, v, v_inv)
+    _, _, transforms = radau._constants(F64, torch.device("cpu"))
+    matrix = radau._CollocationMatrix(jac, h, transforms)
     rhs = torch.randn(3, blocks * d, generator=gen, dtype=F64)
     full_j = torch.block_diag(*jac)
     dense = torch.eye(3 * blocks * d, dtype=F64) - h * torch.kron(torch.tensor(radau.A, dtype=F64), full_j)
