@@ -17,8 +17,7 @@ exact derivative by the implicit function theorem, for one extra evaluation per 
 
 **Error.** ``err = h Σ (b_i - b̂_i) k_i``, the plain embedded difference (as diffrax does). The embedded
 method is itself stiffly accurate, so the difference stays bounded on stiff components without
-Shampine's filter ``M⁻¹ err`` (Hairer's RADAU5 needs that filter; ``filter_error = True`` restores it):
-measured on Van der Pol μ = 1000 the filter *under*-estimates the local error by up to 100× near the
+Shampine's filter ``M⁻¹ err`` (which Hairer's RADAU5 needs, see ``radau.py``): measured on Van der Pol μ = 1000 the filter *under*-estimates the local error by up to 100× near the
 fold (x → 1), where the stiff eigenvalue passes through zero, and on both problems of
 ``benchmarks/stiff.py`` the plain difference gives the smaller global error (``benchmarks/stiff.md``).
 Output times inside a step are interpolated by the cubic Hermite through ``y0, y1, k_1, k_s``
@@ -197,8 +196,6 @@ class AbstractESDIRK(AbstractAdaptiveImplicit):
 
     tableau: ClassVar[ESDIRKTableau]
     fsal: ClassVar[bool] = True
-    # Filter the embedded error estimate by (I - hγJ)⁻¹ (see the module docstring).
-    filter_error: ClassVar[bool] = False
 
     def __init__(self, func, y0: torch.Tensor, rtol, atol, **options: Any):
         super().__init__(func, y0, rtol, atol, **options)
@@ -255,8 +252,6 @@ class AbstractESDIRK(AbstractAdaptiveImplicit):
         y1 = stage  # stiffly accurate: the solution is the last stage
         with torch.no_grad():
             error = torch.mv(stages_d.T, self.b_error).mul_(h)
-            if self.filter_error:
-                error = matrix.solve(error)
             ratio = self._error_ratio(error, y0_d, y1)
         stages = torch.stack(ks) if grad else stages_d
         return y1, stages, ratio, theta_max, stages[-1]
