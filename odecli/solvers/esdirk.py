@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from odecli.registry import SOLVERS
-from odecli.solvers.adaptive_implicit import AbstractAdaptiveImplicit, IterationMatrix, NewtonFailed, ShiftedLU
+from odecli.solvers.adaptive_implicit import AbstractAdaptiveImplicit, NewtonFailed, ShiftedLU
 from odecli.solvers.tableau import InvalidTableau, hermite_dense
 
 _CONSISTENCY_TOL = 1e-12
@@ -159,6 +159,7 @@ KVAERNO3 = ESDIRKTableau(
 )
 
 ESDIRK_TABLEAUS: tuple[ESDIRKTableau, ...] = (KVAERNO5, KVAERNO3)
+KVAERNO_2004 = "Kvaerno 2004, BIT 44(3), 'Singly diagonally implicit Runge-Kutta methods with an explicit first stage'"
 
 
 @lru_cache(maxsize=64)
@@ -181,16 +182,6 @@ def _coefficients(tableau: ESDIRKTableau, dtype: torch.dtype, device: torch.devi
 # The solver.
 
 
-class _StageMatrix(IterationMatrix):
-    """``I - hγJ``: one LU serves every stage, since the diagonal γ is shared."""
-
-    def __init__(self, jac: torch.Tensor, h_gamma: float):
-        self.lu = ShiftedLU(jac, h_gamma)
-
-    def solve(self, rhs: torch.Tensor, transpose: bool = False) -> torch.Tensor:
-        return self.lu.solve(rhs, transpose)
-
-
 class AbstractESDIRK(AbstractAdaptiveImplicit):
     """An adaptive stiffly accurate ESDIRK method; subclasses set ``tableau``, ``order`` and ``reference``."""
 
@@ -202,10 +193,11 @@ class AbstractESDIRK(AbstractAdaptiveImplicit):
         self.a_rows, self.predictor, self.b, self.b_error = _coefficients(self.tableau, self.dtype, self.device)
         self.dense = np.array(hermite_dense(self.tableau.b), dtype=np.float64)
 
-    def _factorise(self, jac: torch.Tensor, h: float) -> _StageMatrix:
-        return _StageMatrix(jac, h * self.tableau.gamma)
+    def _factorise(self, jac: torch.Tensor, h: float) -> ShiftedLU:
+        """``I - hγJ``: one LU serves every stage, since the diagonal γ is shared."""
+        return ShiftedLU(jac, h * self.tableau.gamma)
 
-    def _step(self, t0: float, h: float, y0: torch.Tensor, f0: torch.Tensor, matrix: _StageMatrix, grad: bool):
+    def _step(self, t0: float, h: float, y0: torch.Tensor, f0: torch.Tensor, matrix: ShiftedLU, grad: bool):
         tab = self.tableau
         h_gamma = h * tab.gamma
         y0_d = y0.detach()
@@ -269,7 +261,7 @@ class Kvaerno5(AbstractESDIRK):
     """Kværnø's ESDIRK 5(4): 7 stages (6 implicit, FSAL), L-stable, stiffly accurate, cubic Hermite dense output."""
 
     tableau, order = KVAERNO5, 5
-    reference = "Kvaerno 2004, BIT 44(3), 'Singly diagonally implicit Runge-Kutta methods with an explicit first stage'"
+    reference = KVAERNO_2004
 
 
 @SOLVERS.register(
@@ -280,4 +272,4 @@ class Kvaerno3(AbstractESDIRK):
     """Kværnø's ESDIRK 3(2): 4 stages (3 implicit, FSAL), L-stable, stiffly accurate, cubic Hermite dense output."""
 
     tableau, order = KVAERNO3, 3
-    reference = "Kvaerno 2004, BIT 44(3), 'Singly diagonally implicit Runge-Kutta methods with an explicit first stage'"
+    reference = KVAERNO_2004

@@ -34,6 +34,7 @@ from odecli.registry import SOLVERS
 from odecli.solvers.base import AbstractSolver, FlatFunc
 from odecli.solvers.errors import InvalidInputError, MaxStepsExceeded, NewtonDidNotConverge
 from odecli.solvers.events import find_event
+from odecli.solvers.jacobian import Jacobian
 
 # --------------------------------------------------------------------------------------------
 # Fixed-grid integration loop shared by the implicit methods and the fixed-step Adams methods.
@@ -230,19 +231,6 @@ TR_BDF2 = ImplicitTableau(
 # The Newton solve of one step.
 
 
-def _jacobian(func: FlatFunc, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``∂f/∂y`` at ``(t, y)`` as an ``(n, n)`` matrix, outside the autograd graph of the solve."""
-    with torch.enable_grad():
-        y_ = y.detach().requires_grad_(True)
-        f = func(t.detach(), y_)
-        rows = []
-        eye = torch.eye(f.numel(), dtype=f.dtype, device=f.device)
-        for i in range(f.numel()):
-            (g,) = torch.autograd.grad(f, y_, eye[i], retain_graph=i + 1 < f.numel(), allow_unused=True)
-            rows.append(torch.zeros_like(y_) if g is None else g)
-    return torch.stack(rows).detach()
-
-
 class AbstractImplicitRungeKutta(AbstractFixedGridSolver):
     """A fixed-grid implicit Runge–Kutta method; subclasses set ``tableau`` and ``order``."""
 
@@ -257,8 +245,8 @@ class AbstractImplicitRungeKutta(AbstractFixedGridSolver):
         if int(max_iters) < 1:
             raise InvalidInputError(f"options['max_iters'] must be at least 1, got {max_iters}.")
         self.max_iters = int(max_iters)
-        self.use_newton = jacobian == "autograd"
         dtype, device = y0.dtype, y0.device
+        self.jacobian = Jacobian(func, y0.numel(), 1, "autograd", dtype, device) if jacobian == "autograd" else None
         self.c = torch.tensor(self.tableau.c, dtype=dtype, device=device)
         self.a = torch.tensor(self.tableau.a, dtype=dtype, device=device)
         self.b = torch.tensor(self.tableau.b, dtype=dtype, device=device)
@@ -284,9 +272,10 @@ class AbstractImplicitRungeKutta(AbstractFixedGridSolver):
     def step(self, t0, dt, t1, y0):
         f0 = self.eval(t0, y0, perturb=1)
         jac = None
-        if self.use_newton:
-            jac = _jacobian(self.func, t0, y0)
-            self.nfe += 1  # one evaluation of func (plus one vector-Jacobian product per state element)
+        if self.jacobian is not None:
+            jac, evaluations = self.jacobian(t0, y0)
+            jac = jac[0]
+            self.nfe += evaluations  # autograd: one evaluation of func (plus one vector-Jacobian product per state element)
         if self.tableau.diagonally_implicit:
             k = self._solve_stages_one_by_one(t0, dt, t1, y0, f0, jac)
         else:

@@ -5,8 +5,8 @@ three stages together, for the increments ``Z_i = Y_i - y0``::
 
     Z = h (A ⊗ I) F(Z),    F(Z)_i = f(t0 + c_i h, y0 + Z_i),    y1 = y0 + Z_3
 
-with ``c = ((4 - √6)/10, (4 + √6)/10, 1)`` and ``A`` the collocation matrix (computed below from
-its definition, ``A_ij = ∫_0^{c_i} ℓ_j``). Radau IIA has stage order 3 (Kværnø's ESDIRKs have 2),
+with ``c = ((4 - √6)/10, (4 + √6)/10, 1)`` and ``A`` the collocation matrix (``RADAU_IIA_5``, the
+tableau the fixed-grid ``radauIIA5`` uses). Radau IIA has stage order 3 (Kværnø's ESDIRKs have 2),
 which is what keeps its accuracy on stiff problems, where the stages' errors do not cancel.
 
 **Newton.** Simplified Newton on the ``3n`` system with ``P = I - h (A ⊗ J)``. With ``A = V D V⁻¹``
@@ -32,7 +32,6 @@ Reference: E. Hairer & G. Wanner, Solving Ordinary Differential Equations II, 2n
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from typing import Any, ClassVar
 
@@ -41,28 +40,17 @@ import torch
 
 from odecli.registry import SOLVERS
 from odecli.solvers.adaptive_implicit import AbstractAdaptiveImplicit, IterationMatrix, NewtonFailed, ShiftedLU
+from odecli.solvers.implicit import RADAU_IIA_5
 
-SQRT6 = math.sqrt(6.0)
-NODES = np.array([(4.0 - SQRT6) / 10.0, (4.0 + SQRT6) / 10.0, 1.0])
+NODES = np.array(RADAU_IIA_5.c)
+A = np.array(RADAU_IIA_5.a)  # the collocation matrix, A_ij = ∫_0^{c_i} ℓ_j (checked in the tests)
+B = np.array(RADAU_IIA_5.b)  # = A[-1]: stiffly accurate, y1 is the last stage
 
 
 def _lagrange(nodes: np.ndarray, j: int) -> np.polynomial.Polynomial:
     """The Lagrange basis polynomial that is 1 at ``nodes[j]`` and 0 at the others."""
     others = np.delete(nodes, j)
     return np.polynomial.Polynomial.fromroots(others) / np.prod(nodes[j] - others)
-
-
-def collocation_matrix(c: np.ndarray) -> np.ndarray:
-    """``A_ij = ∫_0^{c_i} ℓ_j(s) ds``: the Runge–Kutta matrix of collocation at the nodes ``c``."""
-    a = np.empty((len(c), len(c)))
-    for j in range(len(c)):
-        integral = _lagrange(c, j).integ()
-        a[:, j] = integral(c) - integral(0.0)
-    return a
-
-
-A = collocation_matrix(NODES)
-B = A[-1].copy()  # stiffly accurate: y1 is the last stage
 
 
 def _eigenbasis(a: np.ndarray) -> tuple[float, complex, np.ndarray, np.ndarray]:

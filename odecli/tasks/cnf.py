@@ -36,7 +36,7 @@ from odecli.tasks.common import (
     prepare,
     print_metrics_table,
 )
-from odecli.tasks.loop import GeneratorState, TrainingLoop
+from odecli.tasks.loop import TrainingLoop
 from odecli.tracking import Run
 
 OBJECTIVES = ("nll", "kl")
@@ -139,9 +139,8 @@ def cnf(cfg: DictConfig, run: Run) -> dict[str, Any]:
             _plot(run, cfg, field, evaluation, solve, name, test_x, limit, t1, iteration)
 
     loss_value = float("nan")
-    samplers = [GeneratorState(data_generator), GeneratorState(noise_generator)]
     with run.progress(iters, start=start, description=f"cnf {name}") as progress, \
-            TrainingLoop(run, cfg, start=start, save=checkpoint, samplers=samplers) as loop:  # fmt: skip
+            TrainingLoop(run, cfg, start=start, save=checkpoint, samplers=[data_generator, noise_generator]) as loop:  # fmt: skip
         for iteration in range(start + 1, iters + 1):
             with loop.iteration(iteration):
                 began = time.perf_counter()

@@ -47,7 +47,7 @@ class NonFiniteLoss(ArithmeticError):
 
 
 class GeneratorState:
-    """A ``torch.Generator`` seen as a sampler with ``state_dict``/``load_state_dict``."""
+    """A ``torch.Generator`` seen as a sampler with ``state_dict``/``load_state_dict`` (TrainingLoop wraps them)."""
 
     def __init__(self, generator: torch.Generator):
         self.generator = generator
@@ -63,7 +63,8 @@ class TrainingLoop:
     """Interrupt checkpoints and the non-finite policy around one run's training iterations."""
 
     def __init__(self, run: Any, cfg: DictConfig, *, start: int, save: Callable[[int], None], samplers: Sequence[Any] = ()):
-        self.run, self.cfg, self.save, self.samplers = run, cfg, save, list(samplers)
+        self.run, self.cfg, self.save = run, cfg, save
+        self.samplers = [GeneratorState(s) if isinstance(s, torch.Generator) else s for s in samplers]
         self.start = self.completed = start
         self.policy = nonfinite_policy(cfg)
         self.skipped = 0

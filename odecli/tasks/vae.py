@@ -34,7 +34,7 @@ from odecli.models.latent_ode import GapRNN, LatentODE, gaussian_log_likelihood
 from odecli.registry import TASKS
 from odecli.solvers import track_stats
 from odecli.tasks.common import Checkpointer, NFEHistory, build_optimizer, build_scheduler, make_solve, prepare
-from odecli.tasks.loop import GeneratorState, TrainingLoop
+from odecli.tasks.loop import TrainingLoop
 from odecli.tracking import Run
 
 EVAL_CHUNK = 256  # series per evaluation solve
@@ -159,9 +159,8 @@ def vae(cfg: DictConfig, run: Run) -> dict[str, Any]:
 
     loss_value = rnn_value = float("nan")
     ode = models["latent_ode"]
-    samplers = [GeneratorState(data_generator), GeneratorState(noise_generator)]
     with run.progress(iters, start=start, description=f"vae {data.name}") as progress, \
-            TrainingLoop(run, cfg, start=start, save=checkpoint, samplers=samplers) as loop:  # fmt: skip
+            TrainingLoop(run, cfg, start=start, save=checkpoint, samplers=[data_generator, noise_generator]) as loop:  # fmt: skip
         for iteration in range(start + 1, iters + 1):
             with loop.iteration(iteration):
                 began = time.perf_counter()

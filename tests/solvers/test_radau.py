@@ -22,6 +22,11 @@ F64 = torch.float64
 
 
 def test_collocation_coefficients_have_order_5_and_match_the_literature():
+    # A is the collocation matrix of its nodes: A_ij = ∫_0^{c_i} ℓ_j.
+    for j in range(3):
+        integral = radau._lagrange(radau.NODES, j).integ()
+        np.testing.assert_allclose(radau.A[:, j], integral(radau.NODES) - integral(0.0), atol=1e-14)
+    np.testing.assert_array_equal(radau.B, radau.A[-1])
     for p, value, expected in _trees(radau.A, radau.B, 5):
         assert value == pytest.approx(expected, abs=1e-12), f"an order-{p} condition fails"
     # Hairer & Wanner II, Table IV.5.6 (first row of A) and IV.8 (the error weights, γ₀·(-13 ∓ 7√6, -1)/3).
