@@ -83,7 +83,7 @@ def _split_options(name: str, cls: type, options: Mapping[str, Any] | None) -> d
         elif key not in _SILENT_OPTIONS:
             ignored.append(key)
     if ignored:
-        warnings.warn(f"{cls.__name__}: Unexpected arguments {dict((k, options[k]) for k in ignored)}; method '{name}' ignores them.", IgnoredOptionWarning, stacklevel=3)
+        warnings.warn(f"{cls.__name__}: Unexpected arguments {dict((k, options[k]) for k in ignored)}; method '{name}' ignores them.", IgnoredOptionWarning, stacklevel=4)  # _split_options ← check_problem ← odeint ← the caller
     return kept
 
 

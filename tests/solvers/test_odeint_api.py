@@ -234,3 +234,9 @@ def test_user_norm_on_a_tuple_state_works_while_stats_are_tracked():
         y[0].sum().backward()
     assert seen and set(seen) == {2}
     torch.testing.assert_close(y[0][-1], torch.full((3,), math.exp(-1.0)), rtol=1e-5, atol=1e-5)
+
+
+def test_ignored_option_warning_points_at_the_callers_line():
+    with pytest.warns(IgnoredOptionWarning) as record:
+        odeint(lambda t, y: -y, torch.ones(1), torch.tensor([0.0, 1.0]), options={"step_size": 0.1})
+    assert record[0].filename == __file__
