@@ -141,20 +141,8 @@ def classify(
         extra.insert(0, dataset)
         dataset = "mnist"
     data = [] if dataset == "mnist" else [f"data={dataset}"]  # mnist is the default: keep run directory names short
-    _run_task("classify", [*data, *classify_overrides(extra)], multirun, debug)
-
-
-def classify_overrides(overrides: list[str]) -> list[str]:
-    """``model=resnet`` → ``classifier@model=resnet``: classify's models are the ``classifier/`` group placed at ``model``.
-
-    (``fit``'s ``model/`` group holds 2-D vector fields; keeping the classifiers apart keeps both
-    groups' options meaningful. Keys such as ``model.channels=64`` need no translation.)
-    """
-    translated = []
-    for override in overrides:
-        key, sep, value = override.partition("=")
-        translated.append(f"classifier@model={value}" if sep and key in ("model", "classifier") else override)
-    return translated
+    # model=resnet and data=NAME reach classify's own groups (classifier/, images/): hydra_bridge.packaged_overrides
+    _run_task("classify", [*data, *extra], multirun, debug)
 
 
 @app.command(epilog="Examples:  odecli vae   ·   odecli vae data.n_obs=30   ·   odecli vae data=csv data.path=series.csv")
@@ -336,7 +324,7 @@ def config(
 
         extra = list(overrides or [])
         _load_plugins(extra)
-        cfg = hydra_bridge.compose(task, classify_overrides(extra) if task == "classify" else extra)
+        cfg = hydra_bridge.compose(task, extra)
         if yaml:
             sys.stdout.write(OmegaConf.to_yaml(cfg, resolve=True))
         else:

@@ -102,7 +102,50 @@ def compose(config_name: str, overrides: Sequence[str] = (), *, with_hydra: bool
     if config_name not in primary_configs() and not config_name.startswith("sweep/"):
         raise ConfigError(f"Unknown task '{config_name}'.{did_you_mean(config_name, primary_configs())} Tasks: {', '.join(primary_configs())}.")
     with _initialized():
-        return _compose_checked(config_name, list(overrides), with_hydra)
+        return _compose_checked(config_name, packaged_overrides(config_name, overrides), with_hydra)
+
+
+# config name → {package: group} for the groups it places at another package (filled on first use)
+_packaged_groups: dict[str, dict[str, str]] = {}
+
+
+def packaged_groups(config_name: str) -> dict[str, str]:
+    """Groups that ``config_name``'s defaults place at another package, by package.
+
+    classify → ``{'data': 'images', 'model': 'classifier'}``, cnf → ``{'data': 'density'}``: each task
+    keeps its own options in its own group, so ``data=`` offers cnf only densities and classify only
+    image sets. Read from the config's defaults list (Hydra must be initialised), not written down twice.
+    """
+    if config_name not in _packaged_groups:
+        from hydra.core.global_hydra import GlobalHydra
+        from hydra.types import RunMode
+
+        try:
+            defaults = GlobalHydra.instance().config_loader().compute_defaults_list(config_name, [], RunMode.RUN).defaults
+        except Exception:  # a config that does not compose: compose() then says why, in words
+            return {}
+        keys = [d.override_key for d in defaults if d.override_key and "@" in d.override_key and not d.override_key.startswith("hydra")]
+        _packaged_groups[config_name] = {package: group for group, package in (key.split("@", 1) for key in keys)}
+    return _packaged_groups[config_name]
+
+
+def packaged_overrides(config_name: str, overrides: Sequence[str]) -> list[str]:
+    """What users type → what Hydra needs: ``data=moons`` → ``density@data=moons`` for cnf (see ``packaged_groups``).
+
+    ``classifier=resnet`` (the group's own name) works too; keys such as ``data.n_obs=50`` and
+    overrides already written as ``group@package=option`` pass unchanged.
+    """
+    groups = packaged_groups(config_name)
+    by_name = {**groups, **{group: group for group in groups.values()}}
+    packages = {group: package for package, group in groups.items()}
+    translated = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and key in by_name:
+            group = by_name[key]
+            override = f"{group}@{packages[group]}={value}"
+        translated.append(override)
+    return translated
 
 
 def _compose_checked(config_name: str, overrides: list[str], with_hydra: bool) -> DictConfig:
@@ -134,14 +177,19 @@ def _explain_compose_error(config_name: str, overrides: list[str], exc: Exceptio
         if match:
             group, option = match.groups()
             options = group_options(group)
+            # Users type the package (data=cifar), not the group Hydra looked in (images/cifar).
+            name = {g: package for package, g in packaged_groups(config_name).items()}.get(group, group)
             return ConfigError(
-                f"Unknown {group} '{option}'.{did_you_mean(option, options)} Valid choices for {group}: {', '.join(options)}."
+                f"Unknown {name} '{option}'.{did_you_mean(option, options)} Valid choices for {name}: {', '.join(options)}."
             )
     match = re.search(r"Key '([^']+)' is not in struct", text) or re.search(r"Could not override '([^']+)'", text)
     if match:
         key = match.group(1)
         full_key = next((o.split("=", 1)[0].lstrip("+~") for o in overrides if key in o.split("=", 1)[0]), key)
         known = _known_keys(config_name)
+        settings = ", ".join(k for k in known if k.startswith(full_key + "."))
+        if settings:  # fit's `data` is a block of settings, not a group with options to choose from
+            return ConfigError(f"{full_key} is not a choice in {config_name}: it holds settings ({settings}); set one with {full_key}.KEY=VALUE.")
         return ConfigError(
             f"Unknown config key '{full_key}'.{did_you_mean(full_key, known)} "
             f"To add a new key use +{full_key}=VALUE; `odecli config {config_name}` shows every key."
@@ -342,7 +390,8 @@ def run(config_name: str, overrides: Sequence[str] = (), *, multirun: bool = Fal
     from hydra._internal.utils import create_config_search_path
     from hydra.core.global_hydra import GlobalHydra
 
-    overrides = list(overrides)
+    with _initialized():
+        overrides = packaged_overrides(config_name, overrides)
     if multirun:
         validate(config_name, overrides, multirun=True)
     else:

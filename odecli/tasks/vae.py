@@ -38,7 +38,6 @@ from odecli.tasks.loop import TrainingLoop
 from odecli.tracking import Run
 
 EVAL_CHUNK = 256  # series per evaluation solve
-SERIES_DATASETS = ("spirals", "ecg", "csv")  # the data/ options that are vae's (the group also holds cnf's and classify's)
 MODEL_LABELS = {"latent_ode": "latent ODE", "rnn": "RNN (Δt inputs)"}
 
 

