@@ -241,7 +241,7 @@ def report(
             table.add_column(column, overflow="fold")
         for row in table_rows:
             table.add_row(*(_cell(v) for v in row))
-        console.print(table, width=max(console.width, 140), crop=False)
+        console.print(table)
         csv_path, _ = write_summary(directory, records)
         counts = {s: sum(r.status == s for r in records) for s in sorted({r.status for r in records})}
         console.print(f"{', '.join(f'{n} {s}' for s, n in counts.items())} — summary: {csv_path}")
@@ -269,42 +269,46 @@ def list_(kind: str | None = typer.Argument(None, help=f"One of: {', '.join(LIST
         if kind is not None and kind not in LIST_KINDS:
             raise UserError(f"Unknown kind '{kind}'.{did_you_mean(kind, LIST_KINDS)} Choose one of: {', '.join(LIST_KINDS)}.")
         for each in [kind] if kind else LIST_KINDS:
-            console.print(_table(each), width=max(console.width, 140), crop=False)
+            console.print(_table(each, fill=console.has_a_screen_width))
 
     _guard(debug, action)
 
 
-def _table(kind: str) -> Table:
+def _table(kind: str, *, fill: bool) -> Table:
+    """The registry of ``kind`` as a table; ``fill``: spread it over a screen's width (in a pipe: as wide as its content)."""
     from odecli import hydra_bridge
     from odecli.registry import REGISTRIES
 
-    table = Table(title=kind, title_justify="left", title_style="bold")
+    table = Table(title=kind, title_justify="left", title_style="bold", expand=fill)
     if kind == "sweeps":
-        table.add_column("name", style="cyan")
-        table.add_column("config")
+        table.add_column("name", style="cyan", no_wrap=True)
+        table.add_column("config", overflow="fold")
         for name in hydra_bridge.sweep_names():
             table.add_row(name, str(hydra_bridge.config_root() / "sweep" / f"{name}.yaml"))
         return table
     registry = REGISTRIES[kind]
+    # Only the name never wraps: on an 80-column screen the rest share what is left, description first.
     table.add_column("name", style="cyan", no_wrap=True)
-    table.add_column("aliases", no_wrap=True)
+    table.add_column("aliases", ratio=1)
     if kind == "solvers":
-        for column in ("order", "adaptive", "implicit", "FSAL"):
-            table.add_column(column, justify="center", no_wrap=True)
-    table.add_column("description", ratio=3, min_width=30)
-    table.add_column("source", ratio=1, min_width=12, overflow="fold")
+        table.add_column("order", justify="center", no_wrap=True)
+        table.add_column("kind", ratio=1, min_width=10)
+    table.add_column("description", ratio=4)
+    table.add_column("source", ratio=1, min_width=7, overflow="fold")
     for entry in registry.entries():
         cells = [entry.name, ", ".join(entry.aliases)]
         if kind == "solvers":
-            obj = entry.obj
-            cells += [str(getattr(obj, "order", "?")), _yes(getattr(obj, "adaptive", None)), _yes(getattr(obj, "implicit", None)), _yes(getattr(obj, "fsal", None))]
+            cells += [str(getattr(entry.obj, "order", "?")), _solver_kind(entry.obj)]
         cells += [escape(entry.description), escape(entry.source)]
         table.add_row(*cells)
     return table
 
 
-def _yes(value: Any) -> str:
-    return "?" if value is None else ("yes" if value else "no")
+def _solver_kind(solver: Any) -> str:
+    """``adaptive`` or ``fixed grid``, then ``implicit`` and ``FSAL`` where they hold (``?``: the solver does not say)."""
+    adaptive, implicit, fsal = (getattr(solver, flag, None) for flag in ("adaptive", "implicit", "fsal"))
+    grid = "?" if adaptive is None else "adaptive" if adaptive else "fixed grid"
+    return ", ".join([grid, *(["implicit"] if implicit else []), *(["FSAL"] if fsal else [])])
 
 
 @app.command(epilog="Examples:  odecli config fit dynamics=lotka solver=dopri5   ·   odecli config fit --yaml")

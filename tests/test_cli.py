@@ -120,13 +120,61 @@ def test_board_refuses_missing_logdir(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "No such directory" in result.output
 
 
-def test_unbuilt_task_says_so_and_fails() -> None:
+def test_a_command_whose_task_is_not_registered_says_so_and_fails(clean_registries: None) -> None:
     from odecli.registry import TASKS, load_all
 
     load_all()
-    missing = [t for t in ("vae", "cnf") if t not in TASKS]
-    if not missing:
-        pytest.skip("every task command is built")
-    result = invoke(missing[0])
+    task = next(name for name in TASKS.names() if name in COMMANDS)
+    TASKS.remove(task)
+    result = invoke(task)
     assert result.exit_code == 1
     assert "not available yet" in result.output
+
+
+# ----- output that survives pipes: nothing hard-wrapped when stdout/stderr is not a terminal ----------
+def piped(*args: str, columns: int | None = None) -> subprocess.CompletedProcess[str]:
+    """odecli in a real process with stdout and stderr piped (as under `| grep`, `tee` or a job log)."""
+    terminal_hints = ("COLUMNS", "FORCE_COLOR", "TTY_COMPATIBLE")
+    env = {key: value for key, value in os.environ.items() if key not in terminal_hints}
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
+    return subprocess.run([sys.executable, "-m", "odecli.cli", *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_list_in_a_pipe_keeps_every_description_on_one_line() -> None:
+    from odecli.registry import SOLVERS, load_all
+
+    load_all()
+    proc = piped("list", "solvers")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for entry in SOLVERS.entries():
+        assert any(entry.description in line for line in lines), f"{entry.name}'s description is broken across lines:\n{proc.stdout}"
+
+
+def test_list_in_a_pipe_honours_columns() -> None:
+    from odecli.registry import SOLVERS, load_all
+
+    load_all()
+    proc = piped("list", "solvers", columns=80)
+    assert proc.returncode == 0, proc.stderr
+    assert max(len(line) for line in proc.stdout.splitlines()) == 80, proc.stdout  # filled, not exceeded
+    assert all(name in proc.stdout for name in SOLVERS.names())
+
+
+def test_report_in_a_pipe_keeps_a_long_cell_on_one_line(tmp_path: Path) -> None:
+    run = tmp_path / "sweep" / "0"
+    (run / ".hydra").mkdir(parents=True)
+    long_override = "data.dir=" + "/a-much-longer-directory-name-than-usual" * 6
+    (run / ".hydra" / "overrides.yaml").write_text(f"- {long_override}\n")
+    (run / "metrics.json").write_text('{"status": "completed", "val_mse": 0.01, "wall_time_s": 3.0}')
+    proc = piped("report", str(tmp_path / "sweep"))
+    assert proc.returncode == 0, proc.stderr
+    assert any(long_override in line and "completed" in line for line in proc.stdout.splitlines()), proc.stdout
+
+
+def test_an_error_in_a_pipe_is_one_line_even_with_narrow_columns(tmp_path: Path) -> None:
+    proc = piped("report", str(tmp_path / ("a-much-longer-directory-name-than-usual-" * 4)), columns=40)
+    assert proc.returncode == 2
+    (line,) = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert line.startswith("error: No such directory") and line.endswith("or a run directory."), proc.stderr

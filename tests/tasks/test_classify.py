@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +199,25 @@ def test_bad_data_dir_is_a_clear_error_not_a_traceback(damage: str, message: str
     result = runner.invoke(app, ["classify", "mnist", f"data.dir={directory}", "threads=1", f"hydra.run.dir={tmp_path / 'run'}"])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("columns", [None, "40"])
+def test_bad_data_dir_error_is_one_line_in_a_pipe_however_long_the_path(columns: str | None, tmp_path: Path, tiny_arrays: dict) -> None:
+    """A job log or `| grep` gets the whole message on one line, whatever the path's length or COLUMNS."""
+    directory = tmp_path.joinpath(*["a-much-longer-temporary-directory-name-than-usual"] * 4, "mnist")
+    directory.mkdir(parents=True)
+    for part, array in tiny_arrays.items():
+        if part != "test_images":
+            (directory / M.OFFICIAL[part].gz_name).write_bytes(gzip.compress(_idx(array)))
+    with pytest.raises(M.DataFileMissing) as missing:
+        M.read_dir(directory)
+    terminal_hints = ("COLUMNS", "FORCE_COLOR", "TTY_COMPATIBLE")
+    env = {key: value for key, value in os.environ.items() if key not in terminal_hints} | ({"COLUMNS": columns} if columns else {})
+    command = [sys.executable, "-m", "odecli.cli", "classify", "mnist", f"data.dir={directory}", "threads=1", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)  # stdout and stderr are pipes
+    assert proc.returncode == 2, proc.stderr
+    assert len(str(missing.value)) > 200  # far past the 80 columns rich wraps a pipe at by default
+    assert [line for line in proc.stderr.splitlines() if str(missing.value) in line], proc.stderr
 
 
 def test_unknown_model_lists_the_choices() -> None:
