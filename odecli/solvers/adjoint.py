@@ -69,7 +69,8 @@ class _Structure:
     def unflatten(self, flat: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Inverse of ``flatten`` for any leading dims of ``flat``."""
         lead = flat.shape[:-1]
-        parts = [part.reshape(*lead, *shape) for part, shape in zip(torch.split(flat, self.sizes, dim=-1), self.shapes, strict=True)]
+        # One tuple argument: a 0-dim state without leading dims needs reshape(()), which reshape(*()) is not.
+        parts = [part.reshape((*lead, *shape)) for part, shape in zip(torch.split(flat, self.sizes, dim=-1), self.shapes, strict=True)]
         return tuple(parts) if self.is_tuple else parts[0]
 
 

@@ -51,9 +51,9 @@ from odecli.solvers.interpolation import cubic_hermite, dense_weights_tensor
 from odecli.solvers.odeint import (
     _FlatFunc,
     _forward_func_attributes,
-    _mixed_rms_norm,
     check_problem,
     resolve_method,
+    shape_norm_option,
 )
 from odecli.solvers.runge_kutta import (
     AbstractAdaptiveRungeKutta,
@@ -120,13 +120,9 @@ def odeint_checkpoint(
     y0_flat = structure.flatten(y0)
     flat_func = _FlatFunc(func, shapes if is_tuple else None, first.shape, reverse=False)
     _forward_func_attributes(flat_func, func, False)
-    if is_tuple and issubclass(cls, AbstractAdaptiveRungeKutta):
-        user_norm = options.get("norm")
-        if callable(user_norm):
-            options["norm"] = lambda flat, _norm=user_norm: _norm(flat_func.unflatten(flat))
-        elif user_norm is None:
-            options["norm"] = _mixed_rms_norm([s.numel() for s in shapes])
-    if not issubclass(cls, AbstractAdaptiveRungeKutta):
+    if issubclass(cls, AbstractAdaptiveRungeKutta):
+        shape_norm_option(options, cls, is_tuple, shapes, flat_func.unflatten)
+    else:
         options.pop("norm", None)
 
     needs_grad = torch.is_grad_enabled() and (y0_flat.requires_grad or t.requires_grad or bool(used))

@@ -233,6 +233,20 @@ def _mixed_rms_norm(sizes: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
     return norm
 
 
+def shape_norm_option(options: dict[str, Any], cls: type, is_tuple: bool, shapes: Sequence[torch.Size], unflatten: Callable) -> None:
+    """Make ``options['norm']`` act on a solver's flat state while the user's norm sees the user's shapes.
+
+    As in torchdiffeq, a user norm receives the state as the user shaped it (a tuple, a 0-dim tensor,
+    a batch), never the flat vector a solver works on; a tuple state's default norm is the largest
+    RMS over its tensors. ``unflatten`` turns the flat state back into the user's structure.
+    """
+    user_norm = options.get("norm")
+    if callable(user_norm) and (is_tuple or len(shapes[0]) != 1):
+        options["norm"] = lambda flat, _norm=user_norm: _norm(unflatten(flat))
+    elif is_tuple and user_norm is None and "norm" in getattr(cls, "options", ()):
+        options["norm"] = _mixed_rms_norm([s.numel() for s in shapes])
+
+
 def _flip_time_options(options: dict[str, Any]) -> None:
     for key in ("step_t", "jump_t"):
         if key in options and options[key] is not None:
@@ -318,12 +332,7 @@ def odeint(
         unflatten = solver_func.unflatten  # bound now: solver_func may be wrapped below (NFE counting)
         _forward_func_attributes(solver_func, func, wrap_reverse)
         state = torch.cat([x.reshape(-1) for x in tensors])
-        if is_tuple:
-            user_norm = options.get("norm")
-            if callable(user_norm):
-                options["norm"] = lambda flat, _norm=user_norm: _norm(unflatten(flat))
-            elif "norm" in getattr(cls, "options", ()) and user_norm is None:
-                options["norm"] = _mixed_rms_norm([s.numel() for s in shapes])
+        shape_norm_option(options, cls, is_tuple, shapes, unflatten)
         if combined_event is not None:
             event_inner = combined_event
             combined_event = lambda te, ye: event_inner(-te if wrap_reverse else te, unflatten(ye))  # noqa: E731
@@ -333,6 +342,7 @@ def odeint(
             _flip_time_options(options)
     else:
         solver_func, state, times = func, first, t
+        shape_norm_option(options, cls, False, shapes, lambda flat, _shape=first.shape: flat.reshape(_shape))
 
     if stats.tracking() and torch.is_grad_enabled():
         from odecli.solvers.adjoint import count_direct_backward
@@ -363,4 +373,4 @@ def odeint(
     return solution
 
 
-__all__ = ["odeint", "DEFAULT_METHOD", "known_options", "resolve_method", "IgnoredOptionWarning", "UnsupportedCallbackWarning"]
+__all__ = ["odeint", "DEFAULT_METHOD", "known_options", "resolve_method", "shape_norm_option", "IgnoredOptionWarning", "UnsupportedCallbackWarning"]

