@@ -434,8 +434,6 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def _print_table(run: Run, rows: Sequence[Mapping[str, Any]]) -> None:
-    from rich.console import Console
-
     table = Table(
         title="tolerance sweep · bwd = adjoint backward NFE, sn = with seminorm · errors relative to the float64 reference",
         title_justify="left", header_style="bold",
@@ -454,11 +452,9 @@ def _print_table(run: Run, rows: Sequence[Mapping[str, Any]]) -> None:
             _fmt(row["error"], ".1e"), _fmt(row["grad_error"], ".1e"), _fmt(row["grad_error_seminorm"], ".1e"),
             _fmt(_num(row["wall_time_s"]) * 1000, ".1f"),
         )  # fmt: skip
-    # Pipes and logs get 80 columns by default, too narrow for this table: give it the room it needs.
-    console = run.console if run.console.is_terminal else Console(file=run.console.file, width=max(run.console.width, 130), highlight=False)
-    console.print(table)
+    run.console.print(table)  # odecli's console: a pipe or log gets the table's full width (odecli/console.py)
     for note in notes:
-        console.print(note, highlight=False, soft_wrap=True)
+        run.console.print(note, highlight=False, soft_wrap=True)
 
 
 def _print_ratios(run: Run, metrics: Mapping[str, Any]) -> None:
