@@ -60,7 +60,7 @@ def tol_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def test_sweep_tol_tiny_grid_writes_table_summary_and_figures(tol_sweep: tuple[Path, str]) -> None:
     out, output = tol_sweep
-    assert f"sweep directory: {out}" in output.replace("\n", "")
+    assert f"sweep directory: {out}" in output
     assert "tolerance sweep" in output and "backward/forward NFE" in output
 
     rows = read_csv(out / "summary.csv")
@@ -103,7 +103,7 @@ def test_sweep_tol_from_a_fit_run_reads_its_checkpoint_and_training_curves(tol_s
 
 def test_sweep_tol_explains_a_missing_or_wrong_from_run(tmp_path: Path) -> None:
     missing = sweep("tol", f"from_run={tmp_path / 'nope'}", f"hydra.sweep.dir={tmp_path / 'a'}")
-    assert missing.exit_code == 2 and "there is no run directory" in " ".join(missing.output.split())
+    assert missing.exit_code == 2 and "there is no run directory" in missing.output
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no checkpoints"):
         load_field(tmp_path / "empty")
