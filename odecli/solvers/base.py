@@ -18,6 +18,17 @@ import torch
 FlatFunc = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def output_dtype_accepted(output: torch.dtype, state: torch.dtype) -> bool:
+    """Whether ``func`` may return ``output`` for a state of dtype ``state``; solvers then cast it to ``state``.
+
+    torchdiffeq casts whatever ``func`` returns into the state's dtype, so a float32 state whose
+    ``func`` answers in float64 (say through a float64 ``t``) gives a float32 solution; odecli does
+    the same for floating outputs. It refuses the casts that would lose information silently: an
+    integer output, or a complex one for a real state (torchdiffeq truncates those).
+    """
+    return output.is_floating_point or (output.is_complex and state.is_complex)
+
+
 class AbstractSolver(abc.ABC):
     """One solve of a flat problem. Subclasses are registered in ``odecli.registry.SOLVERS``."""
 

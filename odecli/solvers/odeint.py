@@ -20,6 +20,7 @@ import torch
 from odecli.errors import closest
 from odecli.registry import SOLVERS, UnknownNameError
 from odecli.solvers import stats
+from odecli.solvers.base import output_dtype_accepted
 from odecli.solvers.errors import FuncOutputMismatch, InvalidInputError, InvalidTimeGrid, UnknownMethod, UnknownOption
 
 DEFAULT_METHOD = "dopri5"
@@ -179,6 +180,8 @@ class _FlatFunc:
             flat = out.reshape(-1)
         else:
             flat = torch.cat([o.reshape(-1) for o in out])
+        if flat.dtype != y.dtype:  # an accepted other dtype (base.output_dtype_accepted): the state's, as torchdiffeq
+            flat = flat.to(y.dtype)
         return -flat if self.reverse else flat
 
     def _check(self, out, y: torch.Tensor) -> None:
@@ -197,8 +200,8 @@ class _FlatFunc:
                 raise FuncOutputMismatch(f"func(t, y) {where} must be a torch.Tensor, got {type(o).__name__}.")
             if o.shape != shape:
                 raise FuncOutputMismatch(f"func(t, y) {where} has shape {tuple(o.shape)}, but the state has shape {tuple(shape)}; they must match.")
-            if o.dtype != y.dtype:
-                raise FuncOutputMismatch(f"func(t, y) {where} has dtype {o.dtype}, but the state has dtype {y.dtype}; cast the output.")
+            if not output_dtype_accepted(o.dtype, y.dtype):
+                raise FuncOutputMismatch(f"func(t, y) {where} has dtype {o.dtype}, but the state has dtype {y.dtype}; return a floating point tensor (complex only for a complex state).")
         self.checked = True
 
 

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import torch
 
 from odecli.registry import SOLVERS
-from odecli.solvers.base import AbstractSolver
+from odecli.solvers.base import AbstractSolver, output_dtype_accepted
 from odecli.solvers.controllers import StepLimits, flat_tolerance, make_controller, rms_norm, select_initial_step
 from odecli.solvers.errors import (
     FuncOutputMismatch,
@@ -83,6 +83,15 @@ def _nudge(t: float, toward: float, dtype: torch.dtype) -> float:
     return float(torch.nextafter(value, torch.tensor(toward, dtype=dtype)))
 
 
+def _cast_output(func: Callable, dtype: torch.dtype) -> Callable:
+    """``func`` with its output cast to ``dtype``."""
+
+    def cast(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return func(t, y).to(dtype)
+
+    return cast
+
+
 def _as_float(t) -> float:
     """A time as a Python float, without autograd's warning for a tensor that requires grad."""
     return float(t.detach()) if isinstance(t, torch.Tensor) else float(t)
@@ -122,7 +131,11 @@ class AbstractRungeKutta(AbstractSolver):
         if f.shape != self.shape:
             raise FuncOutputMismatch(f"func(t, y) returned shape {tuple(f.shape)}, but the state y has shape {tuple(self.shape)}; they must match.")
         if f.dtype != self.dtype:
-            raise FuncOutputMismatch(f"func(t, y) returned dtype {f.dtype}, but the state y has dtype {self.dtype}; cast the output (or y0).")
+            if not output_dtype_accepted(f.dtype, self.dtype):
+                raise FuncOutputMismatch(f"func(t, y) returned dtype {f.dtype}, but the state y has dtype {self.dtype}; return a floating point tensor (complex only for a complex state).")
+            # Cast every evaluation from now on (torchdiffeq writes them into state-dtype buffers); the usual matching func pays nothing.
+            self.func = _cast_output(self.func, self.dtype)
+            f = f.to(self.dtype)
         return f.reshape(self.n)
 
     def _eval_flat(self, t: float, y: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from odecli.registry import SOLVERS
-from odecli.solvers import odeint, odeint_adjoint, odeint_checkpoint, odeint_event
+from odecli.solvers import FuncOutputMismatch, odeint, odeint_adjoint, odeint_checkpoint, odeint_event
 from odecli.solvers.runge_kutta import AbstractRungeKutta
 
 METHODS = SOLVERS.names()
@@ -147,3 +147,55 @@ def test_a_user_norm_sees_the_state_in_the_users_shape(method, shape):
             lambda t, y: -y, y0, T, method=method, options={"norm": norm}, adjoint_params=(), rtol=1e-4, atol=1e-6
         )
         assert seen == {shape}
+
+
+# --------------------------------------------------------------------------------------------
+# A func answering in another floating dtype (torchdiffeq casts it into the state's dtype).
+
+
+@pytest.mark.parametrize(
+    "front_end, state_dtype, output_dtype",
+    [
+        ("odeint", torch.float32, torch.float64),
+        ("odeint", torch.float64, torch.float32),
+        ("odeint_adjoint", torch.float32, torch.float64),
+    ],
+    ids=["odeint-float32-state", "odeint-float64-state", "odeint_adjoint-float32-state"],
+)
+@pytest.mark.parametrize("method", METHODS)
+def test_a_func_answering_in_another_floating_dtype_solves_in_the_state_dtype(
+    method, front_end, state_dtype, output_dtype
+):
+    results = []
+    for cast_by_user in (False, True):  # the oracle: the same func, its answer cast to the state's dtype by the user
+        field = Decay()
+
+        def func(t, y, field=field, cast_by_user=cast_by_user):
+            answer = field(t, y).to(output_dtype)
+            return answer.to(state_dtype) if cast_by_user else answer
+
+        y0 = torch.tensor([3.0, 1.0], dtype=state_dtype, requires_grad=True)
+        adjoint = {"adjoint_params": tuple(field.parameters())} if front_end == "odeint_adjoint" else {}
+        solve = odeint_adjoint if adjoint else odeint
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = solve(func, y0, T, method=method, options=_options(method), **TOL, **adjoint)
+            grads = torch.autograd.grad(out.sum(), (y0, field.a), allow_unused=True) if out.requires_grad else ()
+        results.append((out, grads))
+    (out, grads), (expected, expected_grads) = results
+    assert out.dtype == state_dtype
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [lambda y: y.to(torch.complex128), lambda y: y.to(torch.int64), lambda y: y[:1]],
+    ids=["complex-for-a-real-state", "integer", "wrong-shape"],
+)
+@pytest.mark.parametrize("method", METHODS)
+def test_a_func_answer_that_cannot_stand_for_the_state_is_refused(method, answer):
+    y0 = torch.tensor([3.0, 1.0], dtype=torch.float64)
+    with pytest.raises(FuncOutputMismatch, match="shape" if answer(y0).shape != y0.shape else "dtype"):
+        odeint(lambda t, y: answer(y), y0, T, method=method, options=_options(method))
