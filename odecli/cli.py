@@ -23,7 +23,9 @@ app = typer.Typer(
     name="odecli",
     help="Experiment runner for Neural ODEs: fit dynamics, sweep solver tolerances, classify digits, "
     "latent ODEs and continuous normalizing flows — configs by Hydra, results in TensorBoard.",
-    rich_markup_mode="rich",
+    # Typer's usage errors (stderr): a rich panel on a terminal; elsewhere click's plain text, one unwrapped
+    # line in a log ("Error: No such command 'fitt'. Did you mean 'fit'?"). Help follows the same switch.
+    rich_markup_mode="rich" if error_console.is_terminal else None,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -178,3 +178,10 @@ def test_an_error_in_a_pipe_is_one_line_even_with_narrow_columns(tmp_path: Path)
     assert proc.returncode == 2
     (line,) = [line for line in proc.stderr.splitlines() if line.strip()]
     assert line.startswith("error: No such directory") and line.endswith("or a run directory."), proc.stderr
+
+
+def test_a_usage_error_in_a_pipe_is_one_unboxed_line() -> None:
+    unknown = "--an-option-nobody-defined-" + "with-a-much-longer-name-than-usual-" * 3
+    proc = piped("list", unknown)
+    assert proc.returncode == 2
+    assert f"Error: No such option: {unknown}" in proc.stderr.splitlines(), proc.stderr
