@@ -77,13 +77,13 @@ def _guard(debug: bool, action: Callable[[], Any]) -> Any:
         if _debug_requested(debug):
             traceback.print_exc()
         if isinstance(exc, (UserError, InvalidInputError)):
-            error_console.print(f"[bold red]error:[/] {exc}")
+            error_console.print(f"[bold red]error:[/] {escape(str(exc))}")
             raise typer.Exit(getattr(exc, "exit_code", EXIT_USER_ERROR)) from None
         if isinstance(exc, RunFailed):
-            error_console.print(f"[bold red]run failed:[/] {exc}")
+            error_console.print(f"[bold red]run failed:[/] {escape(str(exc))}")
             raise typer.Exit(exc.exit_code) from None
         if isinstance(exc, SolverError):
-            error_console.print(f"[bold red]solver failed:[/] {exc}")
+            error_console.print(f"[bold red]solver failed:[/] {escape(str(exc))}")
             raise typer.Exit(EXIT_FAILED) from None
         if isinstance(exc, OSError) and exc.errno in UNWRITABLE:
             error_console.print(
@@ -93,7 +93,7 @@ def _guard(debug: bool, action: Callable[[], Any]) -> Any:
             )
             raise typer.Exit(EXIT_FAILED if exc.errno in (errno.ENOSPC, errno.EDQUOT) else EXIT_USER_ERROR) from None
         if not _debug_requested(debug):
-            error_console.print(f"[bold red]unexpected error:[/] {type(exc).__name__}: {exc}\n(run again with --debug for the traceback)")
+            error_console.print(f"[bold red]unexpected error:[/] {type(exc).__name__}: {escape(str(exc))}\n(run again with --debug for the traceback)")
         raise typer.Exit(EXIT_FAILED) from None
 
 

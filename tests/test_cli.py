@@ -185,3 +185,11 @@ def test_a_usage_error_in_a_pipe_is_one_unboxed_line() -> None:
     proc = piped("list", unknown)
     assert proc.returncode == 2
     assert f"Error: No such option: {unknown}" in proc.stderr.splitlines(), proc.stderr
+
+
+def test_an_error_quoting_brackets_is_printed_as_it_is(tmp_path: Path) -> None:
+    """Paths and values in messages are text, not rich markup: `[draft]` must not vanish as a style tag."""
+    missing = tmp_path / "[draft] runs" / "[b]"
+    result = invoke("report", str(missing))
+    assert result.exit_code == 2
+    assert f"No such directory: {missing}." in result.output, result.output
