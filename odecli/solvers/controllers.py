@@ -24,6 +24,19 @@ import torch
 from odecli.solvers.errors import InvalidInputError
 
 Norm = Callable[[torch.Tensor], torch.Tensor]
+DEFAULT_MAX_NUM_STEPS = 2**31 - 1  # torchdiffeq's default
+
+
+def parse_max_num_steps(max_num_steps) -> int:
+    """The step budget ``options['max_num_steps']`` as an int; ``InvalidInputError`` unless it is a positive integer."""
+    try:
+        steps = int(max_num_steps)
+        valid = not isinstance(max_num_steps, bool) and steps == max_num_steps and steps >= 1
+    except (TypeError, ValueError, OverflowError):
+        valid = False
+    if not valid:
+        raise InvalidInputError(f"options['max_num_steps'] must be a positive integer, got {max_num_steps!r}.")
+    return steps
 
 
 @dataclass(frozen=True)
@@ -41,9 +54,7 @@ class StepLimits:
         lower, upper = abs(float(min_step)), abs(float(max_step))
         if lower > upper:
             raise InvalidInputError(f"options min_step={min_step} exceeds max_step={max_step}.")
-        if int(max_num_steps) < 1:
-            raise InvalidInputError(f"options['max_num_steps'] must be a positive integer, got {max_num_steps}.")
-        return cls(None if first_step is None else abs(float(first_step)), lower, upper, int(max_num_steps))
+        return cls(None if first_step is None else abs(float(first_step)), lower, upper, parse_max_num_steps(max_num_steps))
 
     def __iter__(self):
         return iter(astuple(self))

@@ -59,6 +59,22 @@ class InvalidTimeGrid(InvalidInputError):
     """``t`` is not a strictly monotone 1-D floating tensor on the state's device."""
 
 
+class GridTooLarge(InvalidInputError):
+    """A fixed grid (``step_size``) would take more steps than allowed; refused before its points are allocated."""
+
+    def __init__(self, step_size: float, total_steps: int, widest_steps: int, t_start: float, t_end: float, limit: int, *, per_interval: bool):
+        self.step_size, self.total_steps, self.widest_steps, self.limit = step_size, total_steps, widest_steps, limit
+        self.t_start, self.t_end, self.per_interval = t_start, t_end, per_interval
+        if per_interval:
+            over = (
+                f"{widest_steps:,} of them between the output times t={t_start:.6g} and t={t_end:.6g}: more than "
+                f"max_num_steps={limit:,}, so the grid is not built. Use a larger step_size, or raise options={{'max_num_steps': N}}."
+            )
+        else:
+            over = f"more than the {limit:,} a fixed grid may hold, so the grid is not built. Use a larger step_size."
+        super().__init__(f"step_size={step_size:.3g} would take {total_steps:,} steps in all, {over}")
+
+
 class FuncOutputMismatch(InvalidInputError):
     """``func(t, y)`` returned a tensor whose shape, dtype or structure differs from ``y``'s."""
 

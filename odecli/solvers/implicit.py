@@ -24,34 +24,23 @@ from __future__ import annotations
 import abc
 import functools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 from odecli.registry import SOLVERS
-from odecli.solvers.base import AbstractSolver, FlatFunc
+from odecli.solvers.base import AbstractSolver
+from odecli.solvers.controllers import DEFAULT_MAX_NUM_STEPS, parse_max_num_steps
 from odecli.solvers.errors import InvalidInputError, MaxStepsExceeded, NewtonDidNotConverge
 from odecli.solvers.events import find_event
+from odecli.solvers.grid import grid_from_step_size
 from odecli.solvers.jacobian import Jacobian
 
 # --------------------------------------------------------------------------------------------
 # Fixed-grid integration loop shared by the implicit methods and the fixed-step Adams methods.
 
-FIXED_GRID_OPTIONS = frozenset({"step_size", "grid_constructor", "interp", "perturb"})
-
-
-def _grid_from_step_size(step_size: float) -> Callable[[FlatFunc, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """torchdiffeq's grid: t0, t0+h, t0+2h, ... with the last point moved onto t[-1]."""
-
-    def grid(func, y0, t):
-        n_points = math.ceil(float((t[-1] - t[0]) / step_size + 1))
-        points = torch.arange(0, n_points, dtype=t.dtype, device=t.device) * step_size + t[0]
-        points[-1] = t[-1]
-        return points
-
-    return grid
+FIXED_GRID_OPTIONS = frozenset({"step_size", "grid_constructor", "interp", "perturb", "max_num_steps"})
 
 
 class AbstractFixedGridSolver(AbstractSolver):
@@ -61,8 +50,10 @@ class AbstractFixedGridSolver(AbstractSolver):
     options: ClassVar[frozenset[str]] = FIXED_GRID_OPTIONS
     max_event_steps: ClassVar[int] = 20000  # as torchdiffeq: an event that never comes must still end
 
-    def __init__(self, func, y0, rtol, atol, step_size=None, grid_constructor=None, interp="linear", perturb=False, **options):
+    def __init__(self, func, y0, rtol, atol, step_size=None, grid_constructor=None, interp="linear", perturb=False,
+                 max_num_steps=DEFAULT_MAX_NUM_STEPS, **options):  # fmt: skip
         super().__init__(func, y0, rtol, atol)
+        self.max_num_steps = parse_max_num_steps(max_num_steps)
         if step_size is not None and grid_constructor is not None:
             raise InvalidInputError("options step_size and grid_constructor are mutually exclusive; pass one of them.")
         if interp not in ("linear", "cubic"):
@@ -73,7 +64,7 @@ class AbstractFixedGridSolver(AbstractSolver):
         if grid_constructor is not None:
             self.grid_constructor = grid_constructor
         elif step_size is not None:
-            self.grid_constructor = _grid_from_step_size(step_size)
+            self.grid_constructor = grid_from_step_size(float(step_size), self.max_num_steps)
         else:
             self.grid_constructor = lambda func, y0, t: t
         self.interp = interp

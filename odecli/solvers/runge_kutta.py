@@ -30,7 +30,15 @@ import torch
 
 from odecli.registry import SOLVERS
 from odecli.solvers.base import AbstractSolver, output_dtype_accepted
-from odecli.solvers.controllers import StepLimits, flat_tolerance, make_controller, rms_norm, select_initial_step
+from odecli.solvers.controllers import (
+    DEFAULT_MAX_NUM_STEPS,
+    StepLimits,
+    flat_tolerance,
+    make_controller,
+    parse_max_num_steps,
+    rms_norm,
+    select_initial_step,
+)
 from odecli.solvers.errors import (
     FuncOutputMismatch,
     InvalidInputError,
@@ -38,6 +46,7 @@ from odecli.solvers.errors import (
     NonFiniteState,
     StepSizeTooSmall,
 )
+from odecli.solvers.grid import grid_from_step_size
 from odecli.solvers.interpolation import DenseOutputs, cubic_hermite, dense_weights_tensor
 from odecli.solvers.tableau import (
     ADAPTIVE_HEUN,
@@ -68,8 +77,7 @@ ALL_CALLBACKS = frozenset({"callback_step", "callback_accept_step", "callback_re
 ADAPTIVE_OPTIONS = frozenset(
     {"first_step", "min_step", "max_step", "safety", "ifactor", "dfactor", "max_num_steps", "step_t", "jump_t", "norm", "controller"}
 )
-FIXED_GRID_OPTIONS = frozenset({"step_size", "grid_constructor", "interp", "perturb"})
-DEFAULT_MAX_NUM_STEPS = 2**31 - 1  # torchdiffeq's default
+FIXED_GRID_OPTIONS = frozenset({"step_size", "grid_constructor", "interp", "perturb", "max_num_steps"})
 MAX_EVENT_STEPS = 20000  # fixed-grid event search gives up here, as torchdiffeq
 
 
@@ -491,28 +499,16 @@ def _consecutive_pairs(grid: torch.Tensor, chunk: int = 512) -> Iterator[tuple[f
             previous = value
 
 
-def grid_from_step_size(step_size: float) -> Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """torchdiffeq's grid ``t0, t0 + h, t0 + 2h, ...`` with the last point moved onto ``t[-1]`` (either direction)."""
-
-    def grid(func, y0, t):
-        direction = 1.0 if len(t) < 2 or bool(t[-1] > t[0]) else -1.0
-        start, end = direction * t[0], direction * t[-1]
-        n_points = torch.ceil((end - start) / step_size + 1).item()
-        points = torch.arange(0, n_points, dtype=t.dtype, device=t.device) * step_size + start
-        points[-1] = end
-        return direction * points
-
-    return grid
-
-
 class AbstractFixedGridRungeKutta(AbstractRungeKutta):
     """An explicit Runge–Kutta method on a fixed grid (torchdiffeq's FixedGridODESolver semantics)."""
 
     adaptive: ClassVar[bool] = False
     options: ClassVar[frozenset[str]] = FIXED_GRID_OPTIONS
 
-    def __init__(self, func, y0, rtol, atol, step_size=None, grid_constructor=None, interp="linear", perturb=False, norm=None, **options):
+    def __init__(self, func, y0, rtol, atol, step_size=None, grid_constructor=None, interp="linear", perturb=False, norm=None,
+                 max_num_steps=DEFAULT_MAX_NUM_STEPS, **options):  # fmt: skip
         super().__init__(func, y0, rtol, atol)
+        self.max_num_steps = parse_max_num_steps(max_num_steps)
         if step_size is not None and grid_constructor is not None:
             raise InvalidInputError("options step_size and grid_constructor are mutually exclusive; pass one of them.")
         if interp not in ("linear", "cubic"):
@@ -523,7 +519,7 @@ class AbstractFixedGridRungeKutta(AbstractRungeKutta):
         if grid_constructor is not None:
             self.grid_constructor = grid_constructor
         elif step_size is not None:
-            self.grid_constructor = grid_from_step_size(self.step_size)
+            self.grid_constructor = grid_from_step_size(self.step_size, self.max_num_steps)
         else:
             self.grid_constructor = lambda func, y0, t: t
         self.interp = interp

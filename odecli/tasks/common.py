@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from odecli.errors import ConfigError, RunFailed
+from odecli.solvers.errors import GridTooLarge, MaxStepsExceeded, StepSizeTooSmall
 
 Solve = Callable[[Callable, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -72,12 +73,14 @@ def apply_threads(threads: int | None) -> None:
 
 
 def make_solve(solver: DictConfig | Mapping[str, Any]) -> Solve:
-    """``solve(func, y0, t, norm=None)`` as the solver config says: method, tolerances, fixed step, adjoint, batch mode."""
+    """``solve(func, y0, t, norm=None)`` as the solver config says: method, tolerances, fixed step, step budget,
+    adjoint, batch mode. A fixed grid over the step budget is refused as a ``ConfigError`` before it is built."""
     from odecli.solvers import odeint, odeint_adjoint, odeint_checkpoint
     from odecli.solvers.odeint import resolve_method
 
     cfg = OmegaConf.to_container(solver, resolve=True) if isinstance(solver, DictConfig) else dict(solver)
-    method, _ = resolve_method(str(cfg["method"]))
+    method, method_class = resolve_method(str(cfg["method"]))
+    budget = _step_budget(cfg)
     for key in ("rtol", "atol"):
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)) or not 0 < cfg[key] < math.inf:
             raise ConfigError(f"solver.{key} must be a positive number, got {cfg[key]!r}. Example: solver.tol=1e-5")
@@ -97,21 +100,60 @@ def make_solve(solver: DictConfig | Mapping[str, Any]) -> Solve:
         if adjoint:
             raise ConfigError(f"solver.batch_mode=independent works with direct backprop only; set solver.adjoint=false (got {adjoint!r}).")
         options["batch_mode"] = "independent"
+    # Every method that counts steps gets the budget (the per-sample solver does, whatever the method);
+    # solver.options.max_num_steps, where given, wins.
+    if budget is not None and (batch_mode == "independent" or "max_num_steps" in getattr(method_class, "options", ())):
+        options.setdefault("max_num_steps", budget)
     if adjoint == "checkpoint":
         checkpoints = cfg.get("checkpoints")
         if checkpoints is not None and (isinstance(checkpoints, bool) or not isinstance(checkpoints, int) or checkpoints < 1):
             raise ConfigError(f"solver.checkpoints must be a positive integer or null (store every step), got {checkpoints!r}.")
-        return lambda func, y0, t, norm=None: odeint_checkpoint(
+        return _grid_refusals_as_config_errors(lambda func, y0, t, norm=None: odeint_checkpoint(
             func, y0, t, rtol=rtol, atol=atol, method=method, options=_with_norm(options, norm), checkpoints=checkpoints
-        )
+        ))  # fmt: skip
     if not adjoint:
-        return lambda func, y0, t, norm=None: odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=_with_norm(options, norm))
-    adjoint_options = {"norm": "seminorm"} if cfg.get("adjoint_seminorm") else None
+        return _grid_refusals_as_config_errors(
+            lambda func, y0, t, norm=None: odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=_with_norm(options, norm))
+        )
+    adjoint_options = None  # the backward solve inherits options (the step budget included)
+    if cfg.get("adjoint_seminorm"):
+        adjoint_options = {"norm": "seminorm", **({"max_num_steps": options["max_num_steps"]} if "max_num_steps" in options else {})}
     adjoint_rtol, adjoint_atol = float(cfg.get("adjoint_rtol") or rtol), float(cfg.get("adjoint_atol") or atol)
-    return lambda func, y0, t, norm=None: odeint_adjoint(
+    return _grid_refusals_as_config_errors(lambda func, y0, t, norm=None: odeint_adjoint(
         func, y0, t, rtol=rtol, atol=atol, method=method, options=_with_norm(options, norm),
         adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_options=adjoint_options,
-    )  # fmt: skip
+    ))  # fmt: skip
+
+
+def _step_budget(cfg: Mapping[str, Any]) -> int | None:
+    """``solver.max_num_steps``, checked; None for a config saved before the key existed (no budget then)."""
+    if "max_num_steps" not in cfg:
+        return None
+    value = cfg["max_num_steps"]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"solver.max_num_steps must be a positive integer (the most steps a solve may take between two output times), "
+            f"got {value!r}. Example: solver.max_num_steps=100000"
+        )
+    return value
+
+
+def _grid_refusals_as_config_errors(solve: Solve) -> Solve:
+    """``solve``, with a fixed grid too large for the step budget reported in the config's words (a config mistake: exit 2)."""
+
+    def checked(func: Callable, y0: torch.Tensor, t: torch.Tensor, norm: Callable | None = None) -> torch.Tensor:
+        try:
+            return solve(func, y0, t, norm)
+        except GridTooLarge as exc:
+            steps = f"solver.step_size={exc.step_size:.3g} would take {exc.total_steps:,} steps in all"
+            if exc.per_interval:
+                raise ConfigError(
+                    f"{steps}, {exc.widest_steps:,} of them between the output times t={exc.t_start:.6g} and t={exc.t_end:.6g}: "
+                    f"more than solver.max_num_steps={exc.limit:,}. Use a larger solver.step_size, or raise solver.max_num_steps."
+                ) from exc
+            raise ConfigError(f"{steps}, more than the {exc.limit:,} a fixed grid may hold. Use a larger solver.step_size.") from exc
+
+    return checked
 
 
 def _with_norm(options: dict[str, Any], norm: Callable | None) -> dict[str, Any]:
@@ -153,6 +195,24 @@ class TrainingDiverged(RunFailed):
             f"the {what} became {value} at iteration {iteration}. Likely causes: a learning rate too high "
             f"(optim.lr={lr}; try a tenth) or a solver tolerance too loose (solver.rtol={tol}; try solver.tol=1e-6). "
             f"The last checkpoint is kept; nonfinite=skip would drop such batches and go on."
+        )
+        self.iteration = iteration
+
+
+class SolverGaveUp(RunFailed):
+    """A solve during training needed more steps than its budget, or its step size underflowed."""
+
+    def __init__(self, iteration: int, cause: MaxStepsExceeded | StepSizeTooSmall, cfg: DictConfig):
+        lr = OmegaConf.select(cfg, "optim.lr", default="?")
+        if isinstance(cause, MaxStepsExceeded):
+            what = f"a solve needed more than its step budget (max_num_steps={cause.max_num_steps}; it stopped at t={cause.t:.6g})"
+            otherwise = "if the dynamics are genuinely stiff, raise solver.max_num_steps or use an implicit solver"
+        else:
+            what = f"the solver's step size fell to {cause.dt:.3g} at t={cause.t:.6g}, too small to go on"
+            otherwise = "if the dynamics are genuinely stiff, loosen solver.tol or use an implicit solver"
+        super().__init__(
+            f"at iteration {iteration} {what}: the learned dynamics have most likely blown up or become very stiff. "
+            f"Lower the learning rate (optim.lr={lr}; try a tenth); {otherwise}. The last checkpoint is kept."
         )
         self.iteration = iteration
 

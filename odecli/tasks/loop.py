@@ -7,6 +7,9 @@
   ``TrainingDiverged`` naming the iteration and the likely causes, leaving the last good checkpoint
   as it is; ``nonfinite: skip`` drops that batch (no update), warns, and goes on — unless
   ``MAX_CONSECUTIVE_SKIPS`` batches in a row were bad, when nothing can be learned any more.
+* A solve that exceeds its step budget (``solver.max_num_steps``) or whose step size underflows:
+  the run ends with ``SolverGaveUp`` naming the iteration and the fixes, whatever ``nonfinite`` says
+  (it is no NaN to skip, and the next batch would spin just as long); the last checkpoint stays.
 
 A loop uses it like this::
 
@@ -31,8 +34,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from odecli.errors import ConfigError
-from odecli.solvers.errors import NonFiniteState
-from odecli.tasks.common import TrainingDiverged
+from odecli.solvers.errors import MaxStepsExceeded, NonFiniteState, StepSizeTooSmall
+from odecli.tasks.common import SolverGaveUp, TrainingDiverged
 
 NONFINITE_POLICIES = ("stop", "skip")
 MAX_CONSECUTIVE_SKIPS = 10
@@ -81,9 +84,12 @@ class TrainingLoop:
 
     @contextmanager
     def iteration(self, iteration: int) -> Iterator[None]:
-        """One training iteration; a non-finite loss, gradient or state inside it stops or skips it."""
+        """One training iteration; a non-finite loss, gradient or state inside it stops or skips it,
+        a solve over its step budget stops the run."""
         try:
             yield
+        except (MaxStepsExceeded, StepSizeTooSmall) as exc:
+            raise SolverGaveUp(iteration, exc, self.cfg) from exc
         except (NonFiniteLoss, NonFiniteState) as exc:
             what = exc.what if isinstance(exc, NonFiniteLoss) else f"solver {exc.what} (at t={exc.t:.6g})"
             value = exc.value if isinstance(exc, NonFiniteLoss) else float("nan")
