@@ -69,15 +69,22 @@ class AbstractFixedGridSolver(AbstractSolver):
             self.grid_constructor = lambda func, y0, t: t
         self.interp = interp
         self.perturb = perturb
+        self.time_dtype = y0.real.dtype  # torchdiffeq calls func with t in the state's (real) dtype
+
+    def func_time(self, t: torch.Tensor, perturb: int = 0) -> torch.Tensor:
+        """The time ``func`` sees for the grid time ``t``: in the state's dtype and, with the ``perturb``
+        option, nudged one ulp into the step (``+1``: just after a grid point, ``-1``: just before), so
+        a discontinuity at a grid point is seen from the side the step lies on (as in torchdiffeq)."""
+        t = t.to(self.time_dtype)
+        if self.perturb and perturb:
+            nudged = torch.nextafter(t.detach(), t.detach() + perturb)
+            t = t + (nudged - t.detach()) if t.requires_grad else nudged  # a gradient passes unchanged, as torchdiffeq's
+        return t
 
     def eval(self, t: torch.Tensor, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
-        """``func(t, y)``, counted; with the ``perturb`` option, ``t`` is nudged one ulp into the step
-        (``+1``: just after a grid point, ``-1``: just before), so a discontinuity at a grid point
-        is seen from the side the step lies on."""
-        if self.perturb and perturb:
-            t = torch.nextafter(t, t + perturb)
+        """``func`` at ``func_time(t, perturb)``, counted."""
         self.nfe += 1
-        return self.func(t, y)
+        return self.func(self.func_time(t, perturb), y)
 
     @abc.abstractmethod
     def step(self, t0: torch.Tensor, dt: torch.Tensor, t1: torch.Tensor, y0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,7 +141,7 @@ class AbstractFixedGridSolver(AbstractSolver):
         s = (t - t0) / (t1 - t0)
         if self.interp == "linear":
             return y0 + s * (y1 - y0)
-        f1 = self.eval(t1, y1)
+        f1 = self.eval(t1, y1, perturb=-1)  # the step's end slope, seen from inside the step
         dt = t1 - t0
         # Cubic Hermite basis on [t0, t1].
         h00 = (1 + 2 * s) * (1 - s) * (1 - s)
@@ -264,7 +271,7 @@ class AbstractImplicitRungeKutta(AbstractFixedGridSolver):
         f0 = self.eval(t0, y0, perturb=1)
         jac = None
         if self.jacobian is not None:
-            jac, evaluations = self.jacobian(t0, y0)
+            jac, evaluations = self.jacobian(self.func_time(t0, perturb=1), y0)
             jac = jac[0]
             self.nfe += evaluations  # autograd: one evaluation of func (plus one vector-Jacobian product per state element)
         if self.tableau.diagonally_implicit:

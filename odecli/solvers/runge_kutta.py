@@ -105,6 +105,14 @@ def _as_float(t) -> float:
     return float(t.detach()) if isinstance(t, torch.Tensor) else float(t)
 
 
+def _nudge_time(t, toward, dtype: torch.dtype):
+    """``_nudge`` for a float time, or a tensor time that keeps its gradient (the ulp is a constant)."""
+    if isinstance(t, torch.Tensor):
+        value = _as_float(t)
+        return t + (_nudge(value, _as_float(toward), dtype) - value)
+    return _nudge(t, toward, dtype)
+
+
 class AbstractRungeKutta(AbstractSolver):
     """Shared set-up of the explicit Runge–Kutta methods; subclasses set ``tableau`` and ``order``."""
 
@@ -592,7 +600,8 @@ class AbstractFixedGridRungeKutta(AbstractRungeKutta):
                 return y0
             return torch.lerp(y0, y1, (t - t0) / (t1 - t0))
         # torchdiffeq evaluates f(t1, y1) for every output, even one on a grid point; so do we (equal NFE).
-        f1 = self._eval_flat(t1, y1)
+        # With perturb it is the step's end slope seen from inside the step, as the step's own last stage.
+        f1 = self._eval_flat(_nudge_time(t1, t0, self.dtype) if self.perturb else t1, y1)
         return cubic_hermite(t0, y0, f0, t1, y1, f1, t)
 
     def integrate_until_event(self, t0: torch.Tensor, event_fn, direction: float = 1.0):
@@ -606,7 +615,7 @@ class AbstractFixedGridRungeKutta(AbstractRungeKutta):
         self._check_initial_state(t0)
         start = self.y0
         y = start.reshape(self.n)
-        f0 = self._eval_first(t0, y)
+        f0 = self._eval_first(_nudge(t0, t0 + direction, self.dtype) if self.perturb else t0, y)
         grad = grad or (torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad))
         K = None if grad else self._buffers()
         with torch.no_grad():
@@ -618,7 +627,7 @@ class AbstractFixedGridRungeKutta(AbstractRungeKutta):
             with torch.no_grad():
                 crossed = bool(torch.sign(event_fn(self._time(t1), y1.view(self.shape))) != sign0)
             if crossed:
-                f1 = self._eval_flat(t1, y1) if self.interp == "cubic" else None
+                f1 = self._eval_flat(_nudge(t1, t0, self.dtype) if self.perturb else t1, y1) if self.interp == "cubic" else None
 
                 def interp(t, t0=t0, t1=t1, y0=y, y1=y1, f0=f0, f1=f1):
                     s = ((t - t0) / (t1 - t0)).to(self.dtype)

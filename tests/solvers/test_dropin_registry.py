@@ -189,6 +189,42 @@ def test_a_func_answering_in_another_floating_dtype_solves_in_the_state_dtype(
         torch.testing.assert_close(grad, expected_grad, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("front_end", [odeint, odeint_adjoint], ids=["odeint", "odeint_adjoint"])
+@pytest.mark.parametrize(
+    "state_dtype, time_dtype",
+    [(torch.float32, torch.float64), (torch.float64, torch.float32)],
+    ids=["float32-state", "float64-state"],
+)
+@pytest.mark.parametrize("method", METHODS)
+def test_func_receives_t_in_the_state_dtype(method, state_dtype, time_dtype, front_end):
+    seen = set()
+    field = Decay()
+
+    def func(t, y):
+        seen.add(t.dtype)
+        return field(t, y).to(y.dtype)
+
+    y0 = torch.tensor([3.0, 1.0], dtype=state_dtype, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = (
+            front_end(
+                func,
+                y0,
+                T.to(time_dtype),
+                method=method,
+                options=_options(method),
+                adjoint_params=tuple(field.parameters()),
+                **TOL,
+            )
+            if front_end is odeint_adjoint
+            else front_end(func, y0, T.to(time_dtype), method=method, options=_options(method), **TOL)
+        )
+        if out.requires_grad:
+            out.sum().backward()
+    assert seen == {state_dtype}
+
+
 @pytest.mark.parametrize(
     "answer",
     [lambda y: y.to(torch.complex128), lambda y: y.to(torch.int64), lambda y: y[:1]],
@@ -199,3 +235,95 @@ def test_a_func_answer_that_cannot_stand_for_the_state_is_refused(method, answer
     y0 = torch.tensor([3.0, 1.0], dtype=torch.float64)
     with pytest.raises(FuncOutputMismatch, match="shape" if answer(y0).shape != y0.shape else "dtype"):
         odeint(lambda t, y: answer(y), y0, T, method=method, options=_options(method))
+
+
+# --------------------------------------------------------------------------------------------
+# options={'perturb': True}: no evaluation exactly at a grid point (torchdiffeq's semantics).
+
+
+class RecordingGrid:
+    """A grid constructor with steps of about 0.25 in either direction that records every grid it builds."""
+
+    def __init__(self):
+        self.grids: list[list[float]] = []
+
+    def __call__(self, func, y0, t):
+        points = int(torch.ceil((t[-1] - t[0]).abs() / 0.25)) + 1
+        grid = torch.linspace(float(t[0]), float(t[-1]), points, dtype=t.dtype)
+        self.grids.append(grid.tolist())
+        return grid
+
+
+@pytest.mark.parametrize("adjoint", [False, True], ids=["direct", "adjoint"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("perturb", [False, True], ids=["plain", "perturb"])
+@pytest.mark.parametrize("method", FIXED_GRID)
+def test_perturb_moves_every_evaluation_at_a_grid_point_into_its_step(method, perturb, reverse, adjoint):
+    calls: list[float] = []
+    field = Decay()
+
+    def func(t, y):
+        calls.append(float(t))
+        return field(t, y)
+
+    grid = RecordingGrid()
+    t = torch.tensor(
+        [0.0, 0.3, 1.0], dtype=torch.float64
+    )  # 0.3 lies inside a step: cubic interpolation evaluates f at the step's end
+    t = t.flip(0) if reverse else t
+    y0 = torch.tensor([3.0, 1.0], dtype=torch.float64, requires_grad=adjoint)
+    options = {"grid_constructor": grid, "interp": "cubic", "perturb": perturb}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if adjoint:
+            out = odeint_adjoint(func, y0, t, method=method, options=options, adjoint_params=tuple(field.parameters()))
+            calls.clear()
+            grid.grids.clear()
+            out.sum().backward()  # the backward solve builds its own grids, with the same constructor
+        else:
+            odeint(func, y0, t, method=method, options=options)
+    assert grid.grids and calls
+    on_grid = sorted({point for g in grid.grids for point in g} & set(calls))
+    step_starts = [(a, b) for g in grid.grids for a, b in zip(g[:-1], g[1:], strict=True)]
+    if perturb:
+        assert not on_grid, f"f was called exactly at grid points {on_grid}"
+        missing = [
+            a
+            for a, b in step_starts
+            if float(torch.nextafter(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)))
+            not in calls
+        ]
+        assert not missing, f"no evaluation just inside the steps starting at {missing}"
+    else:
+        missing = [a for a, _ in step_starts if a not in calls]
+        assert not missing, f"no evaluation at the step starts {missing}"
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("perturb", [False, True], ids=["plain", "perturb"])
+@pytest.mark.parametrize("method", FIXED_GRID)
+def test_perturb_holds_in_an_event_solve(method, perturb, reverse):
+    calls: list[float] = []
+
+    def func(t, y):
+        calls.append(float(t))
+        return -0.5 * y
+
+    direction = -1.0 if reverse else 1.0
+    t = torch.tensor([0.0, direction], dtype=torch.float64)
+    level = 4.0 if reverse else 2.0  # y = 3 exp(-t/2) reaches it after about 3 steps of 0.25 in either direction
+    options = {"step_size": 0.25, "interp": "cubic", "perturb": perturb}
+    odeint(
+        func,
+        torch.tensor([3.0], dtype=torch.float64),
+        t,
+        method=method,
+        options=options,
+        event_fn=lambda t, y: y[0] - level,
+    )
+    grid_points = {direction * 0.25 * k for k in range(8)}
+    on_grid = sorted(grid_points & set(calls))
+    if perturb:
+        assert not on_grid, f"f was called exactly at grid points {on_grid}"
+    else:
+        assert {0.0, direction * 0.25, direction * 0.5} <= set(calls)
