@@ -494,7 +494,7 @@ def _job(cfg: DictConfig) -> Any:
         metrics.update(status=status, wall_time_s=round(time.time() - started, 3), task=str(cfg.task), run_dir=str(run_dir))
         tracked.write_metrics(metrics)
         if status == "completed":
-            tracked.hparams(flat_config(cfg), {f"hparams/{k}": v for k, v in metrics.items()})
+            tracked.hparams(flat_config(cfg), metrics)
         tracked.close()
         if status == "completed":
             console.print(f"[green]done[/] in {metrics['wall_time_s']:.1f}s", highlight=False)

@@ -25,6 +25,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 METRICS_FILE = "metrics.json"
 CHECKPOINT_PREFIX = "ckpt_"
 KEEP_CHECKPOINTS = 3
+# TensorBoard section of the final metrics (one point each); '~' sorts after the curves' loss/, nfe/, time/.
+FINAL_SECTION = "~final"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -117,20 +119,30 @@ class Run:
             plt.close(fig)
         return path
 
-    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float] | None = None) -> None:
-        """Log hyperparameters (flattened config) so TensorBoard's HParams view compares runs."""
+    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, Any] | None = None) -> None:
+        """Log hyperparameters (flattened config) and final metrics so TensorBoard's HParams dashboard compares runs.
+
+        The dashboard reads a metric's value from a scalar, so each final number is also written once, under
+        ``FINAL_SECTION``: TensorBoard orders sections by character code and ``~`` comes after every letter, so
+        these one-point charts sit below the loss, NFE and time curves instead of opening the page. In the
+        HParams table a metric is shown by its metrics.json key (``val_mse``), not by its tag, and each run is a
+        row of its own (its directory is the trial id), even when two runs share a config.
+        """
         if self.writer is None:
             return
-        from torch.utils.tensorboard.summary import hparams as hparams_summary
+        from tensorboard.plugins.hparams import summary_v2
 
         clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
-        metric_values = {k: float(v) for k, v in (metrics or {}).items() if _is_number(v)}
-        exp, ssi, sei = hparams_summary(clean, metric_values)
+        final = {k: float(v) for k, v in (metrics or {}).items() if _is_number(v)}
+        experiment = summary_v2.hparams_config_pb(
+            hparams=[summary_v2.HParam(name) for name in clean],
+            metrics=[summary_v2.Metric(f"{FINAL_SECTION}/{name}", display_name=name) for name in final],
+        )
         file_writer = self.writer._get_file_writer()
-        for summary in (exp, ssi, sei):
+        for summary in (experiment, summary_v2.hparams_pb(clean, trial_id=str(self.dir), start_time_secs=self.started), _session_end(time.time())):
             file_writer.add_summary(summary)
-        for tag, value in metric_values.items():  # the HParams view reads metric values from scalars
-            self.writer.add_scalar(tag, value)
+        for name, value in final.items():
+            self.writer.add_scalar(f"{FINAL_SECTION}/{name}", value)
 
     def flush(self) -> None:
         if self._writer is not None:
@@ -192,6 +204,16 @@ class Run:
 
     def progress(self, total: int, *, start: int = 0, description: str = "train") -> ProgressReporter:
         return ProgressReporter(self.console, total, start=start, description=description)
+
+
+def _session_end(end_time: float) -> Any:
+    """The HParams plugin's "session ended successfully" record (its own API for it needs TensorFlow)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    info = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS, end_time_secs=end_time)
+    content = metadata.create_summary_metadata(plugin_data_pb2.HParamsPluginData(session_end_info=info))
+    return Summary(value=[Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=content)])
 
 
 def _is_number(value: Any) -> bool:

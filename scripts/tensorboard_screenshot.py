@@ -68,7 +68,8 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path, help="a run directory (or any directory holding TensorBoard events)")
     parser.add_argument("output", type=Path, help="PNG to write")
     parser.add_argument("--size", default="1600,1000", help="window width,height in pixels")
-    parser.add_argument("--tags", default="^(loss|nfe|metrics)/", help="regular expression of the scalar tags to show")
+    parser.add_argument("--tags", default="", help="regular expression of the scalar tags to show (default: all, as a user first sees the page)")
+    parser.add_argument("--page", default="scalars", choices=("scalars", "timeseries"), help="TensorBoard dashboard to capture")
     parser.add_argument("--wait-ms", type=int, default=20000, help="virtual time Chromium gives the page to draw its charts")
     args = parser.parse_args()
     if not args.run_dir.is_dir():
@@ -87,7 +88,7 @@ def main() -> None:
         subprocess.run(
             [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={args.size}",
              f"--virtual-time-budget={args.wait_ms}", f"--screenshot={args.output.resolve()}",
-             f"http://127.0.0.1:{port}/?darkMode=false#scalars&tagFilter={urllib.parse.quote(args.tags)}"],
+             f"http://127.0.0.1:{port}/?darkMode=false#{args.page}" + (f"&tagFilter={urllib.parse.quote(args.tags)}" if args.tags else "")],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=180,
         )  # fmt: skip
         print(f"wrote {args.output}")
