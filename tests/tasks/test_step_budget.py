@@ -13,17 +13,19 @@ from typing import Any
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from typer.testing import CliRunner
 
 from odecli.cli import app
 from odecli.errors import ConfigError
 from odecli.registry import SOLVERS
-from odecli.solvers import MaxStepsExceeded, odeint
+from odecli.solvers import MaxStepsExceeded, StepSizeTooSmall, odeint
 from odecli.solvers.errors import GridTooLarge
 from odecli.solvers.grid import MAX_GRID_STEPS
 from odecli.solvers.odeint import IgnoredOptionWarning
-from odecli.tasks.common import make_solve
+from odecli.tasks.common import SolverGaveUp, make_solve
+from odecli.tasks.loop import TrainingLoop
 from odecli.tracking import Run
 
 runner = CliRunner()
@@ -130,6 +132,23 @@ def test_backward_solve_over_budget_ends_the_run(tmp_path: Path) -> None:
     assert result.exit_code == 1, result.output
     assert "at iteration 1 a solve needed more than its step budget (max_num_steps=20" in " ".join(result.output.split())
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    "cause,expected",
+    [
+        (MaxStepsExceeded(0.25, 7), "at iteration 4 a solve needed more than its step budget (max_num_steps=7; it stopped at t=0.25)"),
+        (StepSizeTooSmall(0.25, 1e-300, 0.0), "at iteration 4 the solver's step size fell to 1e-300 at t=0.25, too small to go on"),
+    ],
+)
+def test_a_solver_giving_up_ends_the_run_even_when_nonfinite_batches_are_skipped(cause: Exception, expected: str) -> None:
+    # Skipping is for NaN batches; a solve that gives up would spin as long on the next batch.
+    cfg = OmegaConf.create({"optim": {"lr": 0.5}, "nonfinite": "skip"})
+    loop = TrainingLoop(run=None, cfg=cfg, start=0, save=lambda iteration: None)
+    with pytest.raises(SolverGaveUp) as stopped, loop.iteration(4):
+        raise cause
+    assert str(stopped.value).startswith(expected) and "Lower the learning rate (optim.lr=0.5; try a tenth)" in str(stopped.value)
+    assert stopped.value.exit_code == 1 and loop.skipped == 0
 
 
 @pytest.mark.slow
