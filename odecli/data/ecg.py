@@ -17,7 +17,7 @@ tachogram with respiratory and Mayer-wave peaks) and wave widths not scaled with
 Each beat is one series: its duration is the observed window, sampled like the spirals (``n_times``
 equally spaced times, ``n_obs`` observed at random with Gaussian noise); the next ``extrapolate``
 fraction of a beat (the following P wave and QRS) is the extrapolation target. Times in seconds,
-values in mV. Parameters: ``conf/data/ecg.yaml``.
+values in mV. Parameters: ``conf/series/ecg.yaml``.
 """
 
 from __future__ import annotations

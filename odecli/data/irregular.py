@@ -25,7 +25,7 @@ CSV: a header row, then one row per observation time::
 
 NPZ: arrays ``series_id (N,)``, ``t (N,)``, ``x (N, d)`` (NaN = missing), optionally ``names (d,)``.
 
-Held out per series (``conf/data/csv.yaml``): every time after the first ``1 − extrap_fraction`` of
+Held out per series (``conf/series/csv.yaml``): every time after the first ``1 − extrap_fraction`` of
 its span is an extrapolation target; ``interp_fraction`` of the times before are interpolation
 targets; the rest is observed. ``test_fraction`` of the series are the test set the RMSEs use.
 Malformed files raise :class:`SeriesFileError` naming the file and line (the CLI exits with code 2).

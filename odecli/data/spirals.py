@@ -9,7 +9,7 @@ spirals) and observed with Gaussian noise of std ``noise_std``.
 Held out, noise-free: interpolation targets are the window's grid points that are not observed plus
 the midpoints between grid points (so there are targets even when n_obs = n_times); extrapolation
 targets continue the grid for ``extrapolate × t_window`` after the window.
-All parameters are in ``conf/data/spirals.yaml``; the same seed gives the same data.
+All parameters are in ``conf/series/spirals.yaml``; the same seed gives the same data.
 """
 
 from __future__ import annotations
