@@ -132,7 +132,7 @@ def fit(overrides: list[str] | None = Overrides, multirun: bool = MultirunOption
 
 @app.command(epilog="Examples:  odecli classify mnist   ·   odecli classify mnist model=resnet   ·   odecli classify mnist data.dir=~/mnist")
 def classify(
-    dataset: str = typer.Argument("mnist", help="Data set (mnist)."),
+    dataset: str = typer.Argument("mnist", help="Data set (mnist; `odecli list data` shows each task's)."),
     overrides: list[str] | None = Overrides,
     multirun: bool = MultirunOption,
     debug: bool = DebugOption,
@@ -257,12 +257,12 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-LIST_KINDS = ("dynamics", "solvers", "models", "densities", "tasks", "sweeps")
+LIST_KINDS = ("dynamics", "solvers", "models", "densities", "data", "tasks", "sweeps")
 
 
 @app.command("list", epilog="Examples:  odecli list   ·   odecli list solvers")
 def list_(kind: str | None = typer.Argument(None, help=f"One of: {', '.join(LIST_KINDS)}. All when omitted."), debug: bool = DebugOption) -> None:
-    """List registered dynamics, solvers, models, tasks and sweeps, with their sources."""
+    """List registered dynamics, solvers, models, densities, tasks and sweeps with their sources, and each task's data choices."""
 
     def action() -> None:
         from odecli.errors import did_you_mean
@@ -287,6 +287,13 @@ def _table(kind: str, *, fill: bool) -> Table:
         table.add_column("config", overflow="fold")
         for name in hydra_bridge.sweep_names():
             table.add_row(name, str(hydra_bridge.config_root() / "sweep" / f"{name}.yaml"))
+        return table
+    if kind == "data":  # each task's own choices for data=NAME, from its own config group
+        table.add_column("task", style="cyan", no_wrap=True)
+        table.add_column("data=NAME", ratio=3)
+        table.add_column("configs", ratio=1, overflow="fold")
+        for task, (group, options) in hydra_bridge.data_choices().items():
+            table.add_row(task, ", ".join(options), str(hydra_bridge.config_root() / group))
         return table
     registry = REGISTRIES[kind]
     # Only the name never wraps: on an 80-column screen the rest share what is left, description first.

@@ -129,6 +129,13 @@ def packaged_groups(config_name: str) -> dict[str, str]:
     return _packaged_groups[config_name]
 
 
+def data_choices() -> dict[str, tuple[str, list[str]]]:
+    """Task → (its data group, the options ``data=`` takes), for every task whose data is chosen by name."""
+    with _initialized():
+        groups = {task: packaged_groups(task).get("data") for task in primary_configs()}
+        return {task: (group, group_options(group)) for task, group in groups.items() if group}
+
+
 def packaged_overrides(config_name: str, overrides: Sequence[str]) -> list[str]:
     """What users type → what Hydra needs: ``data=moons`` → ``density@data=moons`` for cnf (see ``packaged_groups``).
 

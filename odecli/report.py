@@ -1,7 +1,9 @@
 """Summaries of many runs: one row per run directory found under a sweep (or any) directory.
 
-Works on sweeps that are still running or partly failed: a job directory with a composed config
-but no ``metrics.json`` yet is reported as ``running`` (or ``killed`` if the sweep is over).
+A run is a directory in which odecli started a task: it holds ``metrics.json`` (the run ended) or
+``run.lock`` (taken when the task starts). A directory a run never started in (a config error, a
+refused directory) is not a run. Works on sweeps that are still running or partly failed: a job
+without ``metrics.json`` is ``running`` while its process holds the lock, ``killed`` once it is gone.
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ from typing import Any
 import yaml
 
 from odecli.errors import UserError
-from odecli.tracking import METRICS_FILE, atomic_write_bytes, atomic_write_json
+from odecli.tracking import (
+    CHECKPOINT_PREFIX,
+    LOCK_FILE,
+    METRICS_FILE,
+    atomic_write_bytes,
+    atomic_write_json,
+    lock_holder,
+    read_lock_record,
+)
 
 # Columns shown first when present; the rest follow alphabetically.
 PREFERRED_COLUMNS = ("val_mse", "test_accuracy", "test_error", "nll_test", "n_obs", "rmse_interp", "rmse_extrap", "rnn_rmse_interp", "rnn_rmse_extrap",
@@ -35,13 +45,31 @@ class RunRecord:
     error: str = ""
 
 
+def is_run(path: Path) -> bool:
+    """Whether a task was started in ``path`` (see the module docstring)."""
+    return (path / METRICS_FILE).is_file() or (path / LOCK_FILE).is_file()
+
+
 def find_runs(root: Path) -> list[RunRecord]:
-    """Every run directory under ``root`` (a directory with ``.hydra/`` or ``metrics.json``), in job order."""
+    """Every run under ``root`` (``root`` itself included), in job order."""
     if not root.is_dir():
         raise UserError(f"No such directory: {root}. Pass a sweep directory (printed at the end of a sweep) or a run directory.")
-    candidates = {p.parent for p in root.rglob(METRICS_FILE)} | {p.parent for p in root.rglob(".hydra") if p.is_dir()}
+    candidates = {p.parent for name in (METRICS_FILE, LOCK_FILE) for p in root.rglob(name)}
     records = [_read_run(path) for path in candidates]
     return sorted(records, key=lambda r: _job_sort_key(r.path.relative_to(root)))
+
+
+def describe_run(path: Path) -> str | None:
+    """What ``path`` holds, e.g. 'a completed fit run (metrics.json, 3 checkpoints)'; None when it holds no run."""
+    if not is_run(path):
+        return None
+    record = _read_run(path)
+    task = record.metrics.get("task") or (read_lock_record(path) or {}).get("task")
+    checkpoints = len(list((path / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*.pt")))
+    contents = [METRICS_FILE] if (path / METRICS_FILE).is_file() else []
+    contents.append(f"{checkpoints} checkpoint{'' if checkpoints == 1 else 's'}")
+    article = "an" if record.status[0] in "aeiou" else "a"
+    return f"{article} {record.status} {task + ' ' if task else ''}run ({', '.join(contents)})"
 
 
 def _job_sort_key(relative: Path) -> tuple[Any, ...]:
@@ -56,12 +84,20 @@ def _read_run(path: Path) -> RunRecord:
         overrides = [str(o) for o in loaded if not str(o).lstrip("+~").startswith("hydra")]
     metrics_file = path / METRICS_FILE
     if not metrics_file.is_file():
-        return RunRecord(path, overrides, status="running")
+        return RunRecord(path, overrides, status=_status_without_metrics(path))
     try:
         metrics = json.loads(metrics_file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         return RunRecord(path, overrides, status="unreadable", error=f"{METRICS_FILE}: {exc}")
     return RunRecord(path, overrides, status=str(metrics.get("status", "unknown")), metrics=metrics, error=str(metrics.get("error", "")))
+
+
+def _status_without_metrics(path: Path) -> str:
+    if lock_holder(path) is not None:
+        return "running"
+    if (read_lock_record(path) or {}).get("pid") is not None:
+        return "killed"  # its process never released the lock
+    return "failed"  # it ended, but could not write its metrics (e.g. a full disk)
 
 
 def metric_columns(records: list[RunRecord]) -> list[str]:
@@ -92,7 +128,7 @@ def write_summary(root: Path, records: list[RunRecord]) -> tuple[Path, Path]:
     writer = csv.writer(buffer)
     writer.writerow(header)
     writer.writerows(table)
-    stem = "report" if (root / METRICS_FILE).exists() or (root / ".hydra").is_dir() else "summary"
+    stem = "report" if is_run(root) else "summary"
     csv_path, json_path = root / f"{stem}.csv", root / f"{stem}.json"
     atomic_write_bytes(csv_path, buffer.getvalue().encode())
     atomic_write_json(json_path, [dict(zip(header, row, strict=True)) for row in table])

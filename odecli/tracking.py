@@ -7,20 +7,26 @@ metrics.json) go through a temporary file and an atomic rename.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import io
 import json
 import math
 import os
+import socket
 import tempfile
 import time
 import warnings
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from odecli.errors import UserError
 
 METRICS_FILE = "metrics.json"
 CHECKPOINT_PREFIX = "ckpt_"
@@ -65,7 +71,7 @@ class Run:
     """The directory of one run and the writers into it.
 
     Layout: ``tb/`` TensorBoard events, ``plots/`` PNG figures, ``checkpoints/`` ``ckpt_<step>.pt``,
-    ``metrics.json`` final metrics with status and wall time.
+    ``metrics.json`` final metrics with status and wall time, ``run.lock`` (see ``DirectoryLock``) its writer.
     """
 
     def __init__(self, directory: str | Path, *, console: Console | None = None, tensorboard: bool = True):
@@ -285,3 +291,146 @@ def _fmt(value: float) -> str:
     if isinstance(value, int):
         return str(value)
     return f"{value:.4g}"
+
+
+# ----- one writer per directory --------------------------------------------------------------
+LOCK_FILE = "run.lock"
+SWEEP_LOCK_FILE = "sweep.lock"
+# flock errors that mean "this file system has no such locks" (some cluster mounts), not "someone holds it"
+NO_FLOCK_ERRNOS = frozenset({errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK})
+
+
+class DirectoryInUse(UserError):
+    """Another live odecli process writes into this directory."""
+
+
+class DirectoryLock:
+    """One writer per run (or sweep) directory: an OS lock (``flock``) on ``run.lock``, which also records its holder.
+
+    The kernel drops a ``flock`` when its process dies, so a killed run can never block the next one and a
+    recycled pid cannot fake a live one (what a pid file alone gets wrong). The file stays as the run's
+    record: ``task``, ``started`` and, while a holder has not released it, its ``pid`` and ``host`` —
+    a pid left behind is the stale lock of a killed run, reported and cleared by the next holder. Where the
+    file system has no ``flock``, liveness falls back to the recorded pid (same host only).
+    """
+
+    def __init__(self, directory: str | Path, *, task: str, name: str = LOCK_FILE):
+        self.path = Path(directory) / name
+        self.task = task
+        self._fd: int | None = None
+        self._record: dict[str, Any] = {}
+
+    def acquire(self) -> dict[str, Any]:
+        """Take the lock and return the record found in the file (``{}`` for a new one); DirectoryInUse when held."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            previous = _parse_record(os.pread(fd, 1 << 16, 0))
+            locked = _try_flock(fd, fcntl.LOCK_EX)
+            if locked is False or (locked is None and _alive(previous)):
+                raise DirectoryInUse(in_use_message(self.path, previous, kernel_lock=locked is not None))
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._record = {"task": self.task, "started": _now(), "pid": os.getpid(), "host": socket.gethostname()}
+        _write_record(fd, self._record)
+        return previous
+
+    def release(self) -> None:
+        """Mark the record as released (no pid) and drop the lock."""
+        if self._fd is None:
+            return
+        try:
+            _write_record(self._fd, {**self._record, "pid": None, "ended": _now()})
+        finally:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> DirectoryLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def read_lock_record(directory: str | Path, name: str = LOCK_FILE) -> dict[str, Any] | None:
+    """What a directory's lock file records (task, started, pid of an unreleased holder), or None without one."""
+    try:
+        return _parse_record((Path(directory) / name).read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+def lock_holder(directory: str | Path, name: str = LOCK_FILE) -> dict[str, Any] | None:
+    """The record of the live process that holds the directory's lock, or None when nobody does."""
+    try:
+        fd = os.open(Path(directory) / name, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        record = _parse_record(os.pread(fd, 1 << 16, 0))
+        locked = _try_flock(fd, fcntl.LOCK_SH)  # a shared probe, dropped when fd closes
+        if locked is None:
+            return record if _alive(record) else None
+        return None if locked else record
+    finally:
+        os.close(fd)
+
+
+def _try_flock(fd: int, operation: int) -> bool | None:
+    """True: locked; False: another process holds it; None: the file system has no flock."""
+    try:
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in NO_FLOCK_ERRNOS:
+            return None
+        if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _write_record(fd: int, record: Mapping[str, Any]) -> None:
+    # In place, never by rename: other processes lock this very inode.
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+
+
+def _parse_record(data: bytes) -> dict[str, Any]:
+    try:
+        record = json.loads(data or b"{}")
+    except ValueError:  # cut off by a kill mid-write: no usable record
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _alive(record: Mapping[str, Any]) -> bool:
+    """Whether the holder a record names still runs (only where flock is unavailable)."""
+    pid = record.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        return False
+    if record.get("host") != socket.gethostname():
+        return True  # another machine's process: this one cannot tell, so it must not take over
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, under another user
+        return True
+    return True
+
+
+def in_use_message(path: Path, record: Mapping[str, Any], *, kernel_lock: bool = True) -> str:
+    """Why the lock file ``path`` refuses a writer: who holds it, since when, and what to do."""
+    holder = f"pid {record.get('pid', '?')}" + (f" on {record['host']}" if record.get("host") not in (None, socket.gethostname()) else "")
+    what = f"a {record['task']} run" if record.get("task") else "a run"
+    message = f"{path.parent} is in use by {holder} ({what} started {record.get('started', 'at an unknown time')}); wait for it to end or choose another directory."
+    if not kernel_lock:
+        message += f" This file system has no file locks: if that process is gone, delete {path}."
+    return message
+
+
+def _now() -> str:
+    return datetime.now().isoformat(timespec="seconds")

@@ -277,7 +277,43 @@ def test_two_sweeps_started_together_get_distinct_directories(tmp_path: Path) ->
     ],
 )
 def test_bad_values_exit_2_with_a_message_and_no_traceback(overrides: list[str], message: str, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["fit", *TINY_FIT, *overrides])
+    outputs = tmp_path / "outputs"
+    result = runner.invoke(app, ["fit", *TINY_FIT, *overrides, f"paths.output_dir={outputs}"])
     assert result.exit_code == 2, result.output
     assert message in result.output, result.output
     assert "Traceback" not in result.output
+    assert_nothing_started(result.output, outputs)
+
+
+def assert_nothing_started(output: str, outputs: Path) -> None:
+    """A run refused for its settings: no run directory, no config tree, just the message."""
+    assert not outputs.exists(), sorted(outputs.rglob("*"))
+    assert "run directory" not in output and "── " not in output, output
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["classify", "epochs=0"], "epochs must be an integer >= 1"),
+        (["vae", "data.n_obs=1"], "data.n_obs must be between 2"),
+        (["cnf", "t1=-1"], "t1 (the flow's duration) must be positive"),
+        (["sweep", "tol", "tols=[-1e-3]"], "tols must be a non-empty list of positive numbers"),
+        (["sweep", "tol", "train.iters=0"], "iters must be an integer >= 1"),
+        (["fit", "-m", "iters=2,-5"], "iters must be an integer >= 1, got -5"),
+        (["sweep", "solvers", "threads=0"], "threads must be a positive integer"),
+    ],
+)
+def test_every_task_refuses_bad_values_before_creating_anything(command: list[str], message: str, tmp_path: Path) -> None:
+    outputs = tmp_path / "outputs"
+    result = runner.invoke(app, [*command, f"paths.output_dir={outputs}"])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()), result.output
+    assert_nothing_started(result.output, outputs)
+
+
+def test_every_task_registers_its_value_checks() -> None:
+    from odecli.registry import TASKS, load_all
+
+    load_all()
+    for name in TASKS.names():
+        assert callable(TASKS.entry(name).meta.get("validate")), f"task {name} has no validate= check in TASKS.register"

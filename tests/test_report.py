@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from odecli.cli import app
 from odecli.report import find_runs
+from odecli.tracking import DirectoryLock
 
 
 def _job(root: Path, num: int, overrides: list[str], metrics: dict | None) -> None:
@@ -20,27 +23,30 @@ def _job(root: Path, num: int, overrides: list[str], metrics: dict | None) -> No
         (job / "metrics.json").write_text(json.dumps(metrics))
 
 
-def _sweep(tmp_path: Path) -> Path:
+@pytest.fixture
+def sweep(tmp_path: Path) -> Iterator[Path]:
     root = tmp_path / "sweep"
     _job(root, 0, ["solver=dopri5"], {"status": "completed", "val_mse": 0.01, "nfe_forward": 26.0, "wall_time_s": 3.0})
     _job(root, 1, ["solver=bosh3"], {"status": "failed", "error": "StepSizeTooSmall: at t=3", "wall_time_s": 1.0})
-    _job(root, 2, ["solver=euler"], None)  # still running
+    _job(root, 2, ["solver=euler"], None)
     _job(root, 10, ["solver=rk4"], {"status": "completed", "val_mse": 0.02, "nfe_forward": 40.0, "wall_time_s": 2.0})
     (root / "3" / ".hydra").mkdir(parents=True)
     (root / "3" / "metrics.json").write_text("{not json")
-    return root
+    (root / "4" / ".hydra").mkdir(parents=True)  # a job that never started: not a run
+    with DirectoryLock(root / "2", task="fit"):  # job 2 is still running
+        yield root
 
 
-def test_find_runs_orders_jobs_numerically_and_reads_status(tmp_path: Path) -> None:
-    records = find_runs(_sweep(tmp_path))
+def test_find_runs_orders_jobs_numerically_and_reads_status(sweep: Path) -> None:
+    records = find_runs(sweep)
     assert [r.path.name for r in records] == ["0", "1", "2", "3", "10"]
     assert [r.status for r in records] == ["completed", "failed", "running", "unreadable", "completed"]
     assert records[0].overrides == ["solver=dopri5"]
     assert "StepSizeTooSmall" in records[1].error
 
 
-def test_report_command_prints_table_and_writes_summary(tmp_path: Path) -> None:
-    root = _sweep(tmp_path)
+def test_report_command_prints_table_and_writes_summary(sweep: Path) -> None:
+    root = sweep
     result = CliRunner().invoke(app, ["report", str(root)])
     assert result.exit_code == 0, result.output
     assert "2 completed" in result.output and "1 failed" in result.output and "1 running" in result.output

@@ -71,3 +71,12 @@ def test_classify_cifar_names_only_classifys_data() -> None:
     assert result.exit_code == 2, result.output
     expected = f"Unknown data 'cifar'. Valid choices for data: {', '.join(_options(DATA_GROUPS['classify']))}."
     assert expected in " ".join(result.output.split()) and "circles" not in result.output and "Traceback" not in result.output
+
+
+def test_list_data_shows_each_tasks_own_choices() -> None:
+    result = CliRunner().invoke(app, ["list", "data"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[1]: line for line in result.output.splitlines() if line.split()[1:2] and line.split()[1] in DATA_GROUPS}
+    assert set(rows) == set(DATA_GROUPS), result.output
+    for task, group in DATA_GROUPS.items():
+        assert f" {', '.join(_options(group))} " in rows[task], rows[task]

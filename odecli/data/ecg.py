@@ -81,7 +81,8 @@ def beat_starts(path: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.diff(theta) < -np.pi) + 1
 
 
-def _validate(cfg: Any) -> None:
+def check_config(cfg: Any) -> None:
+    """Refuse settings that cannot make a data set (the ``data`` node of a vae config)."""
     if not 2 <= int(cfg.n_obs) <= int(cfg.n_times):
         raise ConfigError(f"data.n_obs must be between 2 and data.n_times={cfg.n_times}, got {cfg.n_obs}.")
     low, high = (float(v) for v in cfg.heart_rate)
@@ -95,7 +96,7 @@ def _validate(cfg: Any) -> None:
 
 def generate(cfg: Any) -> SeriesData:
     """The heartbeat data set a ``data=ecg`` config describes (see the module docstring)."""
-    _validate(cfg)
+    check_config(cfg)
     rng = np.random.default_rng(int(cfg.seed))
     low, high = (float(v) for v in cfg.heart_rate)
     rates = rng.uniform(low, high, size=int(cfg.n_records))

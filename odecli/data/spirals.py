@@ -30,7 +30,8 @@ def spiral(theta: np.ndarray, a: float, b: float, clockwise: bool) -> np.ndarray
     return np.stack([radius * np.cos(theta), sign * radius * np.sin(theta)], axis=-1)
 
 
-def _validate(cfg: Any) -> None:
+def check_config(cfg: Any) -> None:
+    """Refuse settings that cannot make a data set (the ``data`` node of a vae config)."""
     n_times, n_obs = int(cfg.n_times), int(cfg.n_obs)
     if int(cfg.n_spirals) < 2:
         raise ConfigError(f"data.n_spirals must be at least 2 (one clockwise, one counter-clockwise), got {cfg.n_spirals}.")
@@ -46,7 +47,7 @@ def _validate(cfg: Any) -> None:
 
 def generate(cfg: Any) -> SeriesData:
     """The spiral data set a ``data=spirals`` config describes (see the module docstring)."""
-    _validate(cfg)
+    check_config(cfg)
     rng = np.random.default_rng(int(cfg.seed))
     n, n_times, n_obs = int(cfg.n_spirals), int(cfg.n_times), int(cfg.n_obs)
     a, b, noise = float(cfg.a), float(cfg.b), float(cfg.noise_std)

@@ -32,6 +32,7 @@ from odecli.tasks.common import (
     Checkpointer,
     NFEHistory,
     build_optimizer,
+    check_shared_settings,
     make_solve,
     prepare,
     print_metrics_table,
@@ -146,7 +147,13 @@ def evaluate(model: nn.Module, split: Split, normalize: Callable[[torch.Tensor],
     return {"loss": total_loss / n, "accuracy": correct / n, "nfe_forward": nfe / max(batches, 1)}
 
 
-@TASKS.register("classify")
+def check_config(cfg: DictConfig) -> None:
+    """Everything classify can refuse from its config alone; run before a run directory exists."""
+    check_shared_settings(cfg, solver_config(cfg))
+    _validate(cfg)
+
+
+@TASKS.register("classify", validate=check_config)
 def classify(cfg: DictConfig, run: Run) -> dict[str, Any]:
     """Train one classifier on MNIST; return test accuracy, parameters, NFE and timings."""
     device = prepare(cfg)

@@ -32,6 +32,7 @@ from odecli.tasks.common import (
     NFEHistory,
     build_optimizer,
     build_scheduler,
+    check_shared_settings,
     make_solve,
     prepare,
     print_metrics_table,
@@ -66,7 +67,13 @@ def _mean_log_likelihood(dynamics: CNFDynamics, solve: Any, x: torch.Tensor, t1:
         return torch.cat([log_likelihood(dynamics, solve, chunk, t1=t1)[0] for chunk in x.split(EVAL_CHUNK)])
 
 
-@TASKS.register("cnf")
+def check_config(cfg: DictConfig) -> None:
+    """Everything cnf can refuse from its config alone; run before a run directory exists."""
+    check_shared_settings(cfg, cfg.solver)
+    _validate(cfg)
+
+
+@TASKS.register("cnf", validate=check_config)
 def cnf(cfg: DictConfig, run: Run) -> dict[str, Any]:
     """Train a CNF on ``data``; return test NLL, true entropy and gap (when known) and NFE."""
     device = prepare(cfg)

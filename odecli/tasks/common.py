@@ -66,10 +66,23 @@ def print_metrics_table(run: Any, title: str, rows: list[tuple[str, str]]) -> No
 
 
 def apply_threads(threads: int | None) -> None:
+    check_threads(threads)
     if threads is not None:
-        if int(threads) < 1:
-            raise ConfigError(f"threads must be a positive integer or null, got {threads}.")
         torch.set_num_threads(int(threads))
+
+
+def check_threads(threads: int | None) -> None:
+    if threads is not None and int(threads) < 1:
+        raise ConfigError(f"threads must be a positive integer or null, got {threads}.")
+
+
+def check_shared_settings(cfg: DictConfig, solver: DictConfig | Mapping[str, Any] | None = None) -> None:
+    """What ``prepare`` and ``make_solve`` would refuse (threads, device, the solver settings), checked
+    without applying anything: task validators call it before a run directory exists."""
+    check_threads(cfg.threads)
+    select_device(str(cfg.device))
+    if solver is not None:
+        make_solve(solver)
 
 
 def make_solve(solver: DictConfig | Mapping[str, Any]) -> Solve:

@@ -26,6 +26,7 @@ from odecli.tasks.common import (
     NFEHistory,
     build_optimizer,
     build_scheduler,
+    check_shared_settings,
     make_solve,
     prepare,
     print_metrics_table,
@@ -117,7 +118,13 @@ def _validate(cfg: DictConfig, n_points: int) -> None:
         )
 
 
-@TASKS.register("fit")
+def check_config(cfg: DictConfig) -> None:
+    """Everything fit can refuse from its config alone; run before a run directory exists."""
+    check_shared_settings(cfg, cfg.solver)
+    _validate(cfg, len(build_system(cfg.dynamics).t))
+
+
+@TASKS.register("fit", validate=check_config)
 def fit(cfg: DictConfig, run: Run) -> dict[str, Any]:
     """Train a neural vector field on one system's trajectory; return the final metrics."""
     device = prepare(cfg)

@@ -38,8 +38,9 @@ from odecli.errors import ConfigError
 from odecli.models import build_model
 from odecli.registry import SOLVERS, TASKS
 from odecli.solvers import SolverError, odeint, odeint_adjoint, track_stats
-from odecli.tasks.common import apply_threads, seed_everything, select_device
+from odecli.tasks.common import apply_threads, check_shared_settings, seed_everything, select_device
 from odecli.tasks.fit import ShiftedTime, fit
+from odecli.tasks.fit import check_config as check_fit_config
 from odecli.tracking import Run, atomic_write_bytes, atomic_write_json
 
 MODES = ("direct", "adjoint", "seminorm")
@@ -78,7 +79,20 @@ class Problem:
         return ShiftedTime(model, self.starts) if getattr(model, "time_input", False) else model
 
 
-@TASKS.register("sweep_tol")
+def check_config(cfg: DictConfig) -> None:
+    """Everything the sweep can refuse from its config alone (its training run's settings too); run before its directory exists."""
+    check_shared_settings(cfg)
+    validate_settings(cfg)
+    if cfg.from_run:
+        _check_fit_run_directory(Path(str(cfg.from_run)))
+    else:
+        try:
+            check_fit_config(training_config(cfg))
+        except ConfigError as exc:  # fit names its own keys; here they are set as train.KEY
+            raise ConfigError(f"the vector field to sweep is trained first (no from_run), with fit's settings and train.*: {exc}") from exc
+
+
+@TASKS.register("sweep_tol", validate=check_config)
 def sweep_tol(cfg: DictConfig, run: Run) -> dict[str, Any]:
     """Measure NFE, error and time over solvers × tolerances; write the table and Figure 3."""
     apply_threads(cfg.threads)
@@ -159,12 +173,16 @@ def validate_settings(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def load_field(directory: Path) -> Field:
-    """The vector field of a fit run: its latest checkpoint's weights, built from the config it saved."""
+def _check_fit_run_directory(directory: Path) -> None:
     if not directory.is_dir():
         raise ConfigError(f"from_run: there is no run directory {directory}. Pass a fit run's directory (`odecli report outputs/fit` lists them).")
     if not (directory / "checkpoints").is_dir() or not any((directory / "checkpoints").glob("ckpt_*.pt")):
         raise ConfigError(f"from_run: {directory} has no checkpoints/ckpt_*.pt; is it a finished fit run? (`odecli fit` saves one at the end.)")
+
+
+def load_field(directory: Path) -> Field:
+    """The vector field of a fit run: its latest checkpoint's weights, built from the config it saved."""
+    _check_fit_run_directory(directory)
     state = Run(directory, tensorboard=False).load_latest_checkpoint()
     if state is None:
         raise ConfigError(f"from_run: every checkpoint in {directory / 'checkpoints'} is unreadable.")
@@ -180,15 +198,20 @@ def load_field(directory: Path) -> Field:
     return Field(model.eval(), dict(config), directory, int(state["step"]))
 
 
-def _train_briefly(cfg: DictConfig, run: Run) -> Field:
-    """A short fit (fit's own task and config, ``train.*`` overriding it) as a run under ``<dir>/train``."""
+def training_config(cfg: DictConfig) -> DictConfig:
+    """The config of the short fit a sweep without ``from_run`` trains: fit's own, the shared groups, then ``train.*``."""
     from odecli.hydra_bridge import config_root
 
     base = OmegaConf.load(config_root() / "fit.yaml")
     base.pop("defaults", None)
     keys = ("dynamics", "model", "solver", "optim", "scheduler", "logger", "paths", "seed", "device", "threads")
     shared = {k: cfg[k] for k in keys if k in cfg}
-    fit_cfg = OmegaConf.merge(base, shared, cfg.train)
+    return OmegaConf.merge(base, shared, cfg.train)  # type: ignore[return-value]
+
+
+def _train_briefly(cfg: DictConfig, run: Run) -> Field:
+    """A short fit (fit's own task and config, ``train.*`` overriding it) as a run under ``<dir>/train``."""
+    fit_cfg = training_config(cfg)
     train_run = Run(run.dir / "train", console=run.console, tensorboard=bool(cfg.logger.tensorboard))
     run.log(f"no from_run: training a vector field for {fit_cfg.iters} iterations in [cyan]{train_run.dir}[/]")
     started = time.time()

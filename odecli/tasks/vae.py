@@ -27,13 +27,22 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 from torch import nn
 
+from odecli.data import ecg, spirals
 from odecli.data.irregular import SeriesData, SeriesSet
 from odecli.errors import ConfigError
 from odecli.models import count_parameters
 from odecli.models.latent_ode import GapRNN, LatentODE, gaussian_log_likelihood
 from odecli.registry import TASKS
 from odecli.solvers import track_stats
-from odecli.tasks.common import Checkpointer, NFEHistory, build_optimizer, build_scheduler, make_solve, prepare
+from odecli.tasks.common import (
+    Checkpointer,
+    NFEHistory,
+    build_optimizer,
+    build_scheduler,
+    check_shared_settings,
+    make_solve,
+    prepare,
+)
 from odecli.tasks.loop import TrainingLoop
 from odecli.tracking import Run
 
@@ -109,7 +118,16 @@ def rmse(model: nn.Module, series: SeriesSet, solve: Any, scale: torch.Tensor) -
     return {part: (math.sqrt(sums[part] / counts[part]) if counts[part] else None) for part in sums}
 
 
-@TASKS.register("vae")
+def check_config(cfg: DictConfig) -> None:
+    """Everything vae can refuse from its config alone (its generated data's settings too); run before a run directory exists."""
+    check_shared_settings(cfg, cfg.solver)
+    _validate(cfg)
+    generated = {"spirals": spirals.check_config, "ecg": ecg.check_config}
+    if str(cfg.data.get("name")) in generated:
+        generated[str(cfg.data.name)](cfg.data)
+
+
+@TASKS.register("vae", validate=check_config)
 def vae(cfg: DictConfig, run: Run) -> dict[str, Any]:
     """Train the latent ODE (and the RNN baseline) on ``data``; return test RMSEs, NFE and timings."""
     device = prepare(cfg)
