@@ -186,12 +186,10 @@ def sweep(
         multirun = hydra_bridge.is_multirun_config(cfg)
         if not multirun:  # a sweep task runs as one job: its sweep directory is its run directory
             extra = [("hydra.run.dir=" + o.split("=", 1)[1]) if o.split("=", 1)[0] == "hydra.sweep.dir" else o for o in extra]
-        key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-        # Chosen here (as the bridge would) so that it can be printed and summarised at the end.
-        extra += hydra_bridge._default_dirs(cfg, extra, multirun)
-        directory = Path(_unquote([o for o in extra if o.split("=", 1)[0] == key][-1].split("=", 1)[1]))
-        hydra_bridge.run(config_name, extra, multirun=multirun)  # multirun: each swept value is checked first
-        return directory, multirun
+        # Every setting (each swept value too) is checked before the directory is chosen; it is printed and summarised at the end.
+        with hydra_bridge.prepare(config_name, extra, multirun=multirun) as launch:
+            hydra_bridge.start(launch)
+        return launch.directory, multirun
 
     directory, multirun = _guard(debug, action)
     if not multirun:
@@ -216,12 +214,6 @@ def _quote_path_override(override: str) -> str:
     if not sep or key.lstrip("+") not in PATH_KEYS or value[:1] in ("'", '"') or not value:
         return override
     return f"{key}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _unquote(value: str) -> str:
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in ("'", '"'):
-        return value[1:-1].replace("\\'", "'").replace("\\\\", "\\")
-    return value
 
 
 @app.command(epilog="Examples:  odecli report outputs/fit/multirun/2026-11-23/14-05-09")

@@ -22,6 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from odecli.errors import ConfigError, did_you_mean
 from odecli.registry import DYNAMICS, MODELS, SOLVERS, TASKS, Registry, load_all
+from odecli.report import describe_run, find_runs
+from odecli.tracking import LOCK_FILE, SWEEP_LOCK_FILE, DirectoryInUse, DirectoryLock, in_use_message, lock_holder
 
 CONFIG_MODULE = "odecli.conf"
 VERSION_BASE = "1.3"
@@ -298,10 +300,13 @@ def _article(word: str) -> str:
 
 
 def validate(config_name: str, overrides: Sequence[str], *, multirun: bool) -> DictConfig:
-    """Check every override (each value of a sweep separately) before anything runs; return the first job's config."""
+    """Check every override and the task's own value checks (each value of a sweep separately) before anything
+    runs; return the first job's config."""
     overrides = list(overrides)
     if not multirun:
-        return compose(config_name, overrides)
+        cfg = compose(config_name, overrides)
+        check_task_config(cfg)
+        return cfg
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
@@ -319,8 +324,9 @@ def validate(config_name: str, overrides: Sequence[str], *, multirun: bool) -> D
         first.append(f"{prefix}={values[0]}")
         variants.extend([[f"{prefix}={value}"] for value in values[1:]])
     cfg = compose(config_name, first)
+    check_task_config(cfg)
     for variant in variants:
-        compose(config_name, [o for o in first if o.split("=", 1)[0] != variant[0].split("=", 1)[0]] + variant)
+        check_task_config(compose(config_name, [o for o in first if o.split("=", 1)[0] != variant[0].split("=", 1)[0]] + variant))
     return cfg
 
 
@@ -373,17 +379,25 @@ def _default_dirs(cfg: DictConfig, overrides: Sequence[str], multirun: bool) -> 
     return [f"{key}='{quoted}'"]  # quoted: the summary holds '=' and ','
 
 
+def _chosen_dir(overrides: Sequence[str], key: str) -> Path | None:
+    """The directory an override ``key=DIR`` names (quoted or not), the last one winning."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    chosen = [o for o in overrides if o.lstrip("+").split("=", 1)[0] == key]
+    return Path(str(OverridesParser.create().parse_override(chosen[-1]).value())) if chosen else None
+
+
 def _check_resume_target(config_name: str, overrides: Sequence[str]) -> None:
     """``resume=true`` continues an existing run, so it needs that run's directory."""
-    chosen = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").split("=", 1)[0] == "hydra.run.dir"]
-    if not chosen:
+    chosen = _chosen_dir(overrides, "hydra.run.dir")
+    if chosen is None:
         raise ConfigError(
             f"resume=true continues an earlier run: add hydra.run.dir=<its directory>, e.g. "
             f"`odecli {config_name} resume=true hydra.run.dir=outputs/{config_name}/<date>/<time>` "
             f"(`odecli report outputs/{config_name}` lists runs)."
         )
-    if not Path(chosen[-1]).is_dir():
-        raise ConfigError(f"resume=true: there is no run directory {chosen[-1]}; check the path (`odecli report outputs` lists runs).")
+    if not chosen.is_dir():
+        raise ConfigError(f"resume=true: there is no run directory {chosen}; check the path (`odecli report outputs` lists runs).")
 
 
 def is_multirun_config(cfg: DictConfig) -> bool:
@@ -391,12 +405,32 @@ def is_multirun_config(cfg: DictConfig) -> bool:
     return str(mode).upper().endswith("MULTIRUN")
 
 
-def run(config_name: str, overrides: Sequence[str] = (), *, multirun: bool = False) -> Any:
-    """Validate, then run the task through Hydra. Returns the metrics (run) or the job returns (multirun)."""
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.global_hydra import GlobalHydra
+def check_task_config(cfg: DictConfig) -> None:
+    """The task's own checks of its values (``TASKS.register(name, validate=...)``), run before any directory exists."""
+    task = OmegaConf.select(cfg, "task", default=None)
+    if task is not None and str(task) in TASKS:
+        check = TASKS.entry(str(task)).meta.get("validate")
+        if check is not None:
+            check(cfg)
 
+
+@dataclass
+class Launch:
+    """A run (or multirun) whose every setting was checked, with its directory chosen and locked by this process."""
+
+    config_name: str
+    overrides: list[str]
+    multirun: bool
+    directory: Path
+
+
+@contextlib.contextmanager
+def prepare(config_name: str, overrides: Sequence[str] = (), *, multirun: bool = False) -> Iterator[Launch]:
+    """Check everything, then choose the directory, refuse one that already holds a run, and hold its lock.
+
+    Nothing is created before every check has passed, so a mistake costs one message and leaves no
+    directory behind; the lock is held until the ``with`` block ends (``run`` starts Hydra inside it).
+    """
     with _initialized():
         overrides = packaged_overrides(config_name, overrides)
     if multirun:
@@ -407,18 +441,77 @@ def run(config_name: str, overrides: Sequence[str] = (), *, multirun: bool = Fal
         multirun = is_multirun_config(cfg)
     if multirun:
         cfg = compose(config_name, [o for o in overrides if not _has_sweep_value(o)])
-    if OmegaConf.select(cfg, "resume", default=False) and not multirun:
+    check_task_config(cfg)
+    resume = bool(OmegaConf.select(cfg, "resume", default=False)) and not multirun
+    if resume:
         _check_resume_target(config_name, overrides)
     overrides = overrides + _default_dirs(cfg, overrides, multirun)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    directory = _chosen_dir(overrides, key)
+    assert directory is not None  # _default_dirs chose one unless the user did
+    # the directory as users name it (`odecli sweep tol` runs as one job, in its hydra.sweep.dir)
+    named = "hydra.sweep.dir" if multirun or config_name.startswith("sweep/") else "hydra.run.dir"
+    fix = ("continue it with resume=true, or " if "resume" in cfg and not multirun else "") + f"choose another directory: {named}=DIR"
+    lock = _claim(directory, str(cfg.task), fix=fix, multirun=multirun, resume=resume)
+    try:
+        yield Launch(config_name, overrides, multirun, directory)
+    finally:
+        lock.release()
+
+
+def _claim(directory: Path, task: str, *, fix: str, multirun: bool, resume: bool) -> DirectoryLock:
+    """Lock ``directory`` for this process; without ``resume``, refuse one that already holds a run (or sweep)."""
+    from odecli.console import console
+
+    if not resume:  # checked before the lock, whose file would otherwise be the first thing written there
+        _refuse_taken(directory, fix=fix, multirun=multirun)
+    lock = DirectoryLock(directory, task=task, name=SWEEP_LOCK_FILE if multirun else LOCK_FILE)
+    previous = lock.acquire()
+    what = f"{previous['task']} run" if previous.get("task") else "run"
+    if previous.get("pid") is not None:
+        console.print(f"[yellow]note:[/] cleared the stale lock of pid {previous['pid']} (that {what} was killed)", highlight=False)
+    if previous and not resume and not multirun:  # another run took the directory between the check and the lock
+        lock.release()
+        raise DirectoryInUse(f"{directory} was just taken by another {what}; {fix}.")
+    return lock
+
+
+def _refuse_taken(directory: Path, *, fix: str, multirun: bool) -> None:
+    if multirun:
+        runs = find_runs(directory) if directory.is_dir() else []
+        if runs or (directory / "multirun.yaml").exists():
+            counts = ", ".join(f"{sum(r.status == s for r in runs)} {s}" for s in sorted({r.status for r in runs}))
+            runs_text = f"{len(runs)} run{'' if len(runs) == 1 else 's'}" + (f": {counts}" if counts else "")
+            raise ConfigError(f"{directory} holds a sweep already ({runs_text}); {fix}.")
+        return
+    holder = lock_holder(directory)
+    if holder is not None:
+        raise DirectoryInUse(in_use_message(directory / LOCK_FILE, holder))
+    held = describe_run(directory)
+    if held is not None:
+        raise ConfigError(f"{directory} holds {held}; {fix}.")
+
+
+def run(config_name: str, overrides: Sequence[str] = (), *, multirun: bool = False) -> Any:
+    """Validate, then run the task through Hydra. Returns the metrics (run) or the job returns (multirun)."""
+    with prepare(config_name, overrides, multirun=multirun) as launch:
+        return start(launch)
+
+
+def start(launch: Launch) -> Any:
+    """Run a prepared ``Launch`` through Hydra's own machinery (run directories, ``.hydra/``, launchers, sweepers)."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
 
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
-    hydra = Hydra.create_main_hydra2(task_name=config_name.replace("/", "_"), config_search_path=create_config_search_path(f"pkg://{CONFIG_MODULE}"))
+    hydra = Hydra.create_main_hydra2(task_name=launch.config_name.replace("/", "_"), config_search_path=create_config_search_path(f"pkg://{CONFIG_MODULE}"))
     try:
-        if multirun:
-            returns = hydra.multirun(config_name=config_name, task_function=_job, overrides=overrides)
+        if launch.multirun:
+            returns = hydra.multirun(config_name=launch.config_name, task_function=_sweep_job, overrides=launch.overrides)
             return [r for batch in returns for r in batch] if returns and isinstance(returns[0], list) else returns
-        job = hydra.run(config_name=config_name, task_function=_job, overrides=overrides)
+        job = hydra.run(config_name=launch.config_name, task_function=_job, overrides=launch.overrides)
     finally:
         GlobalHydra.instance().clear()
     if isinstance(job.return_value, JobFailure):
@@ -461,6 +554,14 @@ def _job_return(cfg: DictConfig, metrics: dict[str, Any]) -> Any:
         numbers = ", ".join(k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
         raise ConfigError(f"objective '{objective}' is not a number among the {cfg.task} task's metrics ({numbers}).")
     return float(metrics[objective])
+
+
+def _sweep_job(cfg: DictConfig) -> Any:
+    """One job of a multirun: ``_job`` holding its job directory's lock (a single run's is held by ``prepare``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    with DirectoryLock(HydraConfig.get().runtime.output_dir, task=str(cfg.task)):
+        return _job(cfg)
 
 
 def _job(cfg: DictConfig) -> Any:
