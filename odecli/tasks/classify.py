@@ -193,8 +193,7 @@ def classify(cfg: DictConfig, run: Run) -> dict[str, Any]:
         nfe_trace = list(state.get("nfe_trace", []))
         start = int(state["step"])
         run.log(f"resume: batch {start} of {total_steps} (epoch {start // steps_per_epoch + 1})")
-    run.resume_at(start + 1)
-    run.scalar("model/params", params, start)
+    run.resume_at(start + 1)  # the parameter count is a final metric (metrics.json, HParams), not a one-point chart among the curves
 
     def checkpoint(step: int) -> None:
         checkpointer.save(step, batches=batches.state_dict(), epoch_log=epoch_log, nfe_trace=nfe_trace, steps_per_epoch=steps_per_epoch)
