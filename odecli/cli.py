@@ -228,7 +228,7 @@ def report(
 
         records = find_runs(directory)
         if not records:
-            raise UserError(f"No runs under {directory}: expected job directories with .hydra/ or metrics.json.")
+            raise UserError(f"No runs under {directory}: a run is a directory where a task started (it holds metrics.json or run.lock).")
         header, table_rows = rows(directory, records)
         table = Table(title=f"{len(records)} runs in {directory}", title_justify="left")
         for column in header:
