@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from odecli.errors import ConfigError, did_you_mean
 from odecli.registry import DYNAMICS, MODELS, SOLVERS, TASKS, Registry, load_all
-from odecli.report import describe_run, find_runs
+from odecli.report import as_typed, describe_run, find_runs
 from odecli.tracking import LOCK_FILE, SWEEP_LOCK_FILE, DirectoryInUse, DirectoryLock, in_use_message, lock_holder
 
 CONFIG_MODULE = "odecli.conf"
@@ -341,8 +341,7 @@ class JobFailure:
 def override_summary(overrides: Sequence[str], limit: int = 48) -> str:
     """A short, filesystem-safe digest of the user's overrides for the run directory name."""
     kept = [o for o in overrides if not o.lstrip("+~").startswith(("hydra", "paths.", "resume"))]
-    # `group@package=option` reads as `package=option` (classify: classifier@model=resnet → model=resnet)
-    kept = [re.sub(r"^[\w.]+@([\w.]+)=", r"\1=", o) for o in kept]
+    kept = [as_typed(o) for o in kept]  # classifier@model=resnet reads as model=resnet
     text = ",".join(o.replace("/", "-") for o in kept)
     text = re.sub(r"[^A-Za-z0-9=,._+-]", "-", text)
     return text[:limit].rstrip(",-")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,12 +77,17 @@ def _job_sort_key(relative: Path) -> tuple[Any, ...]:
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in relative.parts)
 
 
+def as_typed(override: str) -> str:
+    """An override as the user typed it: ``density@data=moons`` → ``data=moons`` (hydra_bridge.packaged_overrides adds the group)."""
+    return re.sub(r"^([+~]?)[\w.]+@([\w.]+)=", r"\1\2=", override)
+
+
 def _read_run(path: Path) -> RunRecord:
     overrides: list[str] = []
     overrides_file = path / ".hydra" / "overrides.yaml"
     if overrides_file.is_file():
         loaded = yaml.safe_load(overrides_file.read_text()) or []
-        overrides = [str(o) for o in loaded if not str(o).lstrip("+~").startswith("hydra")]
+        overrides = [as_typed(str(o)) for o in loaded if not str(o).lstrip("+~").startswith("hydra")]
     metrics_file = path / METRICS_FILE
     if not metrics_file.is_file():
         return RunRecord(path, overrides, status=_status_without_metrics(path))

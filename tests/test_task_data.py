@@ -80,3 +80,17 @@ def test_list_data_shows_each_tasks_own_choices() -> None:
     assert set(rows) == set(DATA_GROUPS), result.output
     for task, group in DATA_GROUPS.items():
         assert f" {', '.join(_options(group))} " in rows[task], rows[task]
+
+
+def test_report_shows_data_as_the_user_typed_it(tmp_path) -> None:
+    """Hydra records `density@data=moons`; `odecli report` (and run directory names) say `data=moons`."""
+    from odecli.report import find_runs
+
+    with hydra_bridge._initialized():
+        recorded = hydra_bridge.packaged_overrides("cnf", ["data=moons", "iters=2"])
+    job = tmp_path / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in recorded))
+    (job / "metrics.json").write_text('{"status": "completed"}')
+    assert recorded[0] != "data=moons" and [r.overrides for r in find_runs(tmp_path)] == [["data=moons", "iters=2"]]
+    assert hydra_bridge.override_summary(recorded) == "data=moons,iters=2"
