@@ -45,9 +45,13 @@ def test_data_option_composes_for_its_task(task: str, option: str) -> None:
 
 def _assert_refused_with_own_choices(message: str, typed: str, own: list[str]) -> None:
     """``Unknown data 'X'. [Did you mean 'Y'?] Valid choices for data: <own>.`` with Y, if any, among ``own``."""
-    assert message.startswith(f"Unknown data '{typed}'.") and message.endswith(f" Valid choices for data: {', '.join(own)}."), message
+    assert message.startswith(f"Unknown data '{typed}'.") and message.endswith(
+        f" Valid choices for data: {', '.join(own)}."
+    ), message
     suggestion = message.removeprefix(f"Unknown data '{typed}'.").split(" Valid choices")[0].strip()
-    assert not suggestion or (suggestion.startswith("Did you mean '") and suggestion.removeprefix("Did you mean '").removesuffix("'?") in own), message
+    assert not suggestion or (
+        suggestion.startswith("Did you mean '") and suggestion.removeprefix("Did you mean '").removesuffix("'?") in own
+    ), message
 
 
 @pytest.mark.parametrize("task", list(DATA_GROUPS))
@@ -70,13 +74,21 @@ def test_classify_cifar_names_only_classifys_data() -> None:
     result = CliRunner().invoke(app, ["classify", "cifar"])
     assert result.exit_code == 2, result.output
     expected = f"Unknown data 'cifar'. Valid choices for data: {', '.join(_options(DATA_GROUPS['classify']))}."
-    assert expected in " ".join(result.output.split()) and "circles" not in result.output and "Traceback" not in result.output
+    assert (
+        expected in " ".join(result.output.split())
+        and "circles" not in result.output
+        and "Traceback" not in result.output
+    )
 
 
 def test_list_data_shows_each_tasks_own_choices() -> None:
     result = CliRunner().invoke(app, ["list", "data"])
     assert result.exit_code == 0, result.output
-    rows = {line.split()[1]: line for line in result.output.splitlines() if line.split()[1:2] and line.split()[1] in DATA_GROUPS}
+    rows = {
+        line.split()[1]: line
+        for line in result.output.splitlines()
+        if line.split()[1:2] and line.split()[1] in DATA_GROUPS
+    }
     assert set(rows) == set(DATA_GROUPS), result.output
     for task, group in DATA_GROUPS.items():
         assert f" {', '.join(_options(group))} " in rows[task], rows[task]

@@ -11,13 +11,24 @@ import pytest
 from odecli import hydra_bridge
 from odecli.tracking import FINAL_SECTION
 
-TINY = ["dynamics=spiral", "iters=4", "eval_every=2", "plot_every=0", "data.batch_size=4", "dynamics.n_points=100", "threads=1"]
+TINY = [
+    "dynamics=spiral",
+    "iters=4",
+    "eval_every=2",
+    "plot_every=0",
+    "data.batch_size=4",
+    "dynamics.n_points=100",
+    "threads=1",
+]
 
 
 def tensorboard_order(tag: str) -> list[tuple[int, float]]:
     """Sort key of TensorBoard's ``compareTagNames`` (both dashboards order sections and cards by it):
     runs of digits compare by value, '/' and digits come before every other character, the rest by character code."""
-    return [(0, float(number)) if number else (0, -1.0) if char == "/" else (1, ord(char)) for number, char in re.findall(r"(\d+)|(.)", tag)]
+    return [
+        (0, float(number)) if number else (0, -1.0) if char == "/" else (1, ord(char))
+        for number, char in re.findall(r"(\d+)|(.)", tag)
+    ]
 
 
 def events(run_dir: Path) -> tuple[dict[str, list[float]], dict[str, bytes]]:
