@@ -61,14 +61,18 @@ def find_runs(root: Path) -> list[RunRecord]:
 
 
 def describe_run(path: Path) -> str | None:
-    """What ``path`` holds, e.g. 'a completed fit run (metrics.json, 3 checkpoints)'; None when it holds no run."""
+    """What ``path`` holds, e.g. 'a completed fit run (metrics.json, 3 checkpoints)'; None when it holds no run.
+
+    Checkpoints alone count too (a run an older odecli started, killed before it wrote metrics.json).
+    """
+    checkpoints = len(list((path / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*.pt")))
+    counted = f"{checkpoints} checkpoint{'' if checkpoints == 1 else 's'}"
     if not is_run(path):
-        return None
+        return f"{counted} of an earlier run" if checkpoints else None
     record = _read_run(path)
     task = record.metrics.get("task") or (read_lock_record(path) or {}).get("task")
-    checkpoints = len(list((path / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*.pt")))
     contents = [METRICS_FILE] if (path / METRICS_FILE).is_file() else []
-    contents.append(f"{checkpoints} checkpoint{'' if checkpoints == 1 else 's'}")
+    contents.append(counted)
     article = "an" if record.status[0] in "aeiou" else "a"
     return f"{article} {record.status} {task + ' ' if task else ''}run ({', '.join(contents)})"
 

@@ -253,6 +253,9 @@ def test_two_sweeps_started_together_get_distinct_directories(tmp_path: Path) ->
     for sweep in sweeps:
         statuses = [json.loads((sweep / job / "metrics.json").read_text())["status"] for job in ("0", "1")]
         assert statuses == ["completed", "completed"]
+        for lock in (sweep / "sweep.lock", sweep / "0" / "run.lock", sweep / "1" / "run.lock"):  # each taken, then released
+            record = json.loads(lock.read_text())
+            assert record["task"] == "fit" and record["pid"] is None, (lock, record)
 
 
 # ----- bad input -------------------------------------------------------------------------------

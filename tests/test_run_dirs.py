@@ -84,6 +84,16 @@ def test_a_second_run_into_a_finished_run_is_refused_and_changes_nothing(tmp_pat
     assert snapshot(run_dir) == before
 
 
+def test_checkpoints_of_an_earlier_run_are_not_overwritten_either(tmp_path: Path) -> None:
+    run_dir = tmp_path / "old"
+    (run_dir / "checkpoints").mkdir(parents=True)  # killed before metrics.json, by a version without run.lock
+    (run_dir / "checkpoints" / "ckpt_000000002.pt").write_bytes(b"weights")
+    result = runner.invoke(app, ["fit", *TINY_FIT, f"hydra.run.dir={run_dir}"])
+    assert result.exit_code == 2, result.output
+    assert f"{run_dir} holds 1 checkpoint of an earlier run; continue it with resume=true" in " ".join(result.output.split())
+    assert snapshot(run_dir) == {"checkpoints/ckpt_000000002.pt": b"weights"}
+
+
 def test_a_live_lock_refuses_a_second_writer_naming_its_pid(tmp_path: Path) -> None:
     run_dir = tmp_path / "busy"
     holder = hold_lock(run_dir)
