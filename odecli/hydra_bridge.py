@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from rich.markup import escape
 
 from odecli.errors import ConfigError, did_you_mean
 from odecli.registry import DYNAMICS, MODELS, SOLVERS, TASKS, Registry, load_all
@@ -576,7 +577,7 @@ def _job(cfg: DictConfig) -> Any:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
     tracked = Run(run_dir, console=console, tensorboard=bool(OmegaConf.select(cfg, "logger.tensorboard", default=True)))
-    console.print(f"[bold]odecli {cfg.task}[/] run directory: [cyan]{run_dir}[/]")
+    console.print(f"[bold]odecli {cfg.task}[/] run directory: [cyan]{escape(str(run_dir))}[/]")
     if not multirun:
         print_config(cfg)
     task = TASKS.get(str(cfg.task))
@@ -595,7 +596,7 @@ def _job(cfg: DictConfig) -> Any:
         # Returned, not raised: a failed job is recorded and the rest of a sweep goes on.
         metrics = {"error": f"{type(exc).__name__}: {exc}"}
         if multirun:
-            console.print(f"[red]job {hydra_cfg.job.num} failed:[/] {exc}")
+            console.print(f"[red]job {hydra_cfg.job.num} failed:[/] {escape(str(exc))}")
         return JobFailure(exc)
     finally:
         metrics.update(status=status, wall_time_s=round(time.time() - started, 3), task=str(cfg.task), run_dir=str(run_dir))

@@ -26,6 +26,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from odecli.console import PipeFriendlyConsole
 from odecli.errors import UserError
 
 METRICS_FILE = "metrics.json"
@@ -81,7 +82,7 @@ class Run:
         self.tb_dir = self.dir / "tb"
         for d in (self.dir, self.plots_dir, self.checkpoints_dir):
             d.mkdir(parents=True, exist_ok=True)
-        self.console = console or Console(stderr=False, highlight=False)
+        self.console = console or PipeFriendlyConsole(highlight=False)
         self._tensorboard = tensorboard
         self._writer: Any = None
         self._purge_step: int | None = None

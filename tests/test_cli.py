@@ -193,3 +193,11 @@ def test_an_error_quoting_brackets_is_printed_as_it_is(tmp_path: Path) -> None:
     result = invoke("report", str(missing))
     assert result.exit_code == 2
     assert f"No such directory: {missing}." in result.output, result.output
+
+
+def test_a_run_directory_with_brackets_is_printed_as_it_is(tmp_path: Path) -> None:
+    run_dir = tmp_path / "[draft] run"
+    # A run that starts (its directory is printed) and stops at once on its missing data: no training needed.
+    result = invoke("classify", "mnist", f"data.dir={tmp_path / 'no-mnist-here'}", "threads=1", f"hydra.run.dir='{run_dir}'")
+    assert result.exit_code == 2, result.output
+    assert f"run directory: {run_dir}" in result.output, result.output
