@@ -326,8 +326,8 @@ class DirectoryLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            previous = _parse_record(os.pread(fd, 1 << 16, 0))
             locked = _try_flock(fd, fcntl.LOCK_EX)
+            previous = _parse_record(os.pread(fd, 1 << 16, 0))  # read under the lock: no holder is mid-write
             if locked is False or (locked is None and _alive(previous)):
                 raise DirectoryInUse(in_use_message(self.path, previous, kernel_lock=locked is not None))
         except BaseException:
@@ -371,8 +371,8 @@ def lock_holder(directory: str | Path, name: str = LOCK_FILE) -> dict[str, Any] 
     except FileNotFoundError:
         return None
     try:
-        record = _parse_record(os.pread(fd, 1 << 16, 0))
         locked = _try_flock(fd, fcntl.LOCK_SH)  # a shared probe, dropped when fd closes
+        record = _parse_record(os.pread(fd, 1 << 16, 0))
         if locked is None:
             return record if _alive(record) else None
         return None if locked else record
