@@ -46,6 +46,15 @@ class AbstractSolver(abc.ABC):
     # The solver then handles both itself (the explicit Runge–Kutta family does, to avoid a Python
     # wrapper around every evaluation). Tuple states are always flattened.
     native_problem: ClassVar[bool] = False
+    # True if ``integrate`` builds the autograd graph from a ``t`` that requires grad by itself (the
+    # fixed-grid methods: their steps are functions of ``t``, as in torchdiffeq). Otherwise the front
+    # end passes a detached ``t``, moves every step with ``t[0]`` and every output with its own time.
+    differentiates_times: ClassVar[bool] = False
+    # With ``differentiates_times`` False: True if ``integrate`` differentiates each output in its own
+    # time when given such a ``t`` (the front end still moves the steps with ``t[0]``).
+    differentiates_output_times: ClassVar[bool] = False
+    # False for a method that integrates outside autograd (no gradient reaches y0, t or parameters).
+    differentiable: ClassVar[bool] = True
 
     def __init__(self, func: FlatFunc, y0: torch.Tensor, rtol: float, atol: float, **options: Any):
         self.func = func

@@ -47,6 +47,7 @@ class AbstractFixedGridSolver(AbstractSolver):
     """Steps over a fixed grid and interpolates at the output times (torchdiffeq's FixedGridODESolver)."""
 
     adaptive: ClassVar[bool] = False
+    differentiates_times: ClassVar[bool] = True  # the grid and every step are tensors built from t
     options: ClassVar[frozenset[str]] = FIXED_GRID_OPTIONS
     max_event_steps: ClassVar[int] = 20000  # as torchdiffeq: an event that never comes must still end
 

@@ -205,6 +205,39 @@ class _FlatFunc:
         self.checked = True
 
 
+class _ShiftedTime:
+    """``func`` at ``t + shift``, where ``shift`` is zero but carries the gradient of ``t[0]``.
+
+    An adaptive solver's steps start at ``t[0]`` and their sizes are constants, so every step moves
+    with ``t[0]`` (torchdiffeq's semantics); the solver itself then works on a detached ``t``.
+    """
+
+    def __init__(self, func, shift: torch.Tensor):
+        self.func, self.shift = func, shift
+
+    def __call__(self, t: torch.Tensor, y):
+        return self.func(t + self.shift, y)
+
+    def __getattr__(self, name: str):
+        return getattr(self.func, name)  # step callbacks and hints such as ``jacobian_columns``
+
+
+def _move_outputs_with_times(func, solution, times: torch.Tensor, offsets: torch.Tensor, is_tuple: bool):
+    """``y_i + offset_i · func(t_i, y_i)`` for every output but the first: equal in value (the offsets are zero).
+
+    ``offset_i`` is ``t_i - t_0`` as a zero carrying their gradients: the solve's steps moved with ``t_0``
+    (``_ShiftedTime``), so an output moves with its own time relative to them, by ``f(t_i, y_i) dt_i``.
+    """
+    parts = tuple(solution) if is_tuple else (solution,)
+    moved = [[part[0]] for part in parts]
+    for i in range(1, len(times)):
+        slope = func(times[i], tuple(part[i] for part in parts) if is_tuple else parts[0][i])
+        for column, part, f in zip(moved, parts, slope if is_tuple else (slope,), strict=True):
+            column.append(part[i] + offsets[i] * f.to(part.dtype))
+    stacked = tuple(torch.stack(column) for column in moved)
+    return stacked if is_tuple else stacked[0]
+
+
 def _forward_func_attributes(wrapper: _FlatFunc, func, reverse: bool) -> None:
     """What solvers read from ``func`` besides calling it: step callbacks and the Jacobian hint."""
     if getattr(func, "jacobian_columns", None) is not None and wrapper.shapes is None:
@@ -320,6 +353,23 @@ def odeint(
     if unsupported:
         warnings.warn(f"Solver '{name}' does not support callbacks {sorted(unsupported)}.", UnsupportedCallbackWarning, stacklevel=2)
 
+    # Gradients with respect to t, as torchdiffeq's graph gives them; nothing changes when t needs none.
+    user_func, user_t, time_shift = func, t, None
+    if t.requires_grad and torch.is_grad_enabled():
+        if not getattr(cls, "differentiable", True):
+            raise InvalidInputError(
+                f"method '{name}' integrates outside autograd, so no gradient can reach t; use odeint_adjoint "
+                "(it differentiates through the adjoint ODE) or a torch method such as 'dopri5'."
+            )
+        if event_fn is not None or not getattr(cls, "differentiates_times", False):
+            time_shift = (t[0] - t[0].detach()).to(first.dtype)
+            func = _ShiftedTime(func, time_shift)
+            if event_fn is None and getattr(cls, "differentiates_output_times", False):
+                # The solver differentiates each output in its time: t_i as a time after the moved t_0.
+                t, time_shift = t.detach() + ((t - t.detach()) - (t[0] - t[0].detach())), None
+            else:
+                t = t.detach()
+
     reverse = len(t) > 1 and bool(t[1] < t[0])
     native = getattr(cls, "native_problem", False)
     combined_event = None
@@ -371,6 +421,12 @@ def odeint(
         flat = solution.reshape(len(solution), -1)
         sizes = [s.numel() for s in shapes]
         solution = tuple(part.reshape(len(flat), *shape) for part, shape in zip(torch.split(flat, sizes, dim=1), shapes, strict=True))
+    if time_shift is not None:
+        if combined_event is not None:  # odeint_event differentiates the event time itself (implicit function theorem)
+            output_times, offsets = torch.stack([t[0], event_t.reshape(())]), torch.stack([-time_shift, -time_shift])
+        else:
+            output_times, offsets = user_t.detach(), (user_t - user_t.detach()).to(first.dtype) - time_shift
+        solution = _move_outputs_with_times(user_func, solution, output_times.to(first.dtype), offsets, is_tuple)
     if combined_event is not None:
         return event_t, solution
     return solution

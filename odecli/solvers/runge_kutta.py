@@ -135,7 +135,10 @@ class AbstractRungeKutta(AbstractSolver):
 
     # -- evaluation helpers -------------------------------------------------------------------
 
-    def _time(self, t: float) -> torch.Tensor:
+    def _time(self, t: float | torch.Tensor) -> torch.Tensor:
+        """A 0-d time in the state's dtype; a tensor time (built from a ``t`` that requires grad) keeps its graph."""
+        if isinstance(t, torch.Tensor):
+            return t.to(self.dtype)
         return torch.scalar_tensor(t, dtype=self.dtype, device=self.device)
 
     def _eval_first(self, t: float, y: torch.Tensor) -> torch.Tensor:
@@ -245,6 +248,8 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
     """An embedded Runge–Kutta pair with error control; torchdiffeq's options and defaults."""
 
     adaptive: ClassVar[bool] = True
+    # Each output differentiates its dense output in its own time (the front end moves the steps with t[0]).
+    differentiates_output_times: ClassVar[bool] = True
     callbacks: ClassVar[frozenset[str]] = ALL_CALLBACKS
     options: ClassVar[frozenset[str]] = ADAPTIVE_OPTIONS
 
@@ -426,14 +431,16 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
         times = t.detach().tolist()
         if len(times) == 1:
             return self.y0.unsqueeze(0).clone()
-        return self._restartable(lambda grad: self._integrate(times, grad))
+        time_graph = t if t.requires_grad and torch.is_grad_enabled() else None
+        return self._restartable(lambda grad: self._integrate(times, grad, time_graph))
 
-    def _integrate(self, times: list[float], grad: bool) -> torch.Tensor:
+    def _integrate(self, times: list[float], grad: bool, time_graph: torch.Tensor | None = None) -> torch.Tensor:
         direction = 1.0 if times[1] > times[0] else -1.0
         taus = [direction * x for x in times]
         n_out = len(times)
         y, f, h = self._start(times[0], direction)
-        grad = grad or (torch.is_grad_enabled() and (y.requires_grad or f.requires_grad))
+        grad = grad or time_graph is not None or (torch.is_grad_enabled() and (y.requires_grad or f.requires_grad))
+        moved: dict[int, torch.Tensor] = {}  # output index -> zero carrying d y(t_m) / d t_m (with ``time_graph``)
         outputs = DenseOutputs(self.coefficients.dense, n_out, self.n, self.dtype, self.device, in_place=not grad)
         outputs.at_end(0, y)
         j = 1
@@ -451,11 +458,28 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
                 outputs.at_end(last, y1)
             if last > j:
                 outputs.inside(j, [(taus[m] - tau0) / step for m in range(j, last)], y0, stages, direction * step, reused=not grad)
+            if time_graph is not None:
+                for m in range(j, end):
+                    moved[m] = self._dense_output_moved(time_graph[m], direction * tau0, direction * step, stages)
             j = end
             self._steps_since_output = 0
             if j == n_out:
                 break
-        return outputs.result().view(n_out, *self.shape)
+        solution = outputs.result()
+        if moved:
+            zero = solution.new_zeros(self.n)
+            solution = solution + torch.stack([moved.get(m, zero) for m in range(n_out)])
+        return solution.view(n_out, *self.shape)
+
+    def _dense_output_moved(self, time: torch.Tensor, t_start: float, dt: float, stages: torch.Tensor) -> torch.Tensor:
+        """Zero in value, with the derivative of the step's dense output at ``time`` with respect to ``time``.
+
+        Added to an output, it gives torchdiffeq's gradient of an output in its own time: the slope of
+        the interpolant the output was read from (an output at a step's end included).
+        """
+        dense = torch.as_tensor(self.coefficients.dense, dtype=self.dtype, device=self.device)
+        weights = dense_weights_tensor(dense, ((time - t_start) / dt).to(self.dtype))
+        return torch.mv(stages.T, weights - weights.detach()) * dt
 
     def integrate_until_event(self, t0: torch.Tensor, event_fn, direction: float = 1.0):
         return self._restartable(lambda grad: self._until_event(_as_float(t0), event_fn, direction, grad))
@@ -511,6 +535,7 @@ class AbstractFixedGridRungeKutta(AbstractRungeKutta):
     """An explicit Runge–Kutta method on a fixed grid (torchdiffeq's FixedGridODESolver semantics)."""
 
     adaptive: ClassVar[bool] = False
+    differentiates_times: ClassVar[bool] = True  # with t requiring grad, the grid's times are tensors from t
     options: ClassVar[frozenset[str]] = FIXED_GRID_OPTIONS
 
     def __init__(self, func, y0, rtol, atol, step_size=None, grid_constructor=None, interp="linear", perturb=False, norm=None,
@@ -555,20 +580,62 @@ class AbstractFixedGridRungeKutta(AbstractRungeKutta):
         self.n_accepted += 1
         return y1, f0, stages
 
-    def _grid(self, t: torch.Tensor) -> torch.Tensor:
+    def _grid(self, t: torch.Tensor, keep_graph: bool = False) -> torch.Tensor:
         grid = self.grid_constructor(self.func, self.y0, t)
         if not isinstance(grid, torch.Tensor) or grid.ndim != 1 or len(grid) < 1:
             raise InvalidInputError("grid_constructor must return a 1-D tensor of times.")
         if not (bool(grid[0] == t[0]) and bool(grid[-1] == t[-1])):
             raise InvalidInputError("grid_constructor must return a grid that starts at t[0] and ends at t[-1].")
-        return grid.detach()
+        return grid if keep_graph else grid.detach()
 
     def integrate(self, t: torch.Tensor) -> torch.Tensor:
         times = t.detach().tolist()
         if len(times) == 1:
             return self.y0.unsqueeze(0).clone()
+        if t.requires_grad and torch.is_grad_enabled():
+            return self._integrate_differentiable_times(t, times)
         grid = self._grid(t)
         return self._restartable(lambda grad: self._integrate(times, grid, grad))
+
+    def _integrate_differentiable_times(self, t: torch.Tensor, times: list[float]) -> torch.Tensor:
+        """``_integrate`` for a ``t`` that requires grad, as torchdiffeq's direct backprop differentiates it.
+
+        The grid is built from ``t`` with its graph (``t`` itself, or ``t[0] + k·step_size`` ending at
+        ``t[-1]``), so each step's times and size, and each output's interpolation, are tensors in ``t``.
+        """
+        grid = self._grid(t, keep_graph=True)
+        points = grid.detach().tolist()
+        direction = 1.0 if times[1] > times[0] else -1.0
+        self._check_initial_state(times[0])
+        shape, dtype, n = self.shape, self.dtype, self.n
+        c, a_rows, b = self.tableau.c, self.coefficients.a_rows, self.coefficients.b
+        y = self.y0.reshape(n)
+        outputs = [y]
+        j, n_out = 1, len(times)
+        for k in range(len(points) - 1):
+            t0, t1, t0_value, t1_value = grid[k], grid[k + 1], points[k], points[k + 1]
+            dt = t1 - t0
+            if self.callback_step is not None:
+                self._callback(self.callback_step, t0_value, y, abs(t1_value - t0_value))
+            # perturb: one ulp into the step, added to the tensor time (the ulp itself is a constant).
+            start = t0 + (_nudge(t0_value, t1_value, dtype) - t0_value) if self.perturb else t0
+            end = t1 + (_nudge(t1_value, t0_value, dtype) - t1_value) if self.perturb else t1
+            f0 = self._eval_first(start, y) if k == 0 else self._eval_flat(start, y)
+            stages = [f0]
+            for i in range(1, self.tableau.stages):
+                stage_y = y + dt.to(dtype) * torch.mv(torch.stack(stages).T, a_rows[i])
+                stages.append(self._eval_flat(end if c[i] == 1.0 else t0 + c[i] * dt, stage_y))
+            y1 = y + dt.to(dtype) * torch.mv(torch.stack(stages).T, b)
+            self.n_accepted += 1
+            while j < n_out and direction * times[j] <= direction * t1_value:
+                outputs.append(self._interpolate(t0, y, f0, t1, y1, t[j]))
+                j += 1
+            y = y1
+            if j == n_out:
+                break
+        solution = torch.stack(outputs)
+        raise_if_not_finite(solution, times)
+        return solution.view(n_out, *shape)
 
     def _integrate(self, times: list[float], grid: torch.Tensor, grad: bool) -> torch.Tensor:
         direction = 1.0 if times[1] > times[0] else -1.0

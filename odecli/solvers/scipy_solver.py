@@ -47,6 +47,7 @@ class ScipySolver(AbstractSolver):
     reference: ClassVar[str] = "Virtanen et al. 2020, SciPy 1.0 (scipy.integrate.solve_ivp)"
     options: ClassVar[frozenset[str]] = frozenset({"solver", "min_step", "max_step", "first_step", "norm", "grid_points", "eps"})
     callbacks: ClassVar[frozenset[str]] = frozenset()  # scipy steps on its own; no step callbacks
+    differentiable: ClassVar[bool] = False  # NumPy integrates outside autograd
 
     def __init__(
         self,

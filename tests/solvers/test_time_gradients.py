@@ -1,0 +1,155 @@
+"""Gradients with respect to the time points ``t``, as torchdiffeq gives them.
+
+Direct backprop differentiates the discrete solve: a fixed-grid method's grid is built from ``t``; an
+adaptive method's steps move with ``t[0]`` (their sizes are constants) and each output is read from
+the dense output at its own time. ``odeint_adjoint`` gives ``<a(t_i), f(t_i, y_i)>`` per output
+time and the accumulated ``t[0]`` term. Every registered method is covered through the registry.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from odecli.registry import SOLVERS
+from odecli.solvers.adjoint import odeint_adjoint
+from odecli.solvers.errors import InvalidInputError
+from odecli.solvers.odeint import odeint
+
+F64 = torch.float64
+DIFFERENTIABLE = [name for name in SOLVERS.names() if getattr(SOLVERS.get(name), "differentiable", True)]
+OUTSIDE_AUTOGRAD = [name for name in SOLVERS.names() if not getattr(SOLVERS.get(name), "differentiable", True)]
+
+
+def _weights(seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return 0.5 * torch.randn(2, 2, generator=gen, dtype=F64)
+
+
+def _autonomous(weight):
+    def func(t, y):
+        return torch.tanh(y @ weight) - 0.1 * y
+
+    return func
+
+
+def _driven(weight):
+    """A vector field that reads ``t``: the steps' times matter, not only the outputs'."""
+
+    def func(t, y):
+        return torch.tanh(y @ weight) * torch.cos(t) - 0.1 * y
+
+    return func
+
+
+def _tuple_field(weight):
+    def func(t, state):
+        x, v = state
+        return v, torch.tanh(x @ weight) - 0.2 * v
+
+    return func
+
+
+def _y0() -> torch.Tensor:
+    return torch.tensor([0.4, -0.7], dtype=F64, requires_grad=True)
+
+
+def _times(*values: float) -> torch.Tensor:
+    return torch.tensor(values, dtype=F64, requires_grad=True)
+
+
+# With a driven field, finite differences also see an adaptive method's step sizes change with t[0]
+# (the gradient, as torchdiffeq's, holds them constant): tolerances and steps small enough that this,
+# and the dense output's own error, stay inside gradcheck's tolerance.
+TIGHT = {"rtol": 1e-8, "atol": 1e-10, "options": {"max_step": 0.05}}
+
+
+def _solve_kwargs(method: str) -> dict:
+    return dict(TIGHT) if SOLVERS.get(method).adaptive else {}
+
+
+@pytest.mark.parametrize("method", DIFFERENTIABLE)
+def test_t_grad_is_set_for_every_method(method):
+    t = torch.linspace(1, 2, 4, dtype=F64, requires_grad=True)
+    odeint(_driven(_weights()), _y0().detach(), t, method=method).sum().backward()
+    assert t.grad is not None and bool(torch.isfinite(t.grad).all()) and bool((t.grad != 0).any())
+
+
+@pytest.mark.parametrize("method", DIFFERENTIABLE)
+def test_gradcheck_y0_t_autonomous(method):
+    # Autonomous: the steps do not depend on t[0], so the gradient is the finite differences' exactly.
+    func = _autonomous(_weights(1))
+    assert torch.autograd.gradcheck(lambda y0, t: odeint(func, y0, t, method=method), (_y0(), _times(0.0, 0.3, 0.5, 0.9)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", DIFFERENTIABLE)
+def test_gradcheck_y0_t_driven_tensor_state(method):
+    func = _driven(_weights(2))
+    kwargs = _solve_kwargs(method)
+    assert torch.autograd.gradcheck(lambda y0, t: odeint(func, y0, t, method=method, **kwargs), (_y0(), _times(0.2, 0.5, 0.9)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", DIFFERENTIABLE)
+def test_gradcheck_y0_t_tuple_state_decreasing_time(method):
+    func = _tuple_field(_weights(3))
+    kwargs = _solve_kwargs(method)
+    x0 = torch.tensor([0.3, -0.2], dtype=F64, requires_grad=True)
+    v0 = torch.tensor([0.1, 0.5], dtype=F64, requires_grad=True)
+
+    def solve(x0, v0, t):
+        return odeint(func, (x0, v0), t, method=method, **kwargs)
+
+    assert torch.autograd.gradcheck(solve, (x0, v0, _times(0.8, 0.5, 0.1)))
+
+
+def _refined_grid(func, y0, t, points_between=150):
+    """A fine grid through every time in ``t``, built from ``t`` (so direct backprop sees each output time move)."""
+    s = torch.linspace(0, 1, points_between + 1, dtype=t.dtype)[:-1]
+    return torch.cat([a + (b - a) * s for a, b in zip(t[:-1], t[1:], strict=True)] + [t[-1:]])
+
+
+@pytest.mark.parametrize("method", DIFFERENTIABLE)
+def test_adjoint_t_grad_matches_direct_backprop(method):
+    weight = _weights(4).requires_grad_(True)
+    func = _driven(weight)
+    cls = SOLVERS.get(method)
+    kwargs = _solve_kwargs(method) if cls.adaptive else {"options": {"grid_constructor": _refined_grid}}
+    # The adjoint's gradient is the continuous one; a fixed grid's differs from it by O(h^order).
+    tolerance = 1e-4 if cls.adaptive else max(1e-4, 20 * (0.3 / 150) ** cls.order)
+    grads = []
+    for solve in (odeint, lambda *a, **k: odeint_adjoint(*a, adjoint_params=(weight,), **k)):
+        t = _times(0.1, 0.4, 0.6)
+        y0 = _y0()
+        ys = solve(func, y0, t, method=method, **kwargs)
+        (ys * torch.tensor([[1.0], [2.0], [-1.5]], dtype=F64)).sum().backward()
+        grads.append(torch.cat([t.grad, y0.grad]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=tolerance, atol=tolerance / 10)
+
+
+@pytest.mark.parametrize("method", OUTSIDE_AUTOGRAD)
+def test_methods_outside_autograd_refuse_t_requiring_grad(method):
+    with pytest.raises(InvalidInputError, match="outside autograd"):
+        odeint(_autonomous(_weights()), _y0().detach(), _times(0.0, 0.5), method=method)
+
+
+def test_t_without_grad_builds_no_graph():
+    ys = odeint(_autonomous(_weights()), _y0().detach(), torch.tensor([0.0, 0.5], dtype=F64))
+    assert not ys.requires_grad
+
+
+def test_t_grad_matches_torchdiffeq_on_fixed_grids_and_dopri5():
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    func = _driven(_weights(5))
+    for method, options in [("dopri5", {}), ("euler", {}), ("rk4", {"step_size": 0.07, "interp": "cubic"}), ("midpoint", {"step_size": 0.07, "perturb": True})]:
+        grads = []
+        for solve in (torchdiffeq.odeint, odeint):
+            t = torch.linspace(1, 8, 10, dtype=F64, requires_grad=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                solve(func, _y0().detach(), t, method=method, options=dict(options)).sum().backward()
+            grads.append(t.grad)
+        torch.testing.assert_close(grads[1], grads[0], rtol=1e-6, atol=1e-9, msg=method)
