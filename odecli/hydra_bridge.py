@@ -187,8 +187,12 @@ def _explain_compose_error(config_name: str, overrides: list[str], exc: Exceptio
         if match:
             group, option = match.groups()
             options = group_options(group)
+            packaged = packaged_groups(config_name)
+            if not options and group in packaged:  # +data=moons: data is chosen already, and replaced with data=NAME
+                options = group_options(packaged[group])
+                return ConfigError(f"{group} is chosen already in {config_name}: replace it with {group}={option} (no '+'). Valid choices for {group}: {', '.join(options)}.")
             # Users type the package (data=cifar), not the group Hydra looked in (images/cifar).
-            name = {g: package for package, g in packaged_groups(config_name).items()}.get(group, group)
+            name = {g: package for package, g in packaged.items()}.get(group, group)
             return ConfigError(
                 f"Unknown {name} '{option}'.{did_you_mean(option, options)} Valid choices for {name}: {', '.join(options)}."
             )

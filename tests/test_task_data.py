@@ -106,3 +106,12 @@ def test_report_shows_data_as_the_user_typed_it(tmp_path) -> None:
     (job / "metrics.json").write_text('{"status": "completed"}')
     assert recorded[0] != "data=moons" and [r.overrides for r in find_runs(tmp_path)] == [["data=moons", "iters=2"]]
     assert hydra_bridge.override_summary(recorded) == "data=moons,iters=2"
+
+
+@pytest.mark.parametrize("task", list(DATA_GROUPS))
+def test_adding_data_with_plus_says_to_replace_it(task: str) -> None:
+    own = _options(DATA_GROUPS[task])
+    with pytest.raises(ConfigError) as error:
+        hydra_bridge.compose(task, [f"+data={own[0]}"])
+    assert f"replace it with data={own[0]} (no '+')" in str(error.value)
+    assert str(error.value).endswith(f"Valid choices for data: {', '.join(own)}.")
