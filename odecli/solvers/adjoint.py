@@ -234,7 +234,7 @@ def _solve_adjoint(setup, t, y, grad_y, params):
             pieces = [piece.to(aug) for piece in pieces]
         return torch.cat(pieces)
 
-    _attach_adjoint_callbacks(augmented_dynamics, func)
+    _attach_adjoint_callbacks(augmented_dynamics, func, setup, n, param_sizes)
     # The dynamics read only y and its adjoint: an implicit solver's finite-difference Jacobian need not
     # perturb the time and parameter adjoints (for a 252-parameter field: 5 evaluations, not 257).
     augmented_dynamics.jacobian_columns = (1, 1 + 2 * n)
@@ -271,12 +271,30 @@ def _solve_adjoint(setup, t, y, grad_y, params):
     return grad_y0, time_vjps, grad_params, direct_nfe
 
 
-def _attach_adjoint_callbacks(augmented_dynamics: Callable, func: Any) -> None:
-    """``func.callback_step_adjoint`` etc. become the augmented system's ``callback_step`` etc."""
+def _split_augmented(aug: torch.Tensor, n: int, param_sizes: list[int], param_shapes: Sequence[torch.Size]):
+    """``(t_adj, y, a, a_params)`` of the flat augmented state, the parameter adjoints shaped like the parameters."""
+    adj_params = [p.reshape(s) for p, s in zip(torch.split(aug[1 + 2 * n :], param_sizes), param_shapes, strict=True)]
+    return aug[0], aug[1 : 1 + n], aug[1 + n : 1 + 2 * n], adj_params
+
+
+def _attach_adjoint_callbacks(augmented_dynamics: Callable, func: Any, setup, n: int, param_sizes: list[int]) -> None:
+    """``func.callback_step_adjoint`` etc. become the augmented system's ``callback_step`` etc.
+
+    As in torchdiffeq they receive the augmented state as a tuple ``(t_adj, y, a, *a_params)``:
+    ``y`` and ``a`` shaped like a tensor state (flat for a tuple state, as torchdiffeq flattens it).
+    """
+    structure = setup.structure
+
+    def as_tuple(aug: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        adj_t, y_part, adj_y, adj_params = _split_augmented(aug, n, param_sizes, setup.param_shapes)
+        if not structure.is_tuple:
+            y_part, adj_y = structure.unflatten(y_part), structure.unflatten(adj_y)
+        return (adj_t, y_part, adj_y, *adj_params)
+
     for name, adjoint_name in zip(CALLBACK_NAMES, ADJOINT_CALLBACK_NAMES, strict=True):
         callback = getattr(func, adjoint_name, None)
         if callback is not None:
-            setattr(augmented_dynamics, name, callback)
+            setattr(augmented_dynamics, name, lambda t0, aug, dt, _callback=callback: _callback(t0, as_tuple(aug), dt))
 
 
 def _adjoint_norm(setup, n: int, param_sizes: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -285,9 +303,7 @@ def _adjoint_norm(setup, n: int, param_sizes: list[int]) -> Callable[[torch.Tens
     state_norm = setup.state_norm
 
     def split(aug: torch.Tensor):
-        adj_t, y_part, adj_y = aug[0], aug[1 : 1 + n], aug[1 + n : 1 + 2 * n]
-        adj_params = [p.reshape(s) for p, s in zip(torch.split(aug[1 + 2 * n :], param_sizes), setup.param_shapes, strict=True)]
-        return adj_t, y_part, adj_y, adj_params
+        return _split_augmented(aug, n, param_sizes, setup.param_shapes)
 
     if setup.adjoint_norm in ("default", "seminorm") and (state_norm is _rms or isinstance(state_norm, _PartsRMS)):
         # Every piece is an RMS: |t_adj|, then y's and a's (per tuple part), then each a_param.
