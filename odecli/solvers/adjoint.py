@@ -405,6 +405,16 @@ def find_parameters(module: nn.Module) -> list[torch.Tensor]:
     return list(module.parameters())
 
 
+def _strictest(tol):
+    """The backward solve's default tolerance: a tuple or per-element one (which does not fit the augmented
+    state) becomes its smallest value; torchdiffeq fails there instead."""
+    if isinstance(tol, (tuple, list)):
+        return min(float(torch.as_tensor(part).min()) for part in tol)
+    if torch.is_tensor(tol) and tol.numel() > 1:
+        return float(tol.min())
+    return tol
+
+
 def _is_adaptive(method: str | None) -> bool:
     try:
         return bool(getattr(SOLVERS.get(method or DEFAULT_METHOD), "adaptive", True))
@@ -433,7 +443,8 @@ def odeint_adjoint(
     Args:
         func: the vector field ``func(t, y)``; an ``nn.Module`` unless ``adjoint_params`` is given.
         y0, t, rtol, atol, method, options, event_fn: as for ``odeint``.
-        adjoint_rtol, adjoint_atol, adjoint_method: for the backward solve; default to the forward ones.
+        adjoint_rtol, adjoint_atol, adjoint_method: for the backward solve; default to the forward ones
+            (the smallest value of a tuple or per-element tolerance).
         adjoint_options: options of the backward solve; ``{'norm': 'seminorm'}`` excludes the parameter
             adjoint from the error norm (fewer backward steps). Defaults to ``options`` minus ``norm``.
         adjoint_params: tensors to differentiate with respect to; default ``func.parameters()``.
@@ -455,8 +466,8 @@ def odeint_adjoint(
             "use direct backprop (odeint) with batch_mode='independent'."
         )
 
-    adjoint_rtol = rtol if adjoint_rtol is None else adjoint_rtol
-    adjoint_atol = atol if adjoint_atol is None else adjoint_atol
+    adjoint_rtol = _strictest(rtol) if adjoint_rtol is None else adjoint_rtol
+    adjoint_atol = _strictest(atol) if adjoint_atol is None else adjoint_atol
     if adjoint_method is None:
         adjoint_method = method
     if adjoint_method != method and options is not None and adjoint_options is None:
