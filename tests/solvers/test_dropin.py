@@ -34,7 +34,7 @@ def _tol(method: str) -> dict:
 
 
 # torchdiffeq 0.2.5's bosh3 dense output is far less accurate than its steps (error 1.4e-4 at rtol 1e-6 on
-# Field, against 4.5e-7 for odecli's, 300 times its tolerance): outputs between steps are compared to that.
+# Field, against 4.5e-7 for odecli's): outputs between steps are compared to that accuracy.
 TORCHDIFFEQ_INACCURATE = {"bosh3": {"rtol": 1e-3, "atol": 1e-3}}
 
 
