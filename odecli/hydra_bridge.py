@@ -182,15 +182,18 @@ def _explain_compose_error(config_name: str, overrides: list[str], exc: Exceptio
     text = str(exc)
     if isinstance(exc, OverrideParseException):
         return ConfigError(f"Cannot parse override: {text.splitlines()[0]}. Overrides look like key=value, group=option, +new_key=value or ~key.")
+    packaged = packaged_groups(config_name)
+    for override in overrides:  # +data=moons: data is chosen already, and replaced with data=NAME
+        key, _, option = override.partition("=")
+        if key.startswith("+") and key.lstrip("+") in packaged:
+            package = key.lstrip("+")
+            options = group_options(packaged[package])
+            return ConfigError(f"{package} is chosen already in {config_name}: replace it with {package}={option} (no '+'). Valid choices for {package}: {', '.join(options)}.")
     if isinstance(exc, MissingConfigException) or "Could not find" in text:
         match = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
         if match:
             group, option = match.groups()
             options = group_options(group)
-            packaged = packaged_groups(config_name)
-            if not options and group in packaged:  # +data=moons: data is chosen already, and replaced with data=NAME
-                options = group_options(packaged[group])
-                return ConfigError(f"{group} is chosen already in {config_name}: replace it with {group}={option} (no '+'). Valid choices for {group}: {', '.join(options)}.")
             # Users type the package (data=cifar), not the group Hydra looked in (images/cifar).
             name = {g: package for package, g in packaged.items()}.get(group, group)
             return ConfigError(
