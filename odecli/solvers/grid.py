@@ -32,6 +32,17 @@ def count_grid_steps(t: torch.Tensor, step_size: float) -> tuple[int, int, int]:
     return total, across_widest, widest
 
 
+def check_grid_size(t: torch.Tensor, step_size: float, max_num_steps: int) -> None:
+    """Raise ``GridTooLarge`` when the grid over the output times ``t`` would exceed the step budget (nothing allocated)."""
+    if len(t) < 2:
+        return
+    total, across_widest, widest = count_grid_steps(t, step_size)
+    if across_widest > max_num_steps or total > MAX_GRID_STEPS:
+        per_interval = across_widest > max_num_steps
+        limit = max_num_steps if per_interval else MAX_GRID_STEPS
+        raise GridTooLarge(step_size, total, across_widest, float(t[widest]), float(t[widest + 1]), limit, per_interval=per_interval)
+
+
 def grid_from_step_size(step_size: float, max_num_steps: int) -> Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]:
     """torchdiffeq's grid ``t0, t0 + h, t0 + 2h, ...`` with the last point moved onto ``t[-1]`` (either direction).
 
@@ -40,12 +51,7 @@ def grid_from_step_size(step_size: float, max_num_steps: int) -> Callable[[Any, 
     """
 
     def grid(func, y0, t):
-        if len(t) > 1:
-            total, across_widest, widest = count_grid_steps(t, step_size)
-            if across_widest > max_num_steps or total > MAX_GRID_STEPS:
-                per_interval = across_widest > max_num_steps
-                limit = max_num_steps if per_interval else MAX_GRID_STEPS
-                raise GridTooLarge(step_size, total, across_widest, float(t[widest]), float(t[widest + 1]), limit, per_interval=per_interval)
+        check_grid_size(t, step_size, max_num_steps)
         direction = 1.0 if len(t) < 2 or bool(t[-1] > t[0]) else -1.0
         start, end = direction * t[0], direction * t[-1]
         n_points = torch.ceil((end - start) / step_size + 1).item()

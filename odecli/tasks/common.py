@@ -13,6 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from odecli.errors import ConfigError, RunFailed
 from odecli.solvers.errors import GridTooLarge, MaxStepsExceeded, StepSizeTooSmall
+from odecli.solvers.grid import check_grid_size
+from odecli.solvers.odeint import resolve_method
 
 Solve = Callable[[Callable, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -89,7 +91,6 @@ def make_solve(solver: DictConfig | Mapping[str, Any]) -> Solve:
     """``solve(func, y0, t, norm=None)`` as the solver config says: method, tolerances, fixed step, step budget,
     adjoint, batch mode. A fixed grid over the step budget is refused as a ``ConfigError`` before it is built."""
     from odecli.solvers import odeint, odeint_adjoint, odeint_checkpoint
-    from odecli.solvers.odeint import resolve_method
 
     cfg = OmegaConf.to_container(solver, resolve=True) if isinstance(solver, DictConfig) else dict(solver)
     method, method_class = resolve_method(str(cfg["method"]))
@@ -158,15 +159,32 @@ def _grid_refusals_as_config_errors(solve: Solve) -> Solve:
         try:
             return solve(func, y0, t, norm)
         except GridTooLarge as exc:
-            steps = f"solver.step_size={exc.step_size:.3g} would take {exc.total_steps:,} steps in all"
-            if exc.per_interval:
-                raise ConfigError(
-                    f"{steps}, {exc.widest_steps:,} of them between the output times t={exc.t_start:.6g} and t={exc.t_end:.6g}: "
-                    f"more than solver.max_num_steps={exc.limit:,}. Use a larger solver.step_size, or raise solver.max_num_steps."
-                ) from exc
-            raise ConfigError(f"{steps}, more than the {exc.limit:,} a fixed grid may hold. Use a larger solver.step_size.") from exc
+            raise _grid_config_error(exc) from exc
 
     return checked
+
+
+def check_fixed_grid(solver: DictConfig | Mapping[str, Any], t: torch.Tensor) -> None:
+    """Refuse, before a run starts, a ``solver.step_size`` whose grid over the output times ``t`` exceeds the step budget."""
+    cfg = OmegaConf.to_container(solver, resolve=True) if isinstance(solver, DictConfig) else dict(solver)
+    budget = _step_budget(cfg)
+    if cfg.get("step_size") is None or budget is None or getattr(resolve_method(str(cfg["method"]))[1], "adaptive", False):
+        return
+    try:
+        check_grid_size(t, float(cfg["step_size"]), budget)
+    except GridTooLarge as exc:
+        raise _grid_config_error(exc) from exc
+
+
+def _grid_config_error(exc: GridTooLarge) -> ConfigError:
+    """A fixed grid too large for the step budget, in the config's words."""
+    steps = f"solver.step_size={exc.step_size:.3g} would take {exc.total_steps:,} steps in all"
+    if exc.per_interval:
+        return ConfigError(
+            f"{steps}, {exc.widest_steps:,} of them between the output times t={exc.t_start:.6g} and t={exc.t_end:.6g}: "
+            f"more than solver.max_num_steps={exc.limit:,}. Use a larger solver.step_size, or raise solver.max_num_steps."
+        )
+    return ConfigError(f"{steps}, more than the {exc.limit:,} a fixed grid may hold. Use a larger solver.step_size.")
 
 
 def _with_norm(options: dict[str, Any], norm: Callable | None) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from odecli.tasks.common import (
     NFEHistory,
     build_optimizer,
     build_scheduler,
+    check_fixed_grid,
     check_shared_settings,
     make_solve,
     prepare,
@@ -121,7 +122,9 @@ def _validate(cfg: DictConfig, n_points: int) -> None:
 def check_config(cfg: DictConfig) -> None:
     """Everything fit can refuse from its config alone; run before a run directory exists."""
     check_shared_settings(cfg, cfg.solver)
-    _validate(cfg, len(build_system(cfg.dynamics).t))
+    system = build_system(cfg.dynamics)
+    _validate(cfg, len(system.t))
+    check_fixed_grid(cfg.solver, system.t)  # the evaluation solve spans every training segment's grid
 
 
 @TASKS.register("fit", validate=check_config)

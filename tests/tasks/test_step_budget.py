@@ -203,3 +203,5 @@ def test_absurd_fixed_grid_on_the_command_line_is_a_config_error(tmp_path: Path)
     assert "error: solver.step_size=1e-09 would take 25,000,000,000 steps in all" in output, output
     assert "more than solver.max_num_steps=10,000. Use a larger solver.step_size, or raise solver.max_num_steps." in output
     assert "Traceback" not in output and "allocate" not in output
+    assert not run_dir.exists(), "a run refused for its config leaves no directory behind"
+    assert "config" not in result.output.split("error:")[0], "no config tree for a run that does not start"
