@@ -182,7 +182,8 @@ class AbstractAdaptiveImplicit(AbstractSolver):
         self.previous_rejected = True  # the step being taken is the first or follows a rejection
 
     def _time(self, t: float) -> torch.Tensor:
-        return torch.scalar_tensor(t, dtype=self.dtype, device=self.device)
+        # func gets t in the state's real dtype, as torchdiffeq passes it
+        return torch.scalar_tensor(t, dtype=self.dtype.to_real(), device=self.device)
 
     def _eval(self, t: float, y: torch.Tensor) -> torch.Tensor:
         self.nfe += 1

@@ -127,6 +127,7 @@ class AbstractRungeKutta(AbstractSolver):
         self._view_args = None if y0.ndim == 1 else tuple(y0.shape) if y0.ndim else ((),)
         self._row_state = y0.ndim == 2 and y0.shape[0] == 1 and y0.shape[1] > 0
         self.dtype, self.device = y0.dtype, y0.device
+        self.time_dtype = y0.real.dtype  # func gets t in the state's real dtype, as torchdiffeq passes it
         self.norm = norm
         self.callback_step = getattr(func, "callback_step", None)
         self.callback_accept_step = getattr(func, "callback_accept_step", None)
@@ -138,8 +139,8 @@ class AbstractRungeKutta(AbstractSolver):
     def _time(self, t: float | torch.Tensor) -> torch.Tensor:
         """A 0-d time in the state's dtype; a tensor time (built from a ``t`` that requires grad) keeps its graph."""
         if isinstance(t, torch.Tensor):
-            return t.to(self.dtype)
-        return torch.scalar_tensor(t, dtype=self.dtype, device=self.device)
+            return t.to(self.time_dtype)
+        return torch.scalar_tensor(t, dtype=self.time_dtype, device=self.device)
 
     def _eval_first(self, t: float, y: torch.Tensor) -> torch.Tensor:
         """``func(t, y)`` with the output checked once: same shape and dtype as the state."""
@@ -186,7 +187,7 @@ class AbstractRungeKutta(AbstractSolver):
         """
         tab = self.tableau
         a_rows = self.coefficients.a_rows
-        func, shape, dtype, device = self.func, self.shape, self.dtype, self.device
+        func, shape, dtype, device = self.func, self.shape, self.time_dtype, self.device  # dtype: of the times
         c = tab.c
         yi = y
         if grad:
@@ -398,7 +399,7 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
                     if next_jump != len(jump_taus) - 1:
                         next_jump += 1
                     # Past a discontinuity of f: take the slope from the side the next step lies on.
-                    f = self._eval_flat(_nudge(t1, t1 + direction, self.dtype), y1)
+                    f = self._eval_flat(_nudge(t1, t1 + direction, self.time_dtype), y1)
                     if not grad:
                         first_row.copy_(f)
                 elif carries:
@@ -565,7 +566,7 @@ class AbstractFixedGridRungeKutta(AbstractRungeKutta):
         if self.callback_step is not None:
             self._callback(self.callback_step, t0, y, abs(dt))
         if f0 is None:
-            f0 = self._eval_flat(_nudge(t0, t1, self.dtype) if self.perturb else t0, y)
+            f0 = self._eval_flat(_nudge(t0, t1, self.time_dtype) if self.perturb else t0, y)
         if grad:
             y_last, stages = self._stages(t0, dt, t1, y, [f0], True, self.perturb)
         else:
@@ -618,8 +619,8 @@ class AbstractFixedGridRungeKutta(AbstractRungeKutta):
             if self.callback_step is not None:
                 self._callback(self.callback_step, t0_value, y, abs(t1_value - t0_value))
             # perturb: one ulp into the step, added to the tensor time (the ulp itself is a constant).
-            start = t0 + (_nudge(t0_value, t1_value, dtype) - t0_value) if self.perturb else t0
-            end = t1 + (_nudge(t1_value, t0_value, dtype) - t1_value) if self.perturb else t1
+            start = t0 + (_nudge(t0_value, t1_value, self.time_dtype) - t0_value) if self.perturb else t0
+            end = t1 + (_nudge(t1_value, t0_value, self.time_dtype) - t1_value) if self.perturb else t1
             f0 = self._eval_first(start, y) if k == 0 else self._eval_flat(start, y)
             stages = [f0]
             for i in range(1, self.tableau.stages):
@@ -642,7 +643,7 @@ class AbstractFixedGridRungeKutta(AbstractRungeKutta):
         self._check_initial_state(times[0])
         y = self.y0.reshape(self.n)
         start = grid[:2].tolist()
-        f0 = self._eval_first(_nudge(start[0], start[1], self.dtype) if self.perturb and len(start) > 1 else start[0], y)
+        f0 = self._eval_first(_nudge(start[0], start[1], self.time_dtype) if self.perturb and len(start) > 1 else start[0], y)
         grad = grad or (torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad))
         K = None if grad else self._buffers()
         outputs = [y]
@@ -668,7 +669,7 @@ class AbstractFixedGridRungeKutta(AbstractRungeKutta):
             return torch.lerp(y0, y1, (t - t0) / (t1 - t0))
         # torchdiffeq evaluates f(t1, y1) for every output, even one on a grid point; so do we (equal NFE).
         # With perturb it is the step's end slope seen from inside the step, as the step's own last stage.
-        f1 = self._eval_flat(_nudge_time(t1, t0, self.dtype) if self.perturb else t1, y1)
+        f1 = self._eval_flat(_nudge_time(t1, t0, self.time_dtype) if self.perturb else t1, y1)
         return cubic_hermite(t0, y0, f0, t1, y1, f1, t)
 
     def integrate_until_event(self, t0: torch.Tensor, event_fn, direction: float = 1.0):
@@ -682,7 +683,7 @@ class AbstractFixedGridRungeKutta(AbstractRungeKutta):
         self._check_initial_state(t0)
         start = self.y0
         y = start.reshape(self.n)
-        f0 = self._eval_first(_nudge(t0, t0 + direction, self.dtype) if self.perturb else t0, y)
+        f0 = self._eval_first(_nudge(t0, t0 + direction, self.time_dtype) if self.perturb else t0, y)
         grad = grad or (torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad))
         K = None if grad else self._buffers()
         with torch.no_grad():
@@ -694,7 +695,7 @@ class AbstractFixedGridRungeKutta(AbstractRungeKutta):
             with torch.no_grad():
                 crossed = bool(torch.sign(event_fn(self._time(t1), y1.view(self.shape))) != sign0)
             if crossed:
-                f1 = self._eval_flat(_nudge(t1, t0, self.dtype) if self.perturb else t1, y1) if self.interp == "cubic" else None
+                f1 = self._eval_flat(_nudge(t1, t0, self.time_dtype) if self.perturb else t1, y1) if self.interp == "cubic" else None
 
                 def interp(t, t0=t0, t1=t1, y0=y, y1=y1, f0=f0, f1=f1):
                     s = ((t - t0) / (t1 - t0)).to(self.dtype)

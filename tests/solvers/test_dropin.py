@@ -538,3 +538,30 @@ def test_a_tuple_or_per_element_tolerance_carries_over_to_the_adjoint(kind):
         odecli, True, TupleField(), y0, torch.tensor([0.0, 1.0], dtype=F64), rtol=rtol, atol=1e-9, adjoint_rtol=1e-7
     )
     _assert_same(explicit, ours, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("state_dtype", [torch.complex64, torch.complex128])
+@pytest.mark.parametrize("method", SHARED)
+def test_a_complex_state_gets_real_times(method, state_dtype):
+    y0 = torch.tensor([1.0 + 0.5j, -0.5j], dtype=state_dtype)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
+
+    def run(lib):
+        seen = set()
+
+        def func(time, y):
+            seen.add(time.dtype)
+            return -1j * y * (1 + time)
+
+        return lib.odeint(
+            func,
+            y0,
+            t,
+            method=method,
+            options=_options(method, perturb=True) if not SOLVERS.get(method).adaptive else None,
+            **_tol(method),
+        ), seen
+
+    (theirs, their_dtypes), (ours, our_dtypes) = _both(run)
+    assert our_dtypes == their_dtypes == {y0.real.dtype}
+    _assert_same(theirs, ours, **{name: max(value, 1e-5) for name, value in _close(method).items()})
