@@ -34,6 +34,9 @@ CHECKPOINT_PREFIX = "ckpt_"
 KEEP_CHECKPOINTS = 3
 # TensorBoard section of the final metrics (one point each); '~' sorts after the curves' loss/, nfe/, time/.
 FINAL_SECTION = "~final"
+# Figures go under plots/ in TensorBoard: that section sorts after loss/ and nfe/, which TensorBoard's
+# Time Series page (its default) then opens first, instead of a task's figure group (classify/, cnf/, fit/).
+FIGURE_SECTION = "plots"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -119,7 +122,7 @@ class Run:
         fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
         atomic_write_bytes(path, buffer.getvalue())
         if self.writer is not None:
-            self.writer.add_figure(tag, fig, step, close=False)
+            self.writer.add_figure(f"{FIGURE_SECTION}/{tag}", fig, step, close=False)
         if close:
             import matplotlib.pyplot as plt
 

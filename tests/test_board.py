@@ -52,14 +52,14 @@ def test_board_shows_a_runs_scalars_and_images(tmp_path: Path) -> None:
         run_name = "fit/tb"
         assert {"loss/train", "loss/val", "nfe/forward", "nfe/backward", "time/step"} <= set(scalars[run_name]), scalars
         images = _get(f"http://127.0.0.1:{port}/data/plugin/images/tags")
-        assert "fit/dynamics" in images[run_name]
+        assert "plots/fit/dynamics" in images[run_name]
 
         def points(tag: str) -> list[int]:  # [wall_time, step, value] per point
             return [int(p[1]) for p in _get(f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?run={run_name}&tag={tag}")]
 
         assert points("loss/train") == [1, 2] and points("nfe/forward") == [1, 2]
         assert points("loss/val") == [0, 1, 2], "evaluated before training and after each iteration"
-        shown = _get(f"http://127.0.0.1:{port}/data/plugin/images/images?run={run_name}&tag=fit/dynamics&sample=0")
+        shown = _get(f"http://127.0.0.1:{port}/data/plugin/images/images?run={run_name}&tag=plots/fit/dynamics&sample=0")
         assert [int(image["step"]) for image in shown] == [2], "one figure, at the end (plot_every=0)"
     finally:
         os.killpg(board.pid, signal.SIGTERM)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from odecli import hydra_bridge
-from odecli.tracking import FINAL_SECTION
+from odecli.tracking import FIGURE_SECTION, FINAL_SECTION
 
 TINY = [
     "dynamics=spiral",
@@ -57,6 +57,20 @@ def test_sorted_sections_start_with_the_curves_and_end_with_the_final_numbers(fi
     curves = [tag for tag in tags if not tag.startswith(f"{FINAL_SECTION}/")]
     assert all(len(scalars[tag]) > 1 for tag in curves), {tag: len(scalars[tag]) for tag in curves}
     assert tags == curves + [tag for tag in tags if tag not in curves]  # every one-point chart after every curve
+
+
+def test_time_series_page_opens_on_the_curves_not_the_figures(finished: tuple[Path, dict]) -> None:
+    """TensorBoard's default page mixes scalar and image sections in one order; figures sort after loss and nfe."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(finished[0] / "tb"), size_guidance={"images": 0})
+    accumulator.Reload()
+    images = accumulator.Tags()["images"]
+    assert images and all(tag.startswith(f"{FIGURE_SECTION}/") for tag in images), images
+    scalars, _ = events(finished[0])
+    tags = sorted([*scalars, *images], key=tensorboard_order)
+    sections = list(dict.fromkeys(tag.split("/", 1)[0] for tag in tags))
+    assert sections[:2] == ["loss", "nfe"], sections
 
 
 def test_final_metrics_reach_the_hparams_dashboard(finished: tuple[Path, dict]) -> None:

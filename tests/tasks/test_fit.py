@@ -64,7 +64,7 @@ def test_every_dynamics_trains_logs_and_plots(dynamics: str, tmp_path: Path) -> 
     assert tags["loss/train"] == [1, 2, 3, 4]
     assert tags["nfe/forward"] == [1, 2, 3, 4] and tags["nfe/backward"] == [1, 2, 3, 4] and "time/step" in tags
     assert tags["loss/val"] == [0, 2, 4]
-    assert "image:fit/dynamics" in tags
+    assert "image:plots/fit/dynamics" in tags
 
 
 def test_extrapolation_split_and_training_animation(tmp_path: Path) -> None:
