@@ -243,6 +243,8 @@ class AbstractImplicitRungeKutta(AbstractFixedGridSolver):
             raise InvalidInputError(f"options['jacobian'] must be 'autograd' or 'fixed_point', got {jacobian!r}.")
         if int(max_iters) < 1:
             raise InvalidInputError(f"options['max_iters'] must be at least 1, got {max_iters}.")
+        if y0.is_complex():  # the Newton iteration and its autograd Jacobian assume a real state
+            raise InvalidInputError(f"method {type(self).__name__} needs a real state, got {y0.dtype}; use an explicit method such as 'dopri5' or 'rk4' (or 'kvaerno5') for a complex one.")
         self.max_iters = int(max_iters)
         dtype, device = y0.dtype, y0.device
         self.jacobian = Jacobian(func, y0.numel(), 1, "autograd", dtype, device) if jacobian == "autograd" else None

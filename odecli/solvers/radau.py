@@ -40,6 +40,7 @@ import torch
 
 from odecli.registry import SOLVERS
 from odecli.solvers.adaptive_implicit import AbstractAdaptiveImplicit, IterationMatrix, NewtonFailed, ShiftedLU
+from odecli.solvers.errors import InvalidInputError
 from odecli.solvers.implicit import RADAU_IIA_5
 
 NODES = np.array(RADAU_IIA_5.c)
@@ -145,6 +146,8 @@ class Radau5(AbstractAdaptiveImplicit):
     reference = "Hairer & Wanner, Solving Ordinary Differential Equations II (2nd ed., 1996), IV.5 and IV.8 (RADAU5)"
 
     def __init__(self, func, y0: torch.Tensor, rtol, atol, **options: Any):
+        if y0.is_complex():  # the collocation system is solved in complex arithmetic of its own, for a real state
+            raise InvalidInputError(f"method radau5 needs a real state, got {y0.dtype}; use 'kvaerno5' or an explicit method such as 'dopri5' for a complex one.")
         super().__init__(func, y0, rtol, atol, **options)
         self.a, self.error_weights, self.transforms = _constants(self.dtype, self.device)
         self.dense = DENSE

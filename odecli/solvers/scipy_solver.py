@@ -29,6 +29,11 @@ def _solve_ivp():
     return solve_ivp
 
 
+def _numpy_dtype(y0: torch.Tensor) -> torch.dtype:
+    """The dtype scipy integrates in: complex128 for a complex state (a cast to float64 would drop its imaginary part)."""
+    return torch.complex128 if y0.is_complex() else torch.float64
+
+
 class ScipyFailed(SolverError):
     """``solve_ivp`` reported failure (its message is included)."""
 
@@ -66,23 +71,26 @@ class ScipySolver(AbstractSolver):
         if solver not in SCIPY_METHODS:
             raise InvalidInputError(f"Unknown scipy solver {solver!r}; choose one of {', '.join(SCIPY_METHODS)}.")
         self.solver = solver
+        if y0.is_complex() and solver == "LSODA":
+            raise InvalidInputError("scipy's LSODA (scipy_solver's default) cannot integrate a complex state; pass options={'solver': 'RK45'} or another solve_ivp method.")
         self.min_step = min_step
         self.max_step = max_step
         self.first_step = first_step
 
     def _numpy_func(self):
         dtype, device, shape = self.y0.dtype, self.y0.device, self.y0.shape
+        numpy_dtype = _numpy_dtype(self.y0)
 
         def f(t, y):
             t_ = torch.as_tensor(t, dtype=dtype, device=device)
             y_ = torch.as_tensor(y, dtype=dtype, device=device).reshape(shape)
             with torch.no_grad():
-                return self.func(t_, y_).detach().cpu().double().numpy().reshape(-1)
+                return self.func(t_, y_).detach().cpu().to(numpy_dtype).numpy().reshape(-1)
 
         return f
 
     def integrate(self, t: torch.Tensor) -> torch.Tensor:
-        y0 = self.y0.detach().cpu().double().numpy().reshape(-1)
+        y0 = self.y0.detach().cpu().to(_numpy_dtype(self.y0)).numpy().reshape(-1)
         if t.numel() == 1:
             return self.y0.detach()[None].clone()
         times = t.detach().cpu().double().numpy()
