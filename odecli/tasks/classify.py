@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from odecli.data.images import EpochBatches, Normalize, Split, in_order, make_splits
-from odecli.data.mnist import load_mnist
+from odecli.data.mnist import check_mnist, load_mnist
 from odecli.errors import ConfigError
 from odecli.models import count_parameters
 from odecli.models.classifiers import SOLVED, build_classifier
@@ -91,32 +91,41 @@ def solver_config(cfg: DictConfig) -> dict[str, Any]:
     return node  # type: ignore[return-value]
 
 
+def check_rknet_solver(cfg: DictConfig) -> None:
+    """RK-Net is a ResNet whose blocks are the steps of a fixed-step solver it backpropagates through."""
+    if MODELS.canonical(str(cfg.model.name)) != "rknet":
+        return
+    solver = solver_config(cfg)
+    method = SOLVERS.canonical(str(solver["method"]))
+    if getattr(SOLVERS.get(method), "adaptive", False):
+        raise ConfigError(f"RK-Net integrates with a fixed step; '{method}' is adaptive. Use model.solver.method=rk4 (or another fixed-step method).")
+    if solver.get("adjoint") is True:
+        raise ConfigError("RK-Net backpropagates through the solver's steps; model.solver.adjoint must be false or checkpoint (ODE-Net takes solver.adjoint=true).")
+
+
 def build(cfg: DictConfig) -> tuple[nn.Module, dict[str, Any] | None]:
     """The classifier and, for ODE-Net and RK-Net, the solver settings its block uses."""
     node = OmegaConf.to_container(cfg.model, resolve=True)
     name = MODELS.canonical(str(node["name"]))  # type: ignore[index]
     if name not in SOLVED:
         return build_classifier(node), None  # type: ignore[arg-type]
+    check_rknet_solver(cfg)
     solver = solver_config(cfg)
-    method = SOLVERS.canonical(str(solver["method"]))
-    if name == "rknet":
-        if getattr(SOLVERS.get(method), "adaptive", False):
-            raise ConfigError(f"RK-Net integrates with a fixed step; '{method}' is adaptive. Use model.solver.method=rk4 (or another fixed-step method).")
-        if solver.get("adjoint") is True:
-            raise ConfigError("RK-Net backpropagates through the solver's steps; model.solver.adjoint must be false or checkpoint (ODE-Net takes solver.adjoint=true).")
     return build_classifier(node, solve=make_solve(solver)), solver  # type: ignore[arg-type]
+
+
+def mnist_source(data: DictConfig) -> dict[str, Any]:
+    """Where ``data`` says the images come from, as ``check_mnist`` and ``load_mnist`` take it."""
+    return {"directory": data.dir, "cache_dir": data.cache_dir, "source": str(data.source), "verify": bool(data.verify)}
 
 
 def load_data(cfg: DictConfig, run: Run) -> Any:
     data = cfg.data
     mnist = load_mnist(
-        directory=data.dir,
-        cache_dir=data.cache_dir,
-        source=str(data.source),
+        **mnist_source(data),
         download=bool(data.download),
         mirrors=list(data.mirrors or []),
         timeout=float(data.timeout),
-        verify=bool(data.verify),
         log=run.log,
     )
     val_size = data.val_size
@@ -148,9 +157,11 @@ def evaluate(model: nn.Module, split: Split, normalize: Callable[[torch.Tensor],
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Everything classify can refuse from its config alone; run before a run directory exists."""
+    """Everything classify can refuse before it starts, its data files included; run before a run directory exists."""
     check_shared_settings(cfg, solver_config(cfg))
     _validate(cfg)
+    check_rknet_solver(cfg)
+    check_mnist(**mnist_source(cfg.data))  # what the loader would refuse without the network
 
 
 @TASKS.register("classify", validate=check_config)

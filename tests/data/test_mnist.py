@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.server
+import os
 import pickle
 import struct
 import threading
@@ -121,6 +122,39 @@ def test_damaged_files_give_a_clear_error_naming_the_file(tmp_path: Path, tiny: 
     with pytest.raises(M.DataFileCorrupt, match=message) as info:
         M.read_dir(tmp_path, specs)
     assert "train-images-idx3-ubyte.gz" in str(info.value)
+
+
+@pytest.mark.parametrize("how", ["truncated_gzip", "truncated", "wrong_magic", "wrong_count", "checksum", "trailing"])
+def test_the_check_before_a_run_refuses_what_loading_would(tmp_path: Path, tiny: dict, specs: dict, how: str) -> None:
+    """check_dir (run before a run directory exists) says exactly what read_dir would say, without decoding twice."""
+    write_files(tmp_path, tiny)
+    _damage(tmp_path / "train-images-idx3-ubyte.gz", how)
+    with pytest.raises(M.DataFileCorrupt) as loading:
+        M.read_dir(tmp_path, specs)
+    with pytest.raises(M.DataFileCorrupt) as checking:
+        M.check_dir(tmp_path, specs)
+    assert str(checking.value) == str(loading.value)
+
+
+def test_a_checked_file_is_not_hashed_again_when_loaded_unless_it_changed(tmp_path: Path, tiny: dict, specs: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_files(tmp_path, tiny)
+    for path in tmp_path.glob("*.gz"):  # re-compressed: only the SHA-256 of the decoded content can vouch for them
+        path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes()), compresslevel=1, mtime=1))
+    hashed: list[str] = []
+    real_digest = M._digest
+    monkeypatch.setattr(M, "_digest", lambda algorithm, data: hashed.append(algorithm) or real_digest(algorithm, data))
+    M.check_dir(tmp_path, specs)
+    checked = len(hashed)
+    assert hashed.count("sha256") == len(specs), hashed
+    M.check_dir(tmp_path, specs)  # a sweep checks each job's config: the files once
+    np.testing.assert_array_equal(M.read_dir(tmp_path, specs)["train_labels"], tiny["train_labels"])
+    assert len(hashed) == checked, hashed  # loading after the check: no checksum again
+    changed = tmp_path / "train-labels-idx1-ubyte.gz"
+    before = changed.stat().st_mtime_ns
+    _damage(changed, "checksum")  # changed since (same size, perhaps within the clock's tick: dated later, as a later write is)
+    os.utime(changed, ns=(before + 10**9, before + 10**9))
+    with pytest.raises(M.DataFileCorrupt, match="checksum mismatch"):
+        M.read_dir(tmp_path, specs)
 
 
 def test_verify_false_accepts_a_checksum_mismatch_but_not_a_broken_file(tmp_path: Path, tiny: dict, specs: dict) -> None:

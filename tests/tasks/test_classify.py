@@ -158,6 +158,7 @@ def test_bad_settings_are_clear_errors(overrides: list[str], message: str, data_
 
     with pytest.raises(ConfigError, match=message):
         classify(tmp_path / "run", f"data.dir={data_dir}", *TINY, *overrides)
+    assert not (tmp_path / "run").exists()  # refused before the run directory is made
 
 
 # ----- the command line -----------------------------------------------------------------------
@@ -181,24 +182,35 @@ def test_cli_runs_a_chosen_model(data_dir: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
+        ("no_directory", "no such directory"),
         ("missing", "missing t10k-images-idx3-ubyte.gz"),
         ("truncated", "truncated"),
+        ("wrong_magic", "wrong magic number"),
         ("not_mnist", "wrong count"),  # the tiny files are valid idx, but not the official 60k/10k
     ],
 )
 def test_bad_data_dir_is_a_clear_error_not_a_traceback(damage: str, message: str, tmp_path: Path, tiny_arrays: dict) -> None:
+    """Refused before the run starts: exit 2, the message alone (no config tree), nothing under the output directory."""
     directory = tmp_path / "bad"
     directory.mkdir()
     for part, array in tiny_arrays.items():
         (directory / M.OFFICIAL[part].gz_name).write_bytes(gzip.compress(_idx(array)))
-    if damage == "missing":
+    if damage == "no_directory":
+        directory = tmp_path / "nonexistent"
+    elif damage == "missing":
         (directory / "t10k-images-idx3-ubyte.gz").unlink()
     elif damage == "truncated":
         path = directory / "train-images-idx3-ubyte.gz"
         path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
-    result = runner.invoke(app, ["classify", "mnist", f"data.dir={directory}", "threads=1", f"hydra.run.dir={tmp_path / 'run'}"])
+    elif damage == "wrong_magic":
+        path = directory / "train-images-idx3-ubyte.gz"  # the first file checked
+        path.write_bytes(gzip.compress(struct.pack(">I", M.LABELS_MAGIC) + _idx(tiny_arrays["train_images"])[4:]))
+    outputs = tmp_path / "outputs"
+    result = runner.invoke(app, ["classify", "mnist", f"data.dir={directory}", "threads=1", f"paths.output_dir={outputs}"])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+    assert not outputs.exists(), sorted(outputs.rglob("*"))
+    assert "── " not in result.output and "run directory" not in result.output, result.output  # no config tree
 
 
 def test_bad_data_dir_error_is_one_line_in_a_pipe_however_long_the_path(tmp_path: Path, tiny_arrays: dict) -> None:
