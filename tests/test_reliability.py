@@ -304,6 +304,10 @@ def assert_nothing_started(output: str, outputs: Path) -> None:
         (["sweep", "tol", "train.iters=0"], "iters must be an integer >= 1"),
         (["fit", "-m", "iters=2,-5"], "iters must be an integer >= 1, got -5"),
         (["sweep", "solvers", "threads=0"], "threads must be a positive integer"),
+        (["classify", "model=rknet", "model.solver.method=dopri5"], "RK-Net integrates with a fixed step; 'dopri5' is adaptive"),
+        (["classify", "model=rknet", "model.solver.adjoint=true"], "model.solver.adjoint must be false or checkpoint"),
+        (["classify", "data.source=dir"], "data.source=dir needs data.dir=PATH"),
+        (["vae", "data=csv"], "data=csv reads your own series: add data.path="),
     ],
 )
 def test_every_task_refuses_bad_values_before_creating_anything(command: list[str], message: str, tmp_path: Path) -> None:
@@ -311,6 +315,43 @@ def test_every_task_refuses_bad_values_before_creating_anything(command: list[st
     result = runner.invoke(app, [*command, f"paths.output_dir={outputs}"])
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split()), result.output
+    assert_nothing_started(result.output, outputs)
+
+
+BAD_SERIES = {  # case → (the file's content, what the message says)
+    "series_bad_time": ("series_id,t,x1\na,0,1\na,zero,2\n", ":3: column t: 'zero' is not a number"),
+    "series_bad_row": ("series_id,t,x1\na,0,1\na,1,2,3\n", ":3: expected 3 columns"),
+    "series_too_few": ("series_id,t,x1\na,0,1\na,1,2\na,2,3\nb,0,1\n", "at least 2 are needed"),
+}
+
+
+@pytest.mark.parametrize("case", ["mnist_dir_missing", "mnist_file_missing", "mnist_truncated", "series_file_missing", *BAD_SERIES])
+def test_bad_data_files_are_refused_before_creating_anything(case: str, tmp_path: Path) -> None:
+    """Data the user supplies is checked with the run's settings: exit 2, one message, no run directory, no config tree."""
+    mnist = tmp_path / "mnist"
+    mnist.mkdir()
+    header = {"images": bytes.fromhex("00000803") + (60000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2,
+              "labels": bytes.fromhex("00000801") + (60000).to_bytes(4, "big")}  # fmt: skip
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (mnist / name).write_bytes(header["images" if "images" in name else "labels"])  # headers only: truncated
+    series = tmp_path / "series.csv"
+    commands = {
+        "mnist_dir_missing": (["classify", f"data.dir={tmp_path / 'nowhere'}"], "no such directory"),
+        "mnist_file_missing": (["classify", f"data.dir={mnist}"], "missing t10k-labels-idx1-ubyte.gz"),
+        "mnist_truncated": (["classify", f"data.dir={mnist}"], "train-images-idx3-ubyte: truncated"),
+        "series_file_missing": (["vae", "data=csv", f"data.path={tmp_path / 'none.csv'}"], "none.csv: no such file"),
+    }
+    if case == "mnist_file_missing":
+        (mnist / "t10k-labels-idx1-ubyte").unlink()
+    if case in BAD_SERIES:
+        content, message = BAD_SERIES[case]
+        series.write_text(content)
+        commands[case] = (["vae", "data=csv", f"data.path={series}"], message)
+    command, message = commands[case]
+    outputs = tmp_path / "outputs"
+    result = runner.invoke(app, [*command, f"paths.output_dir={outputs}"])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()) and result.output.count("error:") == 1, result.output
     assert_nothing_started(result.output, outputs)
 
 

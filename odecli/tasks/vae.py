@@ -28,7 +28,7 @@ from rich.table import Table
 from torch import nn
 
 from odecli.data import ecg, spirals
-from odecli.data.irregular import SeriesData, SeriesSet
+from odecli.data.irregular import SeriesData, SeriesSet, check_series, load_series
 from odecli.errors import ConfigError
 from odecli.models import count_parameters
 from odecli.models.latent_ode import GapRNN, LatentODE, gaussian_log_likelihood
@@ -62,12 +62,31 @@ def load_data(node: DictConfig) -> SeriesData:
 
         return generate(node)
     if name == "csv":
-        if OmegaConf.is_missing(node, "path") or node.get("path") in (None, ""):
-            raise ConfigError("data=csv reads your own series: add data.path=<file.csv|file.npz> (columns series_id, t, x1..xd; see odecli/data/irregular.py).")
-        from odecli.data.irregular import load_series
-
+        _require_path(node)
         return load_series(node)
-    raise ConfigError(f"odecli vae trains on irregular series: data=spirals, data=ecg or data=csv data.path=<file>; data={name} belongs to another task.")
+    raise _not_vae_data(name)
+
+
+def _not_vae_data(name: str) -> ConfigError:
+    return ConfigError(f"odecli vae trains on irregular series: data=spirals, data=ecg or data=csv data.path=<file>; data={name} belongs to another task.")
+
+
+def _require_path(node: DictConfig) -> None:
+    if OmegaConf.is_missing(node, "path") or node.get("path") in (None, ""):
+        raise ConfigError("data=csv reads your own series: add data.path=<file.csv|file.npz> (columns series_id, t, x1..xd; see odecli/data/irregular.py).")
+
+
+def check_data(node: DictConfig) -> None:
+    """What ``load_data`` would refuse, before the run starts: generated data's settings, your series file (read and checked)."""
+    name = str(node.get("name"))
+    generated = {"spirals": spirals.check_config, "ecg": ecg.check_config}
+    if name in generated:
+        generated[name](node)
+    elif name == "csv":
+        _require_path(node)
+        check_series(node)
+    else:
+        raise _not_vae_data(name)
 
 
 def _validate(cfg: DictConfig) -> None:
@@ -119,12 +138,10 @@ def rmse(model: nn.Module, series: SeriesSet, solve: Any, scale: torch.Tensor) -
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Everything vae can refuse from its config alone (its generated data's settings too); run before a run directory exists."""
+    """Everything vae can refuse before it starts (its data's settings, your series file); run before a run directory exists."""
     check_shared_settings(cfg, cfg.solver)
     _validate(cfg)
-    generated = {"spirals": spirals.check_config, "ecg": ecg.check_config}
-    if str(cfg.data.get("name")) in generated:
-        generated[str(cfg.data.name)](cfg.data)
+    check_data(cfg.data)
 
 
 @TASKS.register("vae", validate=check_config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +223,24 @@ def test_load_series_holds_out_and_scales(tmp_path: Path) -> None:
         assert torch.all(p.extrap.t.masked_fill(~p.extrap.valid, math.inf).min(1).values > p.window_end)
     values = torch.cat([p.observed.x[p.observed.mask.bool()] for p in both])
     assert abs(float(values.mean())) < 0.5  # standardised
+
+
+def test_a_file_checked_before_the_run_is_not_parsed_again_when_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from odecli.data import irregular
+
+    path = write_series_csv(tmp_path / "s.csv", _series(np.random.default_rng(3), 4), ["a", "b"])
+    parsed: list[Path] = []
+    real_read_csv = irregular._read_csv
+    monkeypatch.setattr(irregular, "_read_csv", lambda p: parsed.append(p) or real_read_csv(p))
+    cfg = OmegaConf.merge(data_cfg("csv"), {"path": str(path)})
+    irregular.check_series(cfg)
+    first = load_series(cfg)
+    assert len(parsed) == 1
+    assert torch.equal(load_series(cfg).train.observed.x, first.train.observed.x)  # the kept parse is not changed by loading
+    before = path.stat().st_mtime_ns
+    path.write_text(path.read_text().replace("series_id,t,a,b", "series_id,t,c,d"))  # changed since: parsed again
+    os.utime(path, ns=(before + 10**9, before + 10**9))  # dated later, as a later write is (the clock's tick may be coarse)
+    assert load_series(cfg).feature_names == ["c", "d"] and len(parsed) == 2
 
 
 def test_too_few_series_is_a_clear_error(tmp_path: Path) -> None:
