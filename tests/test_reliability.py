@@ -308,6 +308,11 @@ def assert_nothing_started(output: str, outputs: Path) -> None:
         (["classify", "model=rknet", "model.solver.adjoint=true"], "model.solver.adjoint must be false or checkpoint"),
         (["classify", "data.source=dir"], "data.source=dir needs data.dir=PATH"),
         (["vae", "data=csv"], "data=csv reads your own series: add data.path="),
+        (["classify", "model.channels=0"], "model.channels must be a positive integer"),
+        (["classify", "+model.foo=1"], "model 'odenet' does not accept these settings"),
+        (["fit", "+optim.foo=1"], "optim could not be built"),
+        (["cnf", "optim.lr=-1"], "Invalid learning rate: -1"),
+        (["vae", "+scheduler.bar=2"], "scheduler could not be built"),
     ],
 )
 def test_every_task_refuses_bad_values_before_creating_anything(command: list[str], message: str, tmp_path: Path) -> None:

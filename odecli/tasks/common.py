@@ -79,12 +79,16 @@ def check_threads(threads: int | None) -> None:
 
 
 def check_shared_settings(cfg: DictConfig, solver: DictConfig | Mapping[str, Any] | None = None) -> None:
-    """What ``prepare`` and ``make_solve`` would refuse (threads, device, the solver settings), checked
-    without applying anything: task validators call it before a run directory exists."""
+    """What ``prepare``, ``make_solve``, ``build_optimizer`` and ``build_scheduler`` would refuse (threads, device,
+    the solver, optim and scheduler settings), checked without applying anything: task validators call it before a
+    run directory exists. The optimizer is built over a one-number stand-in for the model's parameters."""
     check_threads(cfg.threads)
     select_device(str(cfg.device))
     if solver is not None:
         make_solve(solver)
+    if cfg.get("optim") is not None:
+        optimizer = build_optimizer(cfg.optim, [torch.nn.Parameter(torch.zeros(1))])
+        build_scheduler(cfg.get("scheduler"), optimizer)
 
 
 def make_solve(solver: DictConfig | Mapping[str, Any]) -> Solve:
