@@ -311,6 +311,7 @@ def assert_nothing_started(output: str, outputs: Path) -> None:
         (["classify", "model.channels=0"], "model.channels must be a positive integer"),
         (["classify", "+model.foo=1"], "model 'odenet' does not accept these settings"),
         (["fit", "+optim.foo=1"], "optim could not be built"),
+        (["fit", "model.widths=[0]"], "model.widths must be a non-empty list of positive integers"),
         (["cnf", "optim.lr=-1"], "Invalid learning rate: -1"),
         (["vae", "+scheduler.bar=2"], "scheduler could not be built"),
     ],

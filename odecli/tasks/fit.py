@@ -125,6 +125,7 @@ def check_config(cfg: DictConfig) -> None:
     system = build_system(cfg.dynamics)
     _validate(cfg, len(system.t))
     check_fixed_grid(cfg.solver, system.t)  # the evaluation solve spans every training segment's grid
+    build_model(cfg.model, dim=2)  # the settings the vector field takes (a small network: milliseconds)
 
 
 @TASKS.register("fit", validate=check_config)
