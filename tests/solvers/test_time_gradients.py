@@ -8,6 +8,8 @@ time and the accumulated ``t[0]`` term. Every registered method is covered throu
 
 from __future__ import annotations
 
+import functools
+import math
 import warnings
 
 import pytest
@@ -154,6 +156,72 @@ def test_adjoint_t_grad_matches_direct_backprop(method):
         (ys * torch.tensor([[1.0], [2.0], [-1.5]], dtype=F64)).sum().backward()
         grads.append(torch.cat([t.grad, y0.grad]))
     torch.testing.assert_close(grads[1], grads[0], rtol=tolerance, atol=tolerance / 10)
+
+
+# gradcheck through odeint_adjoint compares the adjoint's gradient, the exact solution's, with finite
+# differences of the numerical solve: they agree only as far as the solve is accurate, so the solve is made
+# accurate and gradcheck's atol follows the method's error. Finite differences are taken with
+# ADJOINT_EPS = 1e-3, whose truncation error (eps^2 times a third derivative of order 1 here) is ~1e-7.
+# - Adaptive methods: rtol = atol = 1e-8. The solve's error, and its jumps by about the tolerance when a
+#   perturbation changes the accepted steps, divided by 2 * ADJOINT_EPS, stay below atol = 1e-5.
+# - Fixed grids: a grid through every output time, built from t with a fixed number of points per interval
+#   (finite differences then see a smooth map), of step h; the gradient's error is O(h^order) with a
+#   constant of order 1 for this mild problem on an interval under 1, so atol = max(1e-5, 10 h^order).
+#   h aims at h^order = 1e-6, but no finer than FINEST_FIXED_STEP (first-order methods would need 10^6 steps).
+ADJOINT_EPS = 1e-3
+ADJOINT_ADAPTIVE_TOL = 1e-8
+FINEST_FIXED_STEP = 1e-3
+
+
+def _adjoint_gradcheck(method: str, func, inputs: tuple, solve_state) -> None:
+    """gradcheck ``odeint_adjoint`` on ``solve_state(*inputs[:-1])`` and ``t = inputs[-1]``, accurately enough."""
+    cls = SOLVERS.get(method)
+    t = inputs[-1]
+    if cls.adaptive:
+        kwargs = {"rtol": ADJOINT_ADAPTIVE_TOL, "atol": ADJOINT_ADAPTIVE_TOL}
+        atol = 1e-5
+    else:
+        longest = float((t[1:] - t[:-1]).abs().max().detach())
+        step = max(FINEST_FIXED_STEP, 1e-6 ** (1 / cls.order))
+        points_between = math.ceil(longest / step)
+        kwargs = {"options": {"grid_constructor": functools.partial(_refined_grid, points_between=points_between)}}
+        atol = max(1e-5, 10 * (longest / points_between) ** cls.order)
+
+    def solve(*args):
+        return odeint_adjoint(func, solve_state(*args[:-1]), args[-1], method=method, adjoint_params=(), **kwargs)
+
+    torch.manual_seed(0)  # fast mode: a random projection of the Jacobian, so a first-order grid's 800 implicit steps fit a minute
+    assert torch.autograd.gradcheck(solve, inputs, eps=ADJOINT_EPS, atol=atol, rtol=1e-4, fast_mode=True)
+
+
+# Open (issue 17): the adjoint's gradient differs from finite differences of the solve beyond atol for these two.
+ADJOINT_GRADCHECK_OPEN = {
+    # Measured at rtol 1e-8 against dopri5 at 1e-12: the adjoint's t-gradient is 2e-6 from the exact flow's, direct
+    # backprop's (the slope of fehlberg2's dense output at the output time) 1.5e-3; finite differences see the latter.
+    "fehlberg2": "finite differences follow fehlberg2's dense-output slope (1.5e-3 from the exact flow's); the adjoint's is exact to 2e-6",
+    "explicit_adams": "y0 entries off by 2.5e-2: the backward pass restarts Adams at order 1 on every interval (order 4 overstates it there)",
+}
+
+
+def _adjoint_methods() -> list:
+    return [
+        pytest.param(name, marks=[pytest.mark.xfail(strict=True, reason=ADJOINT_GRADCHECK_OPEN[name])] if name in ADJOINT_GRADCHECK_OPEN else [])
+        for name in SOLVERS.names()
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", _adjoint_methods())
+def test_adjoint_gradcheck_y0_t_tensor_state(method):
+    _adjoint_gradcheck(method, _driven(_weights(2)), (_y0(), _times(0.2, 0.5, 0.9)), lambda y0: y0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", _adjoint_methods())
+def test_adjoint_gradcheck_y0_t_tuple_state_decreasing_time(method):
+    x0 = torch.tensor([0.3, -0.2], dtype=F64, requires_grad=True)
+    v0 = torch.tensor([0.1, 0.5], dtype=F64, requires_grad=True)
+    _adjoint_gradcheck(method, _tuple_field(_weights(3)), (x0, v0, _times(0.8, 0.5, 0.1)), lambda x0, v0: (x0, v0))
 
 
 @pytest.mark.parametrize("method", OUTSIDE_AUTOGRAD)
