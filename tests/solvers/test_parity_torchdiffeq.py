@@ -11,6 +11,10 @@ from odecli.registry import SOLVERS
 torchdiffeq = pytest.importorskip("torchdiffeq")
 from torchdiffeq._impl.odeint import SOLVERS as TORCHDIFFEQ_SOLVERS  # noqa: E402
 
+# Between steps fehlberg2 reads a cubic Hermite dense output where torchdiffeq fits a quartic through a
+# first-order midpoint (a slope O(h) wrong): the outputs differ by up to 6e-4 here, each about 5e-3 from the
+# exact solution at rtol 1e-5, so the check is "as accurate as torchdiffeq" against a dopri8 reference.
+OWN_DENSE_OUTPUT = {"fehlberg2"}
 BROKEN_IN_TORCHDIFFEQ = {"explicit_adams": "torchdiffeq 0.2.5's explicit_adams diverges (NaN) here; ours matches it bit for bit"}
 SHARED = [
     pytest.param(name, marks=[pytest.mark.xfail(reason=BROKEN_IN_TORCHDIFFEQ[name])] if name in BROKEN_IN_TORCHDIFFEQ else [])
@@ -48,7 +52,11 @@ def test_same_solution_and_work_as_torchdiffeq(method, reverse):
     assert stats.nfe_forward == ours_f.calls
     if adaptive:
         assert abs(ours_f.calls - theirs_f.calls) <= 0.1 * theirs_f.calls
-        torch.testing.assert_close(ours, theirs, rtol=0, atol=50 * (atol + rtol * float(theirs.abs().max())))
+        if method in OWN_DENSE_OUTPUT:
+            exact = torchdiffeq.odeint(Spiral(), y0, t, rtol=1e-13, atol=1e-13, method="dopri8")
+            assert float((ours - exact).abs().max()) <= 1.05 * float((theirs - exact).abs().max())
+        else:
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=50 * (atol + rtol * float(theirs.abs().max())))
     else:
         assert ours_f.calls == theirs_f.calls
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)

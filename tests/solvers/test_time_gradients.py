@@ -194,30 +194,14 @@ def _adjoint_gradcheck(method: str, func, inputs: tuple, solve_state) -> None:
     assert torch.autograd.gradcheck(solve, inputs, eps=ADJOINT_EPS, atol=atol, rtol=1e-4, fast_mode=True)
 
 
-# Open (issue 17): the adjoint's gradient differs from finite differences of the solve beyond atol for these two.
-ADJOINT_GRADCHECK_OPEN = {
-    # Measured at rtol 1e-8 against dopri5 at 1e-12: the adjoint's t-gradient is 2e-6 from the exact flow's, direct
-    # backprop's (the slope of fehlberg2's dense output at the output time) 1.5e-3; finite differences see the latter.
-    "fehlberg2": "finite differences follow fehlberg2's dense-output slope (1.5e-3 from the exact flow's); the adjoint's is exact to 2e-6",
-    "explicit_adams": "y0 entries off by 2.5e-2: the backward pass restarts Adams at order 1 on every interval (order 4 overstates it there)",
-}
-
-
-def _adjoint_methods() -> list:
-    return [
-        pytest.param(name, marks=[pytest.mark.xfail(strict=True, reason=ADJOINT_GRADCHECK_OPEN[name])] if name in ADJOINT_GRADCHECK_OPEN else [])
-        for name in SOLVERS.names()
-    ]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("method", _adjoint_methods())
+@pytest.mark.parametrize("method", SOLVERS.names())
 def test_adjoint_gradcheck_y0_t_tensor_state(method):
     _adjoint_gradcheck(method, _driven(_weights(2)), (_y0(), _times(0.2, 0.5, 0.9)), lambda y0: y0)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", _adjoint_methods())
+@pytest.mark.parametrize("method", SOLVERS.names())
 def test_adjoint_gradcheck_y0_t_tuple_state_decreasing_time(method):
     x0 = torch.tensor([0.3, -0.2], dtype=F64, requires_grad=True)
     v0 = torch.tensor([0.1, 0.5], dtype=F64, requires_grad=True)
