@@ -5,6 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
+from odecli.registry import SOLVERS
+
+# torchdiffeq's explicit_adams lets the Bashforth order climb to 11 by default, whose stability region is too
+# small for a damped rotation at the steps these tests take: it diverges there, as torchdiffeq's does bit for bit.
+DIVERGES_WITH_DEFAULTS = {"explicit_adams": "Adams-Bashforth at order 11 (torchdiffeq's default) is unstable on this problem"}
+
+
+def registered_methods(strict: bool = True) -> list:
+    """Every registered method as a pytest parameter; those in DIVERGES_WITH_DEFAULTS marked xfail."""
+    return [
+        pytest.param(name, marks=[pytest.mark.xfail(strict=strict, reason=DIVERGES_WITH_DEFAULTS[name])] if name in DIVERGES_WITH_DEFAULTS else [])
+        for name in SOLVERS.names()
+    ]
+
 # A damped rotation: smooth, non-stiff, with a known solution y(t) = expm(A (t - t0)) y0.
 LINEAR_A = torch.tensor([[-0.5, 1.0], [-1.0, -0.5]], dtype=torch.float64)
 LINEAR_Y0 = torch.tensor([1.0, 0.5], dtype=torch.float64)

@@ -15,7 +15,7 @@ import torch
 
 from odecli import odeint, track_stats
 from odecli.registry import SOLVERS
-from tests.solvers.conftest import LINEAR_Y0, LinearField, exact_linear
+from tests.solvers.conftest import DIVERGES_WITH_DEFAULTS, LINEAR_Y0, LinearField, exact_linear
 
 # Methods whose convergence cannot be measured this way, each with its reason.
 SKIP = {
@@ -26,9 +26,6 @@ SKIP = {
 AT_LEAST = {
     "dopri8": "errors reach round-off (1e-15) at h = 1/8 while the slope is still pre-asymptotic (~9)",
 }
-XFAIL = {
-    "explicit_adams": "bit-identical to torchdiffeq 0.2.5's explicit_adams, which diverges on this problem (reported to the lead)",
-}
 
 
 def _params():
@@ -37,8 +34,8 @@ def _params():
         marks = []
         if name in SKIP:
             marks.append(pytest.mark.skip(reason=SKIP[name]))
-        if name in XFAIL:
-            marks.append(pytest.mark.xfail(reason=XFAIL[name], strict=False))
+        if name in DIVERGES_WITH_DEFAULTS:
+            marks.append(pytest.mark.xfail(reason=DIVERGES_WITH_DEFAULTS[name], strict=False))
         params.append(pytest.param(name, marks=marks))
     return params
 

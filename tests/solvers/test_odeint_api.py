@@ -9,11 +9,16 @@ import pytest
 import torch
 
 from odecli import odeint, track_stats
+from odecli.registry import SOLVERS
 from odecli.solvers.odeint import IgnoredOptionWarning, UnsupportedCallbackWarning
-from tests.solvers.conftest import LINEAR_A, LINEAR_Y0, LinearField, exact_linear
+from tests.solvers.conftest import LINEAR_A, LINEAR_Y0, LinearField, exact_linear, registered_methods
 
-ADAPTIVE_RK = ["dopri5", "dopri8", "tsit5", "bosh3", "fehlberg2", "adaptive_heun"]
-FIXED_RK = ["euler", "midpoint", "heun2", "heun3", "rk4", "rk4_classic"]
+FIXED_STEP = 0.01
+
+
+def _fixed_grid_error_bound(method: str) -> float:
+    """Global error allowed for a fixed grid of FIXED_STEP on the linear test problem over [-1, 1]: 5 h^order."""
+    return 5 * FIXED_STEP ** SOLVERS.get(method).order
 
 
 @pytest.mark.parametrize("method", ["dopri5", "tsit5"])
@@ -32,12 +37,13 @@ def test_many_outputs_in_one_step_cost_no_extra_evaluations(linear):
     torch.testing.assert_close(y, exact_linear(t), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ADAPTIVE_RK + FIXED_RK)
+@pytest.mark.parametrize("method", registered_methods())
 def test_decreasing_time_solves_backwards(method):
     t = torch.linspace(1.0, -1.0, 5, dtype=torch.float64)
-    options = {"step_size": 0.01} if method in FIXED_RK else None
+    adaptive = SOLVERS.get(method).adaptive
+    options = None if adaptive else {"step_size": FIXED_STEP}
     y = odeint(LinearField(), LINEAR_Y0, t, method=method, rtol=1e-8, atol=1e-10, options=options)
-    tolerance = {"euler": 5e-2, "midpoint": 5e-4, "heun2": 5e-4}.get(method, 2e-5)
+    tolerance = 2e-5 if adaptive else max(2e-5, _fixed_grid_error_bound(method))
     torch.testing.assert_close(y, exact_linear(t), rtol=0, atol=tolerance)
 
 
