@@ -20,10 +20,10 @@ from odecli.solvers.errors import (
     UnknownMethod,
     UnknownOption,
 )
-from odecli.solvers.events import odeint_event
 from odecli.solvers.independent import BatchStats, odeint_independent
 from odecli.solvers.odeint import odeint
 from odecli.solvers.stats import SolveStats, track_stats
+from odecli.solvers.terminal_event import odeint_event
 
 __all__ = [
     "odeint",

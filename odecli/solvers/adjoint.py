@@ -19,9 +19,8 @@ Semantics follow ``torchdiffeq.odeint_adjoint`` (keyword names, defaults, tuple 
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -29,49 +28,10 @@ from torch import nn
 
 from odecli.registry import SOLVERS
 from odecli.solvers import stats
+from odecli.solvers.base import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES
 from odecli.solvers.errors import InvalidInputError
-
-# Callbacks a vector field may define; the ``*_adjoint`` variants are called during the backward solve.
-CALLBACK_NAMES = ("callback_step", "callback_accept_step", "callback_reject_step")
-ADJOINT_CALLBACK_NAMES = tuple(f"{name}_adjoint" for name in CALLBACK_NAMES)
-
-DEFAULT_METHOD = "dopri5"
-
-
-def _odeint() -> Callable[..., Any]:
-    # Imported on use: odeint.py is the front end and may import this module for re-export.
-    from odecli.solvers.odeint import odeint
-
-    return odeint
-
-
-# --------------------------------------------------------------------------------------------
-# Flattening a tensor or a tuple of tensors into one 1-D state, and back.
-
-
-class _Structure:
-    """Shapes of a tensor or tuple state, to flatten it into one vector and restore it."""
-
-    def __init__(self, y0: torch.Tensor | Sequence[torch.Tensor]):
-        self.is_tuple = isinstance(y0, (tuple, list))
-        tensors = tuple(y0) if self.is_tuple else (y0,)
-        for i, tensor in enumerate(tensors):
-            if not torch.is_tensor(tensor):
-                raise InvalidInputError(f"y0{f'[{i}]' if self.is_tuple else ''} must be a torch.Tensor, got {type(tensor).__name__}.")
-        self.shapes = [tensor.shape for tensor in tensors]
-        self.sizes = [tensor.numel() for tensor in tensors]
-
-    def flatten(self, y: torch.Tensor | Sequence[torch.Tensor], lead: int = 0) -> torch.Tensor:
-        """One tensor ``(*lead_dims, n)`` from a state whose components have ``lead`` leading dims."""
-        tensors = tuple(y) if self.is_tuple else (y,)
-        return torch.cat([tensor.reshape(*tensor.shape[:lead], -1) for tensor in tensors], dim=-1)
-
-    def unflatten(self, flat: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        """Inverse of ``flatten`` for any leading dims of ``flat``."""
-        lead = flat.shape[:-1]
-        # One tuple argument: a 0-dim state without leading dims needs reshape(()), which reshape(*()) is not.
-        parts = [part.reshape((*lead, *shape)) for part, shape in zip(torch.split(flat, self.sizes, dim=-1), self.shapes, strict=True)]
-        return tuple(parts) if self.is_tuple else parts[0]
+from odecli.solvers.odeint import odeint
+from odecli.solvers.problem import DEFAULT_METHOD, StateLayout, find_parameters
 
 
 def _rms(tensor: torch.Tensor) -> torch.Tensor:
@@ -81,57 +41,6 @@ def _rms(tensor: torch.Tensor) -> torch.Tensor:
 def _mixed_rms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Max over components of each component's RMS (torchdiffeq's norm for tuple states)."""
     return torch.stack([_rms(t) for t in tensors]).max() if tensors else torch.zeros(())
-
-
-# --------------------------------------------------------------------------------------------
-# Statistics: the backward pass calls odeint, whose solves must count as backward work.
-
-
-@contextlib.contextmanager
-def _count_as_backward() -> Iterator[stats.SolveStats]:
-    """Collect the solves run inside the block privately instead of as forward solves.
-
-    The adjoint reuses ``odeint``, which reports every solve with ``record_forward``; during the
-    backward pass those reports are diverted here and re-reported once with ``record_backward``.
-    """
-    if not stats.tracking():
-        yield stats.SolveStats()
-        return
-    private = stats.SolveStats()
-    with stats._lock:
-        saved = list(stats._active)
-        stats._active[:] = [private]
-    try:
-        yield private
-    finally:
-        with stats._lock:
-            stats._active[:] = saved
-
-
-def count_direct_backward(func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Wrap a vector field so direct backprop through it reports backward NFE.
-
-    For the front end (``odeint``) to apply to its flat ``func`` when a tracker is active. Every
-    evaluation whose output takes part in the graph gets one gradient hook; autograd calls it once
-    per backward pass that reaches that evaluation, i.e. once per vector-Jacobian product of
-    ``func`` — exactly what a backward NFE is. Evaluations cut from the graph (rejected steps
-    under ``no_grad`` step-size control) are never counted. Without a tracker it adds nothing.
-    """
-
-    def counted(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = func(t, y)
-        if torch.is_tensor(out) and out.requires_grad and stats.tracking():
-            out.register_hook(_count_one_backward_evaluation)
-        return out
-
-    for name in (*CALLBACK_NAMES, *ADJOINT_CALLBACK_NAMES):
-        if hasattr(func, name):
-            setattr(counted, name, getattr(func, name))
-    return counted
-
-
-def _count_one_backward_evaluation(grad: torch.Tensor) -> None:
-    stats.record_backward(1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,8 +55,8 @@ class _AdjointSolve(torch.autograd.Function):
         structure = setup.structure
         with torch.no_grad():
             y0 = structure.unflatten(y0_flat)
-            answer = _odeint()(setup.func, y0, t, rtol=setup.rtol, atol=setup.atol, method=setup.method,
-                               options=setup.options, event_fn=setup.event_fn)
+            answer = odeint(setup.func, y0, t, rtol=setup.rtol, atol=setup.atol, method=setup.method,
+                            options=setup.options, event_fn=setup.event_fn)
         if setup.event_fn is None:
             y_flat = structure.flatten(answer, lead=1)
             ctx.save_for_backward(t, y_flat, *params)
@@ -173,7 +82,7 @@ class _AdjointSolve(torch.autograd.Function):
             grad_y = grads[1]
             # Backpropagate as if the solve had been asked for the event time (not through it).
             times = torch.cat([t[0].reshape(1), event_t.reshape(1)])
-        with torch.no_grad(), _count_as_backward() as inner:
+        with torch.no_grad(), stats.collected_apart() as inner:
             grad_y0, time_vjps, grad_params, direct_nfe = _solve_adjoint(setup, times, y, grad_y, tuple(params))
         stats.record_backward(inner.nfe_forward + direct_nfe, inner.steps_accepted)
         if time_vjps is not None and setup.event_fn is not None:
@@ -196,23 +105,15 @@ def _solve_adjoint(setup, t, y, grad_y, params):
     t_requires_grad = setup.t_requires_grad
     direct_nfe = 0
 
-    if structure.is_tuple:
-
-        def flat_func(time: torch.Tensor, y_flat: torch.Tensor) -> torch.Tensor:
-            return structure.flatten(func(time, structure.unflatten(y_flat)))
-
-    else:
-        shape = tuple(structure.shapes[0])
-
-        def flat_func(time: torch.Tensor, y_flat: torch.Tensor) -> torch.Tensor:
-            return func(time, y_flat.reshape(shape)).reshape(-1)
+    def flat_func(time: torch.Tensor, y_flat: torch.Tensor) -> torch.Tensor:
+        return structure.flatten(func(time, structure.unflatten(y_flat)))
 
     dtype, device = y.dtype, y.device
     zero_time = torch.zeros(1, dtype=dtype, device=device)
     cast = any(p.dtype != dtype or p.device != device for p in params)
 
-    # Called once per backward evaluation, so it does as little as it can: no flatten/unflatten of a
-    # single-tensor state, no detach of the solver's (graph-free) time, one cat at the end. The
+    # Called once per backward evaluation, so it does as little as it can: a single-tensor state is only
+    # reshaped (views, no copy), no detach of the solver's (graph-free) time, one cat at the end. The
     # backward pass runs under no_grad, so that cat is graph-free although ``f`` carries a graph.
     def augmented_dynamics(time: torch.Tensor, aug: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
@@ -250,7 +151,6 @@ def _solve_adjoint(setup, t, y, grad_y, params):
         torch.zeros(sum(param_sizes), dtype=dtype, device=device),
     ])
     time_vjps = torch.empty(len(t), dtype=t.dtype, device=t.device) if t_requires_grad else None
-    odeint = _odeint()
     for i in range(len(t) - 1, 0, -1):
         if t_requires_grad:
             # Moving the output time t_i moves y(t_i) by f(t_i, y_i): dL/dt_i = <dL/dy_i, f>.
@@ -385,24 +285,13 @@ class SegmentedRMS:
         return sums.mul_(inv_lengths).max().sqrt()
 
 
-def _state_norm(structure: _Structure, forward_norm: Callable | None) -> Callable[[torch.Tensor], torch.Tensor]:
+def _state_norm(structure: StateLayout, forward_norm: Callable | None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The forward solve's norm applied to a flat piece of the augmented state."""
     if forward_norm is not None:
         return lambda flat: forward_norm(structure.unflatten(flat))
     if structure.is_tuple:
         return _PartsRMS(structure.sizes)
     return _rms
-
-
-def find_parameters(module: nn.Module) -> list[torch.Tensor]:
-    """The tensors of ``module`` the adjoint computes gradients for (its parameters)."""
-    if getattr(module, "_is_replica", False):
-        # Inside nn.DataParallel replicas, parameters are plain tensor attributes, not Parameters.
-        found = []
-        for sub in module.modules():
-            found += [v for v in sub.__dict__.values() if torch.is_tensor(v) and v.requires_grad]
-        return found
-    return list(module.parameters())
 
 
 def _strictest(tol):
@@ -495,7 +384,7 @@ def odeint_adjoint(
             stacklevel=2,
         )
 
-    structure = _Structure(y0)
+    structure = StateLayout(y0)
     y0_flat = structure.flatten(y0)
     setup = _AdjointSetup(
         func=func,
@@ -521,4 +410,4 @@ def odeint_adjoint(
     return event_t, structure.unflatten(solution)
 
 
-__all__ = ["odeint_adjoint", "find_parameters", "count_direct_backward", "CALLBACK_NAMES", "ADJOINT_CALLBACK_NAMES"]
+__all__ = ["odeint_adjoint", "SegmentedRMS"]

@@ -15,7 +15,13 @@ from typing import Any, ClassVar
 
 import torch
 
+from odecli.solvers.errors import InvalidInputError
+
 FlatFunc = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# Step callbacks a vector field may define (torchdiffeq's); the ``*_adjoint`` variants are called during
+# an adjoint's backward solve.
+CALLBACK_NAMES = ("callback_step", "callback_accept_step", "callback_reject_step")
+ADJOINT_CALLBACK_NAMES = tuple(f"{name}_adjoint" for name in CALLBACK_NAMES)
 
 
 def output_dtype_accepted(output: torch.dtype, state: torch.dtype) -> bool:
@@ -74,6 +80,4 @@ class AbstractSolver(abc.ABC):
 
         ``event_fn`` is already combined into one scalar that starts positive (see ``events.combine_event_functions``).
         """
-        from odecli.solvers.errors import InvalidInputError
-
         raise InvalidInputError(f"method {type(self).__name__} does not support event_fn; use an explicit Runge-Kutta method such as 'dopri5'.")

@@ -45,13 +45,14 @@ import torch
 from torch import nn
 
 from odecli.solvers import stats
-from odecli.solvers.adjoint import _Structure, find_parameters
 from odecli.solvers.errors import InvalidInputError
+from odecli.solvers.grid import nudge
 from odecli.solvers.interpolation import cubic_hermite, dense_weights_tensor
-from odecli.solvers.odeint import (
-    _FlatFunc,
-    _forward_func_attributes,
+from odecli.solvers.problem import (
+    FlatStateFunc,
     check_problem,
+    find_parameters,
+    forward_func_attributes,
     resolve_method,
     shape_norm_option,
 )
@@ -59,7 +60,6 @@ from odecli.solvers.runge_kutta import (
     AbstractAdaptiveRungeKutta,
     AbstractFixedGridRungeKutta,
     AbstractRungeKutta,
-    _nudge,
     raise_if_not_finite,
 )
 
@@ -106,8 +106,8 @@ def odeint_checkpoint(
     batch_mode = options.pop("batch_mode", "joint")
     if batch_mode != "joint":
         raise InvalidInputError(f"the checkpoint adjoint supports batch_mode='joint' only, got {batch_mode!r}; use direct backprop (adjoint=False) with batch_mode='independent'.")
-    is_tuple, tensors, shapes, options, rtol, atol = check_problem(name, cls, y0, t, rtol, atol, options)
-    first = tensors[0]
+    problem = check_problem(name, cls, y0, t, rtol, atol, options)
+    layout, options, first = problem.layout, problem.options, problem.first
     if options.get("jump_t") is not None:
         raise InvalidInputError("options['jump_t'] is not supported by the checkpoint adjoint; use direct backprop (adjoint=False) or split the solve at the jumps.")
     params = tuple(find_parameters(func)) if adjoint_params is None else tuple(adjoint_params)
@@ -116,23 +116,22 @@ def odeint_checkpoint(
             raise InvalidInputError(f"adjoint_params[{i}] must be a torch.Tensor, got {type(p).__name__}.")
     used = tuple(p for p in params if p.requires_grad)
 
-    structure = _Structure(y0)
-    y0_flat = structure.flatten(y0)
-    flat_func = _FlatFunc(func, shapes if is_tuple else None, first.shape, reverse=False)
-    _forward_func_attributes(flat_func, func, False)
+    y0_flat = layout.flatten(y0)
+    flat_func = FlatStateFunc(func, layout, reverse=False)
+    forward_func_attributes(flat_func, func, False)
     if issubclass(cls, AbstractAdaptiveRungeKutta):
-        shape_norm_option(options, cls, is_tuple, shapes, flat_func.unflatten)
+        shape_norm_option(options, cls, layout)
     else:
         options.pop("norm", None)
 
     needs_grad = torch.is_grad_enabled() and (y0_flat.requires_grad or t.requires_grad or bool(used))
-    setup = _Setup(flat_func, cls, rtol, atol, options, checkpoints, first.dtype, first.device)
+    setup = _Setup(flat_func, cls, problem.rtol, problem.atol, options, checkpoints, first.dtype, first.device)
     if not needs_grad or len(t) == 1:
         with torch.no_grad() if not needs_grad else torch.enable_grad():
-            solution = _forward(setup, t, y0_flat.detach() if not needs_grad else y0_flat, None) if len(t) > 1 else y0_flat.unsqueeze(0)
-        return structure.unflatten(solution)
+            solution = _forward(setup, t, y0_flat.detach() if not needs_grad else y0_flat, None) if len(t) > 1 else y0_flat.unsqueeze(0).clone()
+        return layout.unflatten(solution)
     solution = _CheckpointSolve.apply(setup, t, y0_flat, *used)
-    return structure.unflatten(solution)
+    return layout.unflatten(solution)
 
 
 class _Setup:
@@ -438,8 +437,8 @@ class _Backward:
         t1 = self._grid_time(index + 1, t1f, last and not self.grid_is_t)
         dt = t1 - t0 if torch.is_tensor(t0) or torch.is_tensor(t1) else t1f - t0f
         perturb = self.solver.perturb
-        time_f0 = t0 + (_nudge(t0f, t1f, self.setup.dtype) - t0f) if perturb else t0
-        t_last = t1 + (_nudge(t1f, t0f, self.setup.dtype) - t1f) if perturb else t1
+        time_f0 = t0 + (nudge(t0f, t1f, self.setup.dtype) - t0f) if perturb else t0
+        t_last = t1 + (nudge(t1f, t0f, self.setup.dtype) - t1f) if perturb else t1
         f0 = self._eval(time_f0, y)
         ks, _ = _stages(self._eval, self.coefficients, self.c, t0, dt, t_last, y, f0)
         y1 = _combine(y, ks, self.coefficients.b, dt)

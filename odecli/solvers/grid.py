@@ -22,6 +22,12 @@ from odecli.solvers.errors import GridTooLarge
 MAX_GRID_STEPS = DEFAULT_MAX_NUM_STEPS
 
 
+def nudge(t: float, toward: float, dtype: torch.dtype) -> float:
+    """The next representable time after ``t`` toward ``toward`` in ``dtype`` (torchdiffeq's ``perturb``)."""
+    value = torch.tensor(t, dtype=dtype)
+    return float(torch.nextafter(value, torch.tensor(toward, dtype=dtype)))
+
+
 def count_grid_steps(t: torch.Tensor, step_size: float) -> tuple[int, int, int]:
     """``(steps over the whole span, steps across the widest output interval, index of that interval's start)``."""
     with torch.no_grad():

@@ -39,7 +39,15 @@ import torch
 
 from odecli.solvers import stats
 from odecli.solvers.controllers import StepLimits
-from odecli.solvers.errors import InvalidInputError, InvalidTimeGrid, MaxStepsExceeded, NonFiniteState
+from odecli.solvers.errors import (
+    FuncOutputMismatch,
+    InvalidInputError,
+    InvalidTimeGrid,
+    MaxStepsExceeded,
+    NonFiniteState,
+    StepSizeTooSmall,
+)
+from odecli.solvers.problem import resolve_method
 from odecli.solvers.runge_kutta import DEFAULT_MAX_NUM_STEPS, AbstractAdaptiveRungeKutta, AbstractRungeKutta
 
 BATCH_MODES = ("joint", "independent")
@@ -63,8 +71,6 @@ class BatchStats:
 
 
 def _check_method(method: str | None):
-    from odecli.solvers.odeint import resolve_method
-
     name, cls = resolve_method(method)
     if not (isinstance(cls, type) and issubclass(cls, AbstractAdaptiveRungeKutta)):
         if isinstance(cls, type) and issubclass(cls, AbstractRungeKutta):
@@ -151,14 +157,12 @@ def odeint_independent(
     batch = y0.shape[0]
     times = _check_times(t, batch, y0)
     if stats.tracking() and torch.is_grad_enabled():
-        from odecli.solvers.adjoint import count_direct_backward
-
-        func = count_direct_backward(func)  # one backward NFE per batched evaluation in the graph
+        func = stats.count_direct_backward(func)  # one backward NFE per batched evaluation in the graph
     solver = _IndependentRK(cls, func, y0, rtol, atol, **options)
     solution = solver.integrate(times)
-    stats.record_forward(solver.nfe, int(solver.accepted.sum()), int(solver.rejected.sum()))
+    stats.record_forward(solver.nfe, int(solver.steps_accepted.sum()), int(solver.steps_rejected.sum()))
     if return_stats:
-        return solution, BatchStats(solver.nfe, solver.accepted, solver.rejected)
+        return solution, BatchStats(solver.nfe, solver.steps_accepted, solver.steps_rejected)
     return solution
 
 
@@ -177,8 +181,8 @@ class _IndependentRK:
         self.safety, self.ifactor, self.dfactor = float(safety), float(ifactor), float(dfactor)
         self.time_view = (self.batch,) + (1,) * (y0.ndim - 1)
         self.nfe = 0
-        self.accepted = torch.zeros(self.batch, dtype=torch.long, device=self.device)
-        self.rejected = torch.zeros(self.batch, dtype=torch.long, device=self.device)
+        self.steps_accepted = torch.zeros(self.batch, dtype=torch.long, device=self.device)
+        self.steps_rejected = torch.zeros(self.batch, dtype=torch.long, device=self.device)
         tab = self.tableau
         self.a = [[float(v) for v in row] for row in tab.a]
         self.b = [float(v) for v in tab.b]
@@ -209,8 +213,6 @@ class _IndependentRK:
         out = self.func(time.to(self.dtype).view(self.time_view), y.view(self.shape))
         if not isinstance(out, torch.Tensor) or out.shape != self.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            from odecli.solvers.errors import FuncOutputMismatch
-
             raise FuncOutputMismatch(f"func(t, y) returned {got}, but the state y has shape {tuple(self.shape)}; they must match.")
         return out.reshape(self.batch, self.n)
 
@@ -269,7 +271,7 @@ class _IndependentRK:
             h = torch.where(done, torch.zeros_like(h), h)
             attempts += 1
             if attempts > self.max_num_steps:
-                worst = int(torch.where(done, -1, self.accepted + self.rejected).argmax())
+                worst = int(torch.where(done, -1, self.steps_accepted + self.steps_rejected).argmax())
                 raise MaxStepsExceeded(float(direction[worst] * tau[worst]), self.max_num_steps)
             tau1 = tau + h
             dt = (direction * h).to(dtype)[:, None]
@@ -294,16 +296,14 @@ class _IndependentRK:
                 trouble = ~torch.isfinite(ratio) & ~done
                 flags = torch.stack([stuck.any(), trouble.any(), hits.any(), accept.any()]).tolist()
             if flags[0]:
-                from odecli.solvers.errors import StepSizeTooSmall
-
                 bad = int(stuck.nonzero()[0])
                 raise StepSizeTooSmall(float(direction[bad] * tau[bad]), float(h[bad]), self.min_step)
             if flags[1]:
                 bad = trouble.nonzero()[:, 0]
                 if not bool(torch.isfinite(y1.detach()[bad]).all()):
                     raise NonFiniteState(float(direction[bad[0]] * tau[bad[0]]))
-            self.accepted += accept
-            self.rejected += ~accept & ~done
+            self.steps_accepted += accept
+            self.steps_rejected += ~accept & ~done
             if flags[2]:
                 idx, col = hits.nonzero(as_tuple=True)
                 target = taus[idx, col]

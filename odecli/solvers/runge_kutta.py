@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import torch
 
 from odecli.registry import SOLVERS
-from odecli.solvers.base import AbstractSolver, output_dtype_accepted
+from odecli.solvers.base import CALLBACK_NAMES, AbstractSolver, output_dtype_accepted
 from odecli.solvers.controllers import (
     DEFAULT_MAX_NUM_STEPS,
     StepLimits,
@@ -46,7 +46,8 @@ from odecli.solvers.errors import (
     NonFiniteState,
     StepSizeTooSmall,
 )
-from odecli.solvers.grid import grid_from_step_size
+from odecli.solvers.events import find_event
+from odecli.solvers.grid import grid_from_step_size, nudge
 from odecli.solvers.interpolation import DenseOutputs, cubic_hermite, dense_weights_tensor
 from odecli.solvers.tableau import (
     ADAPTIVE_HEUN,
@@ -73,7 +74,7 @@ def raise_if_not_finite(solution: torch.Tensor, times) -> None:
         raise NonFiniteState(times[bad])
 
 
-ALL_CALLBACKS = frozenset({"callback_step", "callback_accept_step", "callback_reject_step"})
+ALL_CALLBACKS = frozenset(CALLBACK_NAMES)
 ADAPTIVE_OPTIONS = frozenset(
     {"first_step", "min_step", "max_step", "safety", "ifactor", "dfactor", "max_num_steps", "step_t", "jump_t", "norm", "controller"}
 )
@@ -83,12 +84,6 @@ MAX_EVENT_STEPS = 20000  # fixed-grid event search gives up here, as torchdiffeq
 
 class _NeedsGraph(Exception):
     """Raised inside the in-place fast path when ``func`` turns out to need autograd."""
-
-
-def _nudge(t: float, toward: float, dtype: torch.dtype) -> float:
-    """The next representable time after ``t`` toward ``toward`` in ``dtype`` (torchdiffeq's perturb)."""
-    value = torch.tensor(t, dtype=dtype)
-    return float(torch.nextafter(value, torch.tensor(toward, dtype=dtype)))
 
 
 def _cast_output(func: Callable, dtype: torch.dtype) -> Callable:
@@ -106,11 +101,11 @@ def _as_float(t) -> float:
 
 
 def _nudge_time(t, toward, dtype: torch.dtype):
-    """``_nudge`` for a float time, or a tensor time that keeps its gradient (the ulp is a constant)."""
+    """``nudge`` for a float time, or a tensor time that keeps its gradient (the ulp is a constant)."""
     if isinstance(t, torch.Tensor):
         value = _as_float(t)
-        return t + (_nudge(value, _as_float(toward), dtype) - value)
-    return _nudge(t, toward, dtype)
+        return t + (nudge(value, _as_float(toward), dtype) - value)
+    return nudge(t, toward, dtype)
 
 
 class AbstractRungeKutta(AbstractSolver):
@@ -194,13 +189,13 @@ class AbstractRungeKutta(AbstractSolver):
             ks = K
             for i in range(1, tab.stages):
                 ci = c[i]
-                ti = (_nudge(t1, t0, dtype) if nudge_end else t1) if ci == 1.0 else t0 + ci * dt
+                ti = (nudge(t1, t0, dtype) if nudge_end else t1) if ci == 1.0 else t0 + ci * dt
                 yi = torch.addmv(y, torch.stack(ks).T, a_rows[i], alpha=dt)
                 ks.append(func(torch.scalar_tensor(ti, dtype=dtype, device=device), yi.view(shape)).reshape(self.n))
             self.nfe += tab.stages - 1
             return yi, torch.stack(ks)
         buffer, plan, _ = K
-        t_end = _nudge(t1, t0, dtype) if nudge_end else t1
+        t_end = nudge(t1, t0, dtype) if nudge_end else t1
         if self._row_state:
             # A [1, n] state: ``addmm`` of [1, i] weights and the first i stages yields the stage
             # input in the state's own shape, so no per-stage ``view``.
@@ -399,7 +394,7 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
                     if next_jump != len(jump_taus) - 1:
                         next_jump += 1
                     # Past a discontinuity of f: take the slope from the side the next step lies on.
-                    f = self._eval_flat(_nudge(t1, t1 + direction, self.time_dtype), y1)
+                    f = self._eval_flat(nudge(t1, t1 + direction, self.time_dtype), y1)
                     if not grad:
                         first_row.copy_(f)
                 elif carries:
@@ -486,8 +481,6 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
         return self._restartable(lambda grad: self._until_event(_as_float(t0), event_fn, direction, grad))
 
     def _until_event(self, t0: float, event_fn, direction: float, grad: bool):
-        from odecli.solvers.events import find_event
-
         y, f, h = self._start(t0, direction)
         grad = grad or (torch.is_grad_enabled() and (y.requires_grad or f.requires_grad))
         start = self.y0
@@ -566,7 +559,7 @@ class AbstractFixedGridRungeKutta(AbstractRungeKutta):
         if self.callback_step is not None:
             self._callback(self.callback_step, t0, y, abs(dt))
         if f0 is None:
-            f0 = self._eval_flat(_nudge(t0, t1, self.time_dtype) if self.perturb else t0, y)
+            f0 = self._eval_flat(nudge(t0, t1, self.time_dtype) if self.perturb else t0, y)
         if grad:
             y_last, stages = self._stages(t0, dt, t1, y, [f0], True, self.perturb)
         else:
@@ -619,8 +612,8 @@ class AbstractFixedGridRungeKutta(AbstractRungeKutta):
             if self.callback_step is not None:
                 self._callback(self.callback_step, t0_value, y, abs(t1_value - t0_value))
             # perturb: one ulp into the step, added to the tensor time (the ulp itself is a constant).
-            start = t0 + (_nudge(t0_value, t1_value, self.time_dtype) - t0_value) if self.perturb else t0
-            end = t1 + (_nudge(t1_value, t0_value, self.time_dtype) - t1_value) if self.perturb else t1
+            start = t0 + (nudge(t0_value, t1_value, self.time_dtype) - t0_value) if self.perturb else t0
+            end = t1 + (nudge(t1_value, t0_value, self.time_dtype) - t1_value) if self.perturb else t1
             f0 = self._eval_first(start, y) if k == 0 else self._eval_flat(start, y)
             stages = [f0]
             for i in range(1, self.tableau.stages):
@@ -643,7 +636,7 @@ class AbstractFixedGridRungeKutta(AbstractRungeKutta):
         self._check_initial_state(times[0])
         y = self.y0.reshape(self.n)
         start = grid[:2].tolist()
-        f0 = self._eval_first(_nudge(start[0], start[1], self.time_dtype) if self.perturb and len(start) > 1 else start[0], y)
+        f0 = self._eval_first(nudge(start[0], start[1], self.time_dtype) if self.perturb and len(start) > 1 else start[0], y)
         grad = grad or (torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad))
         K = None if grad else self._buffers()
         outputs = [y]
@@ -676,14 +669,12 @@ class AbstractFixedGridRungeKutta(AbstractRungeKutta):
         return self._restartable(lambda grad: self._until_event(_as_float(t0), event_fn, direction, grad))
 
     def _until_event(self, t0: float, event_fn, direction: float, grad: bool):
-        from odecli.solvers.events import find_event
-
         if self.step_size is None:
             raise InvalidInputError("event handling with a fixed-grid method needs options={'step_size': h}.")
         self._check_initial_state(t0)
         start = self.y0
         y = start.reshape(self.n)
-        f0 = self._eval_first(_nudge(t0, t0 + direction, self.time_dtype) if self.perturb else t0, y)
+        f0 = self._eval_first(nudge(t0, t0 + direction, self.time_dtype) if self.perturb else t0, y)
         grad = grad or (torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad))
         K = None if grad else self._buffers()
         with torch.no_grad():
@@ -695,7 +686,7 @@ class AbstractFixedGridRungeKutta(AbstractRungeKutta):
             with torch.no_grad():
                 crossed = bool(torch.sign(event_fn(self._time(t1), y1.view(self.shape))) != sign0)
             if crossed:
-                f1 = self._eval_flat(_nudge(t1, t0, self.time_dtype) if self.perturb else t1, y1) if self.interp == "cubic" else None
+                f1 = self._eval_flat(nudge(t1, t0, self.time_dtype) if self.perturb else t1, y1) if self.interp == "cubic" else None
 
                 def interp(t, t0=t0, t1=t1, y0=y, y1=y1, f0=f0, f1=f1):
                     s = ((t - t0) / (t1 - t0)).to(self.dtype)

@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+
+import torch
+
+from odecli.solvers.base import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES
 
 
 @dataclass
@@ -61,13 +65,13 @@ def tracking() -> bool:
     return bool(_active)
 
 
-def record_forward(nfe: int, accepted: int = 0, rejected: int = 0) -> None:
+def record_forward(nfe: int, steps_accepted: int = 0, steps_rejected: int = 0) -> None:
     """Called by a solver once at the end of a forward solve."""
     with _lock:
         for stats in _active:
             stats.nfe_forward += nfe
-            stats.steps_accepted += accepted
-            stats.steps_rejected += rejected
+            stats.steps_accepted += steps_accepted
+            stats.steps_rejected += steps_rejected
             stats.solves += 1
 
 
@@ -77,3 +81,51 @@ def record_backward(nfe: int, steps: int = 0) -> None:
         for stats in _active:
             stats.nfe_backward += nfe
             stats.steps_backward += steps
+
+
+@contextlib.contextmanager
+def collected_apart() -> Iterator[SolveStats]:
+    """Collect the solves run inside the block in the yielded ``SolveStats`` only, hidden from every tracker.
+
+    The adjoint's backward pass reuses ``odeint``, which reports each solve with ``record_forward``;
+    it collects those reports here and reports them once more, as backward work, with
+    ``record_backward``. Without an active tracker nothing is collected.
+    """
+    if not tracking():
+        yield SolveStats()
+        return
+    private = SolveStats()
+    with _lock:
+        saved = list(_active)
+        _active[:] = [private]
+    try:
+        yield private
+    finally:
+        with _lock:
+            _active[:] = saved
+
+
+def count_direct_backward(func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Wrap a vector field so direct backprop through it reports backward NFE.
+
+    For a front end to apply to its ``func`` when a tracker is active. Every evaluation whose output
+    takes part in the graph gets one gradient hook; autograd calls it once per backward pass that
+    reaches that evaluation, i.e. once per vector-Jacobian product of ``func`` — exactly what a
+    backward NFE is. Evaluations cut from the graph (rejected steps under ``no_grad`` step-size
+    control) are never counted. Without a tracker it adds nothing.
+    """
+
+    def counted(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = func(t, y)
+        if torch.is_tensor(out) and out.requires_grad and tracking():
+            out.register_hook(_count_one_backward_evaluation)
+        return out
+
+    for name in (*CALLBACK_NAMES, *ADJOINT_CALLBACK_NAMES):
+        if hasattr(func, name):
+            setattr(counted, name, getattr(func, name))
+    return counted
+
+
+def _count_one_backward_evaluation(grad: torch.Tensor) -> None:
+    record_backward(1)

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from odecli.errors import ConfigError, RunFailed
 from odecli.solvers.errors import GridTooLarge, MaxStepsExceeded, StepSizeTooSmall
 from odecli.solvers.grid import check_grid_size
-from odecli.solvers.odeint import resolve_method
+from odecli.solvers.problem import resolve_method
 
 Solve = Callable[[Callable, torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -8,8 +8,9 @@ from torch import nn
 
 from odecli.solvers.adjoint import odeint_adjoint
 from odecli.solvers.errors import InvalidInputError
-from odecli.solvers.events import combine_event_functions, find_event, odeint_event
+from odecli.solvers.events import combine_event_functions, find_event
 from odecli.solvers.odeint import odeint
+from odecli.solvers.terminal_event import odeint_event
 
 F64 = torch.float64
 

@@ -10,7 +10,8 @@ import torch
 
 from odecli import odeint, track_stats
 from odecli.registry import SOLVERS
-from odecli.solvers.odeint import IgnoredOptionWarning, UnsupportedCallbackWarning
+from odecli.solvers.odeint import UnsupportedCallbackWarning
+from odecli.solvers.problem import IgnoredOptionWarning
 from tests.solvers.conftest import LINEAR_A, LINEAR_Y0, LinearField, exact_linear, registered_methods
 
 FIXED_STEP = 0.01

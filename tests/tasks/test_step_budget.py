@@ -23,7 +23,7 @@ from odecli.registry import SOLVERS
 from odecli.solvers import MaxStepsExceeded, StepSizeTooSmall, odeint
 from odecli.solvers.errors import GridTooLarge
 from odecli.solvers.grid import MAX_GRID_STEPS
-from odecli.solvers.odeint import IgnoredOptionWarning
+from odecli.solvers.problem import IgnoredOptionWarning
 from odecli.tasks.common import SolverGaveUp, make_solve
 from odecli.tasks.loop import TrainingLoop
 from odecli.tracking import Run
