@@ -29,153 +29,15 @@ BIT 44(3), 2004; coefficients and stage predictors as diffrax and OrdinaryDiffEq
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from odecli.registry import SOLVERS
 from odecli.solvers.adaptive_implicit import AbstractAdaptiveImplicit, NewtonFailed, ShiftedLU
-from odecli.solvers.tableau import InvalidTableau, hermite_dense
+from odecli.solvers.tableau import KVAERNO3, KVAERNO5, ButcherTableau, InvalidTableau, TableauKind, tableau_tensors
 
-_CONSISTENCY_TOL = 1e-12
-
-# --------------------------------------------------------------------------------------------
-# Tableaus as data.
-
-
-@dataclass(frozen=True)
-class ESDIRKTableau:
-    """A stiffly accurate ESDIRK method: ``a[i]`` holds the ``i`` sub-diagonal weights of stage ``i``.
-
-    Stage 0 is explicit; stages ``1..s-1`` have the diagonal ``gamma``. The solution weights are the
-    last row (``b = a[s-1] + (γ,)``, stiffly accurate); ``b_error`` = solution minus embedded weights.
-    ``predictor[i]`` (optional) extrapolates a Newton starting guess ``k_i ≈ Σ_j predictor[i][j] k_j``.
-    """
-
-    name: str
-    c: tuple[float, ...]
-    a: tuple[tuple[float, ...], ...]
-    gamma: float
-    b_error: tuple[float, ...]
-    predictor: tuple[tuple[float, ...], ...] | None = None
-
-    def __post_init__(self) -> None:
-        s = len(self.c)
-        if len(self.a) != s or len(self.b_error) != s:
-            raise InvalidTableau(f"{self.name}: c, a and b_error must all have {s} entries (stages).")
-        if self.c[0] != 0.0 or self.a[0] != ():
-            raise InvalidTableau(f"{self.name}: an ESDIRK's first stage is explicit: c[0] = 0 and a[0] = ().")
-        if not 0.0 < self.gamma < 1.0:
-            raise InvalidTableau(f"{self.name}: the diagonal γ must lie in (0, 1), got {self.gamma}.")
-        for i, row in enumerate(self.a[1:], start=1):
-            if len(row) != i:
-                raise InvalidTableau(f"{self.name}: row a[{i}] must have {i} sub-diagonal entries, got {len(row)}.")
-            total = math.fsum(row) + self.gamma
-            if abs(total - self.c[i]) > _CONSISTENCY_TOL:
-                raise InvalidTableau(f"{self.name}: row a[{i}] plus γ sums to {total!r}, but c[{i}] = {self.c[i]!r}; they must agree.")
-        if self.c[-1] != 1.0:
-            raise InvalidTableau(f"{self.name}: a stiffly accurate method's last node must be 1, got {self.c[-1]}.")
-        if abs(math.fsum(self.b_error)) > _CONSISTENCY_TOL:
-            raise InvalidTableau(f"{self.name}: error weights b_error sum to {math.fsum(self.b_error)!r}, they must sum to 0.")
-        if self.predictor is not None:
-            if len(self.predictor) != s - 1 or any(len(row) != i for i, row in enumerate(self.predictor, start=1)):
-                raise InvalidTableau(f"{self.name}: predictor needs rows of 1..{s - 1} weights for stages 1..{s - 1}.")
-            for i, row in enumerate(self.predictor, start=1):
-                if abs(math.fsum(row) - 1.0) > 1e-9:
-                    raise InvalidTableau(f"{self.name}: predictor row {i} sums to {math.fsum(row)!r}; an extrapolation of slopes must sum to 1.")
-
-    @property
-    def stages(self) -> int:
-        return len(self.c)
-
-    @property
-    def b(self) -> tuple[float, ...]:
-        """Solution weights: the last stage's row (stiffly accurate)."""
-        return (*self.a[-1], self.gamma)
-
-    @property
-    def b_embedded(self) -> tuple[float, ...]:
-        return tuple(b - e for b, e in zip(self.b, self.b_error, strict=True))
-
-    def full_a(self) -> np.ndarray:
-        """The ``[s, s]`` Butcher matrix, diagonal included."""
-        s = self.stages
-        a = np.zeros((s, s))
-        for i, row in enumerate(self.a):
-            a[i, :i] = row
-            if i:
-                a[i, i] = self.gamma
-        return a
-
-
-# Kværnø 2004, ESDIRK 5(4), 7 stages; predictors from OrdinaryDiffEq.jl (α21 = 1, as diffrax corrects it).
-_K5_GAMMA = 0.26
-_K5_ROW6 = (0.13855640231268224, 0.0, -0.04245337201752043, 0.02446657898003141, 0.61943039072480676)
-_K5_ROW7 = (0.13659751177640291, 0.0, -0.05496908796538376, -0.04118626728321046, 0.62993304899016403, 0.06962479448202728)
-KVAERNO5 = ESDIRKTableau(
-    name="kvaerno5",
-    c=(0.0, 0.52, 1.230333209967908, 0.8957659843500759, 0.43639360985864756, 1.0, 1.0),
-    a=(
-        (),
-        (_K5_GAMMA,),
-        (0.13, 0.84033320996790809),
-        (0.22371961478320505, 0.47675532319799699, -0.06470895363112615),
-        (0.16648564323248321, 0.10450018841591720, 0.03631482272098715, -0.13090704451073998),
-        _K5_ROW6,
-        _K5_ROW7,
-    ),
-    gamma=_K5_GAMMA,
-    b_error=(*(r7 - r6 for r7, r6 in zip(_K5_ROW7, (*_K5_ROW6, _K5_GAMMA), strict=True)), _K5_GAMMA),
-    predictor=(
-        (1.0,),
-        (-1.366025403784441, 2.3660254037844357),
-        (-0.19650552613122207, 0.8113579546496623, 0.38514757148155954),
-        (0.10375304369958693, 0.937994698066431, -0.04174774176601781, 0.0),
-        (-0.17281112873898072, 0.6235784481025847, 0.5492326806363959, 0.0, 0.0),
-        (*_K5_ROW6, _K5_GAMMA),
-    ),
-)
-
-# Kværnø 2004, ESDIRK 3(2), 4 stages; every coefficient a function of γ.
-_K3_GAMMA = 0.43586652150
-_K3_ROW3 = ((-4 * _K3_GAMMA**2 + 6 * _K3_GAMMA - 1) / (4 * _K3_GAMMA), (-2 * _K3_GAMMA + 1) / (4 * _K3_GAMMA))
-_K3_ROW4 = (
-    (6 * _K3_GAMMA - 1) / (12 * _K3_GAMMA),
-    -1 / ((24 * _K3_GAMMA - 12) * _K3_GAMMA),
-    (-6 * _K3_GAMMA**2 + 6 * _K3_GAMMA - 1) / (6 * _K3_GAMMA - 3),
-)
-_K3_THETA = 1 / (2 * _K3_GAMMA)
-KVAERNO3 = ESDIRKTableau(
-    name="kvaerno3",
-    c=(0.0, 2 * _K3_GAMMA, 1.0, 1.0),
-    a=((), (_K3_GAMMA,), _K3_ROW3, _K3_ROW4),
-    gamma=_K3_GAMMA,
-    b_error=(*(r4 - r3 for r4, r3 in zip(_K3_ROW4, (*_K3_ROW3, _K3_GAMMA), strict=True)), _K3_GAMMA),
-    predictor=((1.0,), (1.0 - _K3_THETA, _K3_THETA), (*_K3_ROW3, _K3_GAMMA)),
-)
-
-ESDIRK_TABLEAUS: tuple[ESDIRKTableau, ...] = (KVAERNO5, KVAERNO3)
 KVAERNO_2004 = "Kvaerno 2004, BIT 44(3), 'Singly diagonally implicit Runge-Kutta methods with an explicit first stage'"
-
-
-@lru_cache(maxsize=64)
-def _coefficients(tableau: ESDIRKTableau, dtype: torch.dtype, device: torch.device):
-    """``(a rows, predictor rows, b, b_error)`` as tensors of one dtype and device."""
-
-    def tensor(values):
-        return torch.tensor(values, dtype=dtype, device=device)
-
-    predictor = tableau.predictor or tuple((0.0,) * (i - 1) + (1.0,) for i in range(1, tableau.stages))
-    return (
-        tuple(tensor(row) for row in tableau.a),
-        (None, *(tensor(row) for row in predictor)),
-        tensor(tableau.b),
-        tensor(tableau.b_error),
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,13 +47,27 @@ def _coefficients(tableau: ESDIRKTableau, dtype: torch.dtype, device: torch.devi
 class AbstractESDIRK(AbstractAdaptiveImplicit):
     """An adaptive stiffly accurate ESDIRK method; subclasses set ``tableau``, ``order`` and ``reference``."""
 
-    tableau: ClassVar[ESDIRKTableau]
-    fsal: ClassVar[bool] = True
+    tableau: ClassVar[ButcherTableau]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse a tableau this stepper cannot run; FSAL is read from it."""
+        super().__init_subclass__(**kwargs)
+        tab = getattr(cls, "tableau", None)
+        if tab is None:
+            return
+        shaped = tab.kind is TableauKind.DIAGONALLY_IMPLICIT and not any(tab.a[0]) and tab.gamma is not None and 0.0 < tab.gamma < 1.0
+        if not (shaped and tab.stiffly_accurate and tab.adaptive and tab.dense is not None):
+            raise InvalidTableau(
+                f"{tab.name}: an ESDIRK method needs an explicit first stage, one diagonal γ in (0, 1) for the other stages, "
+                "b equal to the last row (stiffly accurate), error weights and a dense output."
+            )
+        cls.fsal = tab.fsal
 
     def __init__(self, func, y0: torch.Tensor, rtol, atol, **options: Any):
         super().__init__(func, y0, rtol, atol, **options)
-        self.a_rows, self.predictor, self.b, self.b_error = _coefficients(self.tableau, self.dtype, self.device)
-        self.dense = np.array(hermite_dense(self.tableau.b), dtype=np.float64)
+        coefficients = tableau_tensors(self.tableau, self.dtype, self.device)
+        self.a_rows, self.predictor, self.b_error = coefficients.a_rows, coefficients.predictor, coefficients.b_error
+        self.dense = coefficients.dense
 
     def _factorise(self, jac: torch.Tensor, h: float) -> ShiftedLU:
         """``I - hγJ``: one LU serves every stage, since the diagonal γ is shared."""

@@ -1,6 +1,6 @@
 """Fixed-grid implicit Runge–Kutta methods (torchdiffeq's main-branch family) solved by Newton.
 
-Each method is a Butcher tableau (data, checked on construction) and a three-line class. One step
+Each method is a Butcher tableau (``tableau.py``: data, checked on construction) and a three-line class. One step
 solves the stage equations ``K_i = f(t0 + c_i h, y0 + h Σ_j a_ij K_j)`` with a *simplified Newton*
 iteration (Hairer & Wanner, Solving ODEs II, IV.8): the Jacobian ``J = ∂f/∂y(t0, y0)`` is taken
 once per step by autograd and the iteration matrix ``I - h A⊗J`` is factorised once. Lower-
@@ -24,7 +24,6 @@ from __future__ import annotations
 import abc
 import functools
 import math
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -36,6 +35,18 @@ from odecli.solvers.errors import InvalidInputError, MaxStepsExceeded, NewtonDid
 from odecli.solvers.events import find_event
 from odecli.solvers.grid import grid_from_step_size
 from odecli.solvers.jacobian import Jacobian
+from odecli.solvers.tableau import (
+    GAUSS_LEGENDRE_4,
+    GAUSS_LEGENDRE_6,
+    IMPLICIT_EULER,
+    IMPLICIT_MIDPOINT,
+    RADAU_IIA_3,
+    RADAU_IIA_5,
+    SDIRK_2,
+    TR_BDF2,
+    TRAPEZOID,
+    ButcherTableau,
+)
 
 # --------------------------------------------------------------------------------------------
 # Fixed-grid integration loop shared by the implicit methods and the fixed-step Adams methods.
@@ -153,80 +164,6 @@ class AbstractFixedGridSolver(AbstractSolver):
 
 
 # --------------------------------------------------------------------------------------------
-# Implicit tableaus as data.
-
-
-@dataclass(frozen=True)
-class ImplicitTableau:
-    """Butcher tableau ``(c, a, b)`` of an implicit Runge–Kutta method; ``a`` may be full."""
-
-    c: tuple[float, ...]
-    a: tuple[tuple[float, ...], ...]
-    b: tuple[float, ...]
-
-    def __post_init__(self):
-        s = len(self.c)
-        if len(self.a) != s or any(len(row) != s for row in self.a) or len(self.b) != s:
-            raise ValueError(f"tableau must be square with {s} stages: got a {[len(r) for r in self.a]}, b {len(self.b)}")
-        for i, (ci, row) in enumerate(zip(self.c, self.a, strict=True)):
-            if not math.isclose(sum(row), ci, abs_tol=1e-12):
-                raise ValueError(f"row {i} of a sums to {sum(row)}, not c[{i}] = {ci}")
-        if not math.isclose(sum(self.b), 1.0, abs_tol=1e-12):
-            raise ValueError(f"weights b sum to {sum(self.b)}, not 1")
-
-    @property
-    def stages(self) -> int:
-        return len(self.c)
-
-    @property
-    def diagonally_implicit(self) -> bool:
-        """Lower-triangular ``a``: stages can be solved one after another."""
-        return all(self.a[i][j] == 0 for i in range(self.stages) for j in range(i + 1, self.stages))
-
-
-_S2, _S3, _S6, _S15 = math.sqrt(2), math.sqrt(3), math.sqrt(6), math.sqrt(15)
-
-IMPLICIT_EULER = ImplicitTableau(c=(1.0,), a=((1.0,),), b=(1.0,))
-IMPLICIT_MIDPOINT = ImplicitTableau(c=(0.5,), a=((0.5,),), b=(1.0,))
-TRAPEZOID = ImplicitTableau(c=(0.0, 1.0), a=((0.0, 0.0), (0.5, 0.5)), b=(0.5, 0.5))
-GAUSS_LEGENDRE_4 = ImplicitTableau(
-    c=(0.5 - _S3 / 6, 0.5 + _S3 / 6),
-    a=((0.25, 0.25 - _S3 / 6), (0.25 + _S3 / 6, 0.25)),
-    b=(0.5, 0.5),
-)
-GAUSS_LEGENDRE_6 = ImplicitTableau(
-    c=(0.5 - _S15 / 10, 0.5, 0.5 + _S15 / 10),
-    a=(
-        (5 / 36, 2 / 9 - _S15 / 15, 5 / 36 - _S15 / 30),
-        (5 / 36 + _S15 / 24, 2 / 9, 5 / 36 - _S15 / 24),
-        (5 / 36 + _S15 / 30, 2 / 9 + _S15 / 15, 5 / 36),
-    ),
-    b=(5 / 18, 4 / 9, 5 / 18),
-)
-RADAU_IIA_3 = ImplicitTableau(c=(1 / 3, 1.0), a=((5 / 12, -1 / 12), (3 / 4, 1 / 4)), b=(3 / 4, 1 / 4))
-RADAU_IIA_5 = ImplicitTableau(
-    c=(2 / 5 - _S6 / 10, 2 / 5 + _S6 / 10, 1.0),
-    a=(
-        (11 / 45 - 7 * _S6 / 360, 37 / 225 - 169 * _S6 / 1800, -2 / 225 + _S6 / 75),
-        (37 / 225 + 169 * _S6 / 1800, 11 / 45 + 7 * _S6 / 360, -2 / 225 - _S6 / 75),
-        (4 / 9 - _S6 / 36, 4 / 9 + _S6 / 36, 1 / 9),
-    ),
-    b=(4 / 9 - _S6 / 36, 4 / 9 + _S6 / 36, 1 / 9),
-)
-# L-stable SDIRK of order 2 (Alexander 1977), gamma = 1 - 1/sqrt(2).
-_GAMMA = (2 - _S2) / 2
-SDIRK_2 = ImplicitTableau(c=(_GAMMA, 1.0), a=((_GAMMA, 0.0), (1 - _GAMMA, _GAMMA)), b=(1 - _GAMMA, _GAMMA))
-# TR-BDF2 as an ESDIRK (Hosea & Shampine 1996): a trapezoid stage to 2γ, then a BDF2 stage.
-_TR_GAMMA = 1 - _S2 / 2
-_TR_W = _S2 / 4
-TR_BDF2 = ImplicitTableau(
-    c=(0.0, 2 * _TR_GAMMA, 1.0),
-    a=((0.0, 0.0, 0.0), (_TR_GAMMA, _TR_GAMMA, 0.0), (_TR_W, _TR_W, _TR_GAMMA)),
-    b=(_TR_W, _TR_W, _TR_GAMMA),
-)
-
-
-# --------------------------------------------------------------------------------------------
 # The Newton solve of one step.
 
 
@@ -234,7 +171,7 @@ class AbstractImplicitRungeKutta(AbstractFixedGridSolver):
     """A fixed-grid implicit Runge–Kutta method; subclasses set ``tableau`` and ``order``."""
 
     implicit: ClassVar[bool] = True
-    tableau: ClassVar[ImplicitTableau]
+    tableau: ClassVar[ButcherTableau]
     options: ClassVar[frozenset[str]] = FIXED_GRID_OPTIONS | {"max_iters", "jacobian"}
 
     def __init__(self, func, y0, rtol, atol, max_iters: int = 100, jacobian: str = "autograd", **options: Any):

@@ -41,7 +41,7 @@ import torch
 from odecli.registry import SOLVERS
 from odecli.solvers.adaptive_implicit import AbstractAdaptiveImplicit, IterationMatrix, NewtonFailed, ShiftedLU
 from odecli.solvers.errors import InvalidInputError
-from odecli.solvers.implicit import RADAU_IIA_5
+from odecli.solvers.tableau import RADAU_IIA_5, ButcherTableau
 
 NODES = np.array(RADAU_IIA_5.c)
 A = np.array(RADAU_IIA_5.a)  # the collocation matrix, A_ij = ∫_0^{c_i} ℓ_j (checked in the tests)
@@ -138,6 +138,7 @@ class _CollocationMatrix(IterationMatrix):
 class Radau5(AbstractAdaptiveImplicit):
     """Radau IIA, 3 stages, order 5 (stage order 3), with Hairer's error estimate and the collocation polynomial as dense output."""
 
+    tableau: ClassVar[ButcherTableau] = RADAU_IIA_5  # its error estimate is Hairer's, not an embedded pair's
     order: ClassVar[int] = 5
     error_order: ClassVar[int] = 4
     # Newton to 1% of the tolerance, not 5%: over Robertson's 300+ steps the 5% Newton errors add up to

@@ -63,6 +63,8 @@ from odecli.solvers.tableau import (
     RK4_THREE_EIGHTHS,
     TSIT5,
     ButcherTableau,
+    InvalidTableau,
+    TableauKind,
     tableau_tensors,
 )
 
@@ -113,6 +115,16 @@ class AbstractRungeKutta(AbstractSolver):
 
     tableau: ClassVar[ButcherTableau]
     native_problem: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse an implicit tableau; FSAL is read from the tableau."""
+        super().__init_subclass__(**kwargs)
+        tab = getattr(cls, "tableau", None)
+        if tab is None:
+            return
+        if tab.kind is not TableauKind.EXPLICIT:
+            raise InvalidTableau(f"{tab.name}: an explicit Runge-Kutta method needs a strictly lower triangular a, this tableau is {tab.kind.value}.")
+        cls.fsal = tab.fsal
 
     def __init__(self, func, y0: torch.Tensor, rtol, atol, norm=None, **options: Any):
         super().__init__(func, y0, rtol, atol)
@@ -708,7 +720,7 @@ class AbstractFixedGridRungeKutta(AbstractRungeKutta):
 class Dopri5(AbstractAdaptiveRungeKutta):
     """Dormand–Prince 5(4): 7 stages (6 evaluations per step with FSAL)."""
 
-    tableau, order, fsal = DOPRI5, 5, True
+    tableau, order = DOPRI5, 5
     reference = "Dormand & Prince 1980, J. Comput. Appl. Math. 6(1); dense output: Shampine 1986"
 
 
@@ -716,7 +728,7 @@ class Dopri5(AbstractAdaptiveRungeKutta):
 class Dopri8(AbstractAdaptiveRungeKutta):
     """Prince–Dormand RK8(7)13M as torchdiffeq writes it, with an appended FSAL stage."""
 
-    tableau, order, fsal = DOPRI8, 8, True
+    tableau, order = DOPRI8, 8
     reference = "Prince & Dormand 1981, J. Comput. Appl. Math. 7(1)"
 
 
@@ -724,7 +736,7 @@ class Dopri8(AbstractAdaptiveRungeKutta):
 class Tsit5(AbstractAdaptiveRungeKutta):
     """Tsitouras 5(4): 7 stages, FSAL, coefficients optimised for a smaller principal error."""
 
-    tableau, order, fsal = TSIT5, 5, True
+    tableau, order = TSIT5, 5
     reference = "Tsitouras 2011, Comput. Math. Appl. 62(2)"
 
 
@@ -732,7 +744,7 @@ class Tsit5(AbstractAdaptiveRungeKutta):
 class Bosh3(AbstractAdaptiveRungeKutta):
     """Bogacki–Shampine 3(2): 4 stages (3 evaluations per step with FSAL)."""
 
-    tableau, order, fsal = BOSH3, 3, True
+    tableau, order = BOSH3, 3
     reference = "Bogacki & Shampine 1989, Appl. Math. Lett. 2(4)"
 
 

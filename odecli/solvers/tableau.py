@@ -1,25 +1,33 @@
-"""Explicit Butcher tableaus as data, checked on construction.
+"""Runge–Kutta tableaus as data, checked on construction: explicit, diagonally implicit, fully implicit.
 
-A tableau ``(c, a, b)`` defines one explicit Runge–Kutta step::
+A tableau ``(c, a, b)`` defines one Runge–Kutta step::
 
-    k_i = f(t0 + c_i h, y0 + h Σ_{j<i} a_ij k_j),     y1 = y0 + h Σ_i b_i k_i
+    k_i = f(t0 + c_i h, y0 + h Σ_j a_ij k_j),     y1 = y0 + h Σ_i b_i k_i
+
+Its kind is read from ``a``: *explicit* (strictly lower triangular: each stage uses only earlier
+ones), *diagonally implicit* (lower triangular: one implicit equation per stage, solved in turn) or
+*fully implicit* (all stages solved together). So are its other properties: FSAL (the first stage is
+explicit and the last is ``f(t1, y1)``, so one serves the next step), stiff accuracy (``y1`` is the
+last stage), adaptivity (an error estimate exists) and the order of the solution and of the error
+estimate, from the Butcher order conditions over rooted trees.
 
 ``b_error`` (optional) are the weights of the embedded error estimate ``h Σ_i e_i k_i`` (the
 difference of two solutions, so they sum to 0). ``dense`` (optional) is a continuous extension:
 row ``i`` holds the coefficients of the polynomial ``b_i(θ) = Σ_p dense[i][p] θ^(p+1)`` with
-``y(t0 + θh) = y0 + h Σ_i b_i(θ) k_i``. ``fsal`` (first same as last) means the last stage is
-``f(t1, y1)``, so it is reused as the first stage of the next step.
+``y(t0 + θh) = y0 + h Σ_i b_i(θ) k_i``. ``predictor`` (optional, diagonally implicit only) gives
+each implicit stage a Newton starting slope ``k_i ≈ Σ_{j<i} predictor[i-1][j] k_j``.
 
-The adaptive tableaus mirror torchdiffeq's exactly, including its trick of appending a final
-stage ``f(t1, y1)`` (weights = b) to every adaptive method so each one is FSAL and its dense output
-can use ``f1``: this keeps the number of function evaluations identical to torchdiffeq's.
+The adaptive explicit tableaus mirror torchdiffeq's exactly, including its trick of appending a
+final stage ``f(t1, y1)`` (weights = b) to every adaptive method so each one is FSAL and its dense
+output can use ``f1``: this keeps the number of function evaluations identical to torchdiffeq's.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, cached_property, lru_cache
 
 import numpy as np
 import torch
@@ -32,11 +40,83 @@ class InvalidTableau(ValueError):
 # Coefficients typed as decimals (dopri8's are rational approximations) only satisfy the
 # consistency conditions to roughly this precision.
 _CONSISTENCY_TOL = 1e-9
+# The order conditions hold to 2e-15 for every tableau here (dopri8's rational approximations
+# included) and the first failing order misses by 8e-6 or more (dopri8's order 9), so this
+# tolerance separates the two by orders of magnitude either way.
+ORDER_TOL = 1e-10
+# The highest order checked (719 trees have 10 vertices); no tableau here comes near it.
+MAX_ORDER = 10
+
+
+class TableauKind(enum.Enum):
+    EXPLICIT = "explicit"
+    DIAGONALLY_IMPLICIT = "diagonally implicit"
+    FULLY_IMPLICIT = "fully implicit"
+
+
+# --------------------------------------------------------------------------------------------
+# Order conditions. A rooted tree is the sorted tuple of its root's subtrees (``()`` is a single
+# vertex); a method has order p when b·Φ(τ) = 1/γ(τ) for every tree τ with at most p vertices
+# (Hairer, Nørsett & Wanner, Solving ODEs I, II.2).
+
+
+def _grow(tree: tuple) -> set[tuple]:
+    """Every tree made from ``tree`` by adding one leaf (at the root or inside a subtree)."""
+    grown = {tuple(sorted((*tree, ())))}
+    for i, child in enumerate(tree):
+        grown |= {tuple(sorted((*tree[:i], bigger, *tree[i + 1 :]))) for bigger in _grow(child)}
+    return grown
+
+
+@cache
+def rooted_trees(order: int) -> tuple[tuple, ...]:
+    """The rooted trees with ``order`` vertices (1, 1, 2, 4, 9, 20, 48, 115, 286, … of them)."""
+    if order == 1:
+        return ((),)
+    return tuple(sorted(set().union(*(_grow(tree) for tree in rooted_trees(order - 1)))))
+
+
+@cache
+def tree_vertices(tree: tuple) -> int:
+    return 1 + sum(tree_vertices(child) for child in tree)
+
+
+@cache
+def tree_density(tree: tuple) -> int:
+    """γ(τ) = |τ| Π γ(subtrees): the exact solution's elementary weight is 1/γ(τ)."""
+    return tree_vertices(tree) * math.prod(tree_density(child) for child in tree)
+
+
+def order_of(a: np.ndarray, b: np.ndarray) -> int:
+    """The largest p ≤ ``MAX_ORDER`` for which ``b`` satisfies every order condition of trees with ≤ p vertices."""
+    stage_weights: dict[tuple, np.ndarray] = {}
+
+    def weights(tree: tuple) -> np.ndarray:
+        """Φ(τ) per stage: the product over subtrees of ``a @ Φ(subtree)``."""
+        if tree not in stage_weights:
+            product = np.ones(len(b))
+            for child in tree:
+                product = product * (a @ weights(child))
+            stage_weights[tree] = product
+        return stage_weights[tree]
+
+    for order in range(1, MAX_ORDER + 1):
+        if any(abs(b @ weights(tree) - 1 / tree_density(tree)) > ORDER_TOL for tree in rooted_trees(order)):
+            return order - 1
+    return MAX_ORDER
+
+
+# --------------------------------------------------------------------------------------------
+# The tableau.
 
 
 @dataclass(frozen=True)
 class ButcherTableau:
-    """An explicit Runge–Kutta method's coefficients; ``a[i]`` holds the ``i`` weights of stage ``i``."""
+    """A Runge–Kutta method's coefficients; properties (kind, FSAL, order, …) are read from them.
+
+    Row ``a[i]`` may be typed short (the omitted entries are 0). It is stored with the ``i`` entries
+    left of the diagonal for an explicit tableau, and as a full row of ``stages`` entries otherwise.
+    """
 
     name: str
     c: tuple[float, ...]
@@ -44,6 +124,7 @@ class ButcherTableau:
     b: tuple[float, ...]
     b_error: tuple[float, ...] | None = None
     dense: tuple[tuple[float, ...], ...] | None = None
+    predictor: tuple[tuple[float, ...], ...] | None = None
     # Reuse the last stage as the next step's first even though it is not f(t1, y1): torchdiffeq's
     # adaptive_heun and fehlberg2 do this (their "f1" is the slope at the lower-order solution).
     reuse_last_stage: bool = False
@@ -52,13 +133,14 @@ class ButcherTableau:
         s = len(self.c)
         if len(self.a) != s or len(self.b) != s:
             raise InvalidTableau(f"{self.name}: c, a and b must all have {s} entries (stages), got {len(self.c)}, {len(self.a)}, {len(self.b)}.")
-        if self.c[0] != 0.0:
-            raise InvalidTableau(f"{self.name}: an explicit method's first node c[0] must be 0, got {self.c[0]}.")
         for i, row in enumerate(self.a):
-            if len(row) != i:
-                raise InvalidTableau(f"{self.name}: row a[{i}] of an explicit tableau must have {i} entries, got {len(row)}.")
+            if len(row) > s:
+                raise InvalidTableau(f"{self.name}: row a[{i}] has {len(row)} entries, more than the {s} stages.")
             if abs(math.fsum(row) - self.c[i]) > _CONSISTENCY_TOL:
                 raise InvalidTableau(f"{self.name}: row a[{i}] sums to {math.fsum(row)!r}, but c[{i}] = {self.c[i]!r}; they must agree.")
+        full = tuple(tuple(row) + (0.0,) * (s - len(row)) for row in self.a)
+        explicit = all(full[i][j] == 0.0 for i in range(s) for j in range(i, s))
+        object.__setattr__(self, "a", tuple(row[:i] for i, row in enumerate(full)) if explicit else full)
         if abs(math.fsum(self.b) - 1.0) > _CONSISTENCY_TOL:
             raise InvalidTableau(f"{self.name}: solution weights b sum to {math.fsum(self.b)!r}, they must sum to 1.")
         if self.b_error is not None:
@@ -73,15 +155,59 @@ class ButcherTableau:
             worst = max(abs(x - y) for x, y in zip(at_one, self.b, strict=True))
             if worst > 1e-7:
                 raise InvalidTableau(f"{self.name}: dense output at θ=1 differs from b by {worst:.3g}; the interpolant must end at y1.")
+        if self.predictor is not None:
+            self._check_predictor()
+        if self.reuse_last_stage and not (self.kind is TableauKind.EXPLICIT and self.c[-1] == 1.0):
+            raise InvalidTableau(f"{self.name}: reuse_last_stage needs an explicit tableau whose last node is 1 (a slope at t1).")
+
+    def _check_predictor(self) -> None:
+        s = self.stages
+        if self.kind is not TableauKind.DIAGONALLY_IMPLICIT:
+            raise InvalidTableau(f"{self.name}: a stage predictor (a Newton start per implicit stage) needs a diagonally implicit tableau, this one is {self.kind.value}.")
+        if len(self.predictor) != s - 1 or any(len(row) != i for i, row in enumerate(self.predictor, start=1)):
+            raise InvalidTableau(f"{self.name}: predictor needs rows of 1..{s - 1} weights for stages 1..{s - 1}.")
+        for i, row in enumerate(self.predictor, start=1):
+            if abs(math.fsum(row) - 1.0) > _CONSISTENCY_TOL:
+                raise InvalidTableau(f"{self.name}: predictor row {i} sums to {math.fsum(row)!r}; an extrapolation of slopes must sum to 1.")
 
     @property
     def stages(self) -> int:
         return len(self.c)
 
+    def full_a(self) -> np.ndarray:
+        """The ``[stages, stages]`` Butcher matrix."""
+        a = np.zeros((self.stages, self.stages))
+        for i, row in enumerate(self.a):
+            a[i, : len(row)] = row
+        return a
+
+    @cached_property
+    def kind(self) -> TableauKind:
+        a = self.full_a()
+        if np.triu(a, 1).any():
+            return TableauKind.FULLY_IMPLICIT
+        return TableauKind.DIAGONALLY_IMPLICIT if np.diag(a).any() else TableauKind.EXPLICIT
+
+    @property
+    def diagonally_implicit(self) -> bool:
+        """Lower triangular with a non-zero diagonal: the implicit stages are solved one after another."""
+        return self.kind is TableauKind.DIAGONALLY_IMPLICIT
+
+    @cached_property
+    def gamma(self) -> float | None:
+        """The diagonal shared by every implicit stage (a singly diagonally implicit tableau), else None."""
+        diagonal = {float(self.full_a()[i, i]) for i in range(self.stages)} - {0.0}
+        return diagonal.pop() if self.kind is TableauKind.DIAGONALLY_IMPLICIT and len(diagonal) == 1 else None
+
+    @property
+    def stiffly_accurate(self) -> bool:
+        """The last stage is the solution (``a[-1] = b``)."""
+        return tuple(self.full_a()[-1]) == tuple(self.b)
+
     @property
     def fsal(self) -> bool:
-        """Whether the last stage is evaluated at ``(t1, y1)`` (reusable as the next step's first)."""
-        return self.c[-1] == 1.0 and tuple(self.a[-1]) == tuple(self.b[:-1]) and self.b[-1] == 0.0
+        """Whether the first stage is ``f(t0, y0)`` and the last ``f(t1, y1)`` (reusable as the next step's first)."""
+        return self.c[0] == 0.0 and not any(self.a[0]) and self.c[-1] == 1.0 and self.stiffly_accurate
 
     @property
     def carries_last_stage(self) -> bool:
@@ -92,15 +218,31 @@ class ButcherTableau:
     def adaptive(self) -> bool:
         return self.b_error is not None
 
+    @property
+    def b_embedded(self) -> tuple[float, ...] | None:
+        """Weights of the embedded (error-estimating) solution, ``b - b_error``."""
+        return None if self.b_error is None else tuple(b - e for b, e in zip(self.b, self.b_error, strict=True))
+
+    @cached_property
+    def order(self) -> int:
+        """The order of the solution, from the order conditions."""
+        return order_of(self.full_a(), np.array(self.b))
+
+    @cached_property
+    def embedded_order(self) -> int | None:
+        """The order of the embedded solution the error estimate compares with, or None."""
+        return None if self.b_error is None else order_of(self.full_a(), np.array(self.b_embedded))
+
 
 @dataclass(frozen=True)
 class TableauTensors:
     """A tableau's coefficients as tensors of one dtype and device (built once, reused every step)."""
 
-    a_rows: tuple[torch.Tensor, ...]  # a_rows[i]: the i weights of stage i
+    a_rows: tuple[torch.Tensor, ...]  # a_rows[i]: the i weights of stage i left of the diagonal
     b: torch.Tensor
     b_error: torch.Tensor | None
     dense: np.ndarray | None  # float64 [stages, degree]; combined on the host, tiny
+    predictor: tuple[torch.Tensor | None, ...] | None  # predictor[i]: stage i's Newton start (None for stage 0)
 
 
 @lru_cache(maxsize=256)
@@ -108,11 +250,16 @@ def tableau_tensors(tableau: ButcherTableau, dtype: torch.dtype, device: torch.d
     def tensor(values):
         return torch.tensor(values, dtype=dtype, device=device)
 
+    predictor = None
+    if tableau.diagonally_implicit:  # without a predictor, each stage starts from the previous stage's slope
+        rows = tableau.predictor or tuple((0.0,) * (i - 1) + (1.0,) for i in range(1, tableau.stages))
+        predictor = (None, *(tensor(row) for row in rows))
     return TableauTensors(
-        a_rows=tuple(tensor(row) for row in tableau.a),
+        a_rows=tuple(tensor(row[:i]) for i, row in enumerate(tableau.a)),
         b=tensor(tableau.b),
         b_error=None if tableau.b_error is None else tensor(tableau.b_error),
         dense=None if tableau.dense is None else np.array(tableau.dense, dtype=np.float64),
+        predictor=predictor,
     )
 
 
@@ -360,6 +507,105 @@ RK4_CLASSIC = ButcherTableau(
     b=(1 / 6, 1 / 3, 1 / 3, 1 / 6),
 )
 
-ALL_TABLEAUS: tuple[ButcherTableau, ...] = (
-    DOPRI5, DOPRI8, TSIT5, BOSH3, FEHLBERG2, ADAPTIVE_HEUN, EULER, MIDPOINT, HEUN2, HEUN3, RK4_THREE_EIGHTHS, RK4_CLASSIC,
-)  # fmt: skip
+# --------------------------------------------------------------------------------------------
+# Implicit methods on a fixed grid (solved by Newton in ``implicit.py``).
+
+_S2, _S3, _S6, _S15 = math.sqrt(2), math.sqrt(3), math.sqrt(6), math.sqrt(15)
+
+IMPLICIT_EULER = ButcherTableau(name="implicit_euler", c=(1.0,), a=((1.0,),), b=(1.0,))
+IMPLICIT_MIDPOINT = ButcherTableau(name="implicit_midpoint", c=(0.5,), a=((0.5,),), b=(1.0,))
+TRAPEZOID = ButcherTableau(name="trapezoid", c=(0.0, 1.0), a=((0.0, 0.0), (0.5, 0.5)), b=(0.5, 0.5))
+GAUSS_LEGENDRE_4 = ButcherTableau(
+    name="gl4",
+    c=(0.5 - _S3 / 6, 0.5 + _S3 / 6),
+    a=((0.25, 0.25 - _S3 / 6), (0.25 + _S3 / 6, 0.25)),
+    b=(0.5, 0.5),
+)
+GAUSS_LEGENDRE_6 = ButcherTableau(
+    name="gl6",
+    c=(0.5 - _S15 / 10, 0.5, 0.5 + _S15 / 10),
+    a=(
+        (5 / 36, 2 / 9 - _S15 / 15, 5 / 36 - _S15 / 30),
+        (5 / 36 + _S15 / 24, 2 / 9, 5 / 36 - _S15 / 24),
+        (5 / 36 + _S15 / 30, 2 / 9 + _S15 / 15, 5 / 36),
+    ),
+    b=(5 / 18, 4 / 9, 5 / 18),
+)
+RADAU_IIA_3 = ButcherTableau(name="radauIIA3", c=(1 / 3, 1.0), a=((5 / 12, -1 / 12), (3 / 4, 1 / 4)), b=(3 / 4, 1 / 4))
+# Also the collocation method of the adaptive ``radau5`` (radau.py).
+RADAU_IIA_5 = ButcherTableau(
+    name="radauIIA5",
+    c=(2 / 5 - _S6 / 10, 2 / 5 + _S6 / 10, 1.0),
+    a=(
+        (11 / 45 - 7 * _S6 / 360, 37 / 225 - 169 * _S6 / 1800, -2 / 225 + _S6 / 75),
+        (37 / 225 + 169 * _S6 / 1800, 11 / 45 + 7 * _S6 / 360, -2 / 225 - _S6 / 75),
+        (4 / 9 - _S6 / 36, 4 / 9 + _S6 / 36, 1 / 9),
+    ),
+    b=(4 / 9 - _S6 / 36, 4 / 9 + _S6 / 36, 1 / 9),
+)
+# L-stable SDIRK of order 2 (Alexander 1977), gamma = 1 - 1/sqrt(2).
+_GAMMA = (2 - _S2) / 2
+SDIRK_2 = ButcherTableau(name="sdirk2", c=(_GAMMA, 1.0), a=((_GAMMA, 0.0), (1 - _GAMMA, _GAMMA)), b=(1 - _GAMMA, _GAMMA))
+# TR-BDF2 as an ESDIRK (Hosea & Shampine 1996): a trapezoid stage to 2γ, then a BDF2 stage.
+_TR_GAMMA = 1 - _S2 / 2
+_TR_W = _S2 / 4
+TR_BDF2 = ButcherTableau(
+    name="trbdf2",
+    c=(0.0, 2 * _TR_GAMMA, 1.0),
+    a=((0.0, 0.0, 0.0), (_TR_GAMMA, _TR_GAMMA, 0.0), (_TR_W, _TR_W, _TR_GAMMA)),
+    b=(_TR_W, _TR_W, _TR_GAMMA),
+)
+
+# --------------------------------------------------------------------------------------------
+# Adaptive ESDIRK methods (``esdirk.py``): an explicit first stage, one diagonal γ, stiffly accurate
+# (b is the last row), so the last stage is the next step's first; cubic Hermite dense output.
+# Kværnø 2004, BIT 44(3); coefficients and stage predictors as diffrax and OrdinaryDiffEq.jl ship them.
+
+# ESDIRK 5(4), 7 stages; predictors from OrdinaryDiffEq.jl (α21 = 1, as diffrax corrects it).
+_K5_GAMMA = 0.26
+_K5_ROW6 = (0.13855640231268224, 0.0, -0.04245337201752043, 0.02446657898003141, 0.61943039072480676, _K5_GAMMA)
+_K5_B = (0.13659751177640291, 0.0, -0.05496908796538376, -0.04118626728321046, 0.62993304899016403, 0.06962479448202728, _K5_GAMMA)
+KVAERNO5 = ButcherTableau(
+    name="kvaerno5",
+    c=(0.0, 0.52, 1.230333209967908, 0.8957659843500759, 0.43639360985864756, 1.0, 1.0),
+    a=(
+        (),
+        (_K5_GAMMA, _K5_GAMMA),
+        (0.13, 0.84033320996790809, _K5_GAMMA),
+        (0.22371961478320505, 0.47675532319799699, -0.06470895363112615, _K5_GAMMA),
+        (0.16648564323248321, 0.10450018841591720, 0.03631482272098715, -0.13090704451073998, _K5_GAMMA),
+        _K5_ROW6,
+        _K5_B,
+    ),
+    b=_K5_B,
+    b_error=(*(b - e for b, e in zip(_K5_B[:-1], _K5_ROW6, strict=True)), _K5_GAMMA),
+    dense=hermite_dense(_K5_B),
+    predictor=(
+        (1.0,),
+        (-1.366025403784441, 2.3660254037844357),
+        (-0.19650552613122207, 0.8113579546496623, 0.38514757148155954),
+        (0.10375304369958693, 0.937994698066431, -0.04174774176601781, 0.0),
+        (-0.17281112873898072, 0.6235784481025847, 0.5492326806363959, 0.0, 0.0),
+        _K5_ROW6,
+    ),
+)
+
+# ESDIRK 3(2), 4 stages; every coefficient a function of γ.
+_K3_GAMMA = 0.43586652150
+_K3_ROW3 = ((-4 * _K3_GAMMA**2 + 6 * _K3_GAMMA - 1) / (4 * _K3_GAMMA), (-2 * _K3_GAMMA + 1) / (4 * _K3_GAMMA), _K3_GAMMA)
+_K3_B = (
+    (6 * _K3_GAMMA - 1) / (12 * _K3_GAMMA),
+    -1 / ((24 * _K3_GAMMA - 12) * _K3_GAMMA),
+    (-6 * _K3_GAMMA**2 + 6 * _K3_GAMMA - 1) / (6 * _K3_GAMMA - 3),
+    _K3_GAMMA,
+)
+_K3_THETA = 1 / (2 * _K3_GAMMA)
+KVAERNO3 = ButcherTableau(
+    name="kvaerno3",
+    c=(0.0, 2 * _K3_GAMMA, 1.0, 1.0),
+    a=((), (_K3_GAMMA, _K3_GAMMA), _K3_ROW3, _K3_B),
+    b=_K3_B,
+    b_error=(*(b - e for b, e in zip(_K3_B[:-1], _K3_ROW3, strict=True)), _K3_GAMMA),
+    dense=hermite_dense(_K3_B),
+    predictor=((1.0,), (1.0 - _K3_THETA, _K3_THETA), _K3_ROW3),
+)

@@ -9,7 +9,7 @@ import torch
 
 from odecli.registry import SOLVERS, load_builtins
 from odecli.solvers.errors import InvalidInputError, MaxStepsExceeded, NewtonDidNotConverge
-from odecli.solvers.implicit import AbstractImplicitRungeKutta, ImplicitTableau
+from odecli.solvers.implicit import AbstractImplicitRungeKutta
 
 load_builtins()
 
@@ -122,19 +122,6 @@ def test_gradients_flow_through_the_newton_solve():
 def test_bad_options_raise_invalid_input(options, message):
     with pytest.raises(InvalidInputError, match=message):
         SOLVERS.get("gl4")(linear, Y0, 1e-7, 1e-9, **options)
-
-
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"c": (1.0,), "a": ((0.5,),), "b": (1.0,)}, "row 0"),
-        ({"c": (1.0,), "a": ((1.0,),), "b": (0.9,)}, "sum to"),
-        ({"c": (0.0, 1.0), "a": ((0.0,), (1.0,)), "b": (0.5, 0.5)}, "square"),
-    ],
-)
-def test_inconsistent_tableaus_are_rejected(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        ImplicitTableau(**kwargs)
 
 
 def test_tableau_structure():
