@@ -24,7 +24,7 @@ Output times inside a step are interpolated by the cubic Hermite through ``y0, y
 (third order, no extra evaluation); the last step ends exactly on ``t[-1]``.
 
 Reference: A. Kværnø, Singly diagonally implicit Runge–Kutta methods with an explicit first stage,
-BIT 44(3), 2004; coefficients and stage predictors as diffrax and OrdinaryDiffEq.jl ship them.
+BIT 44(3), 2004; the coefficients, stage predictors and dense output are data in ``tableau.py``.
 """
 
 from __future__ import annotations
