@@ -29,19 +29,10 @@ from torch import nn
 from odecli.registry import SOLVERS
 from odecli.solvers import stats
 from odecli.solvers.base import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES
+from odecli.solvers.controllers import PartsRMS, mixed_rms_norm, rms_norm
 from odecli.solvers.errors import InvalidInputError
 from odecli.solvers.odeint import odeint
 from odecli.solvers.problem import DEFAULT_METHOD, StateLayout, find_parameters
-
-
-def _rms(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.abs().pow(2).mean().sqrt() if tensor.numel() else tensor.new_zeros(())
-
-
-def _mixed_rms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Max over components of each component's RMS (torchdiffeq's norm for tuple states)."""
-    return torch.stack([_rms(t) for t in tensors]).max() if tensors else torch.zeros(())
-
 
 # --------------------------------------------------------------------------------------------
 # The autograd Function.
@@ -205,7 +196,7 @@ def _adjoint_norm(setup, n: int, param_sizes: list[int]) -> Callable[[torch.Tens
     def split(aug: torch.Tensor):
         return _split_augmented(aug, n, param_sizes, setup.param_shapes)
 
-    if setup.adjoint_norm in ("default", "seminorm") and (state_norm is _rms or isinstance(state_norm, _PartsRMS)):
+    if setup.adjoint_norm in ("default", "seminorm") and (state_norm is rms_norm or isinstance(state_norm, PartsRMS)):
         # Every piece is an RMS: |t_adj|, then y's and a's (per tuple part), then each a_param.
         parts = structure.sizes if structure.is_tuple else [n]
         if setup.adjoint_norm == "seminorm":
@@ -224,7 +215,7 @@ def _adjoint_norm(setup, n: int, param_sizes: list[int]) -> Callable[[torch.Tens
 
         def default_norm(aug: torch.Tensor) -> torch.Tensor:
             adj_t, y_part, adj_y, adj_params = split(aug)
-            return torch.stack([adj_t.abs(), state_norm(y_part), state_norm(adj_y), _mixed_rms(adj_params).to(aug)]).max()
+            return torch.stack([adj_t.abs(), state_norm(y_part), state_norm(adj_y), mixed_rms_norm(adj_params).to(aug)]).max()
 
         return default_norm
 
@@ -233,21 +224,9 @@ def _adjoint_norm(setup, n: int, param_sizes: list[int]) -> Callable[[torch.Tens
     def custom_norm(aug: torch.Tensor) -> torch.Tensor:
         # The user's norm sees the augmented state in the user's structure: (t, *y, *a, *a_params).
         adj_t, y_part, adj_y, adj_params = split(aug)
-        if structure.is_tuple:
-            return user_norm((adj_t, *structure.unflatten(y_part), *structure.unflatten(adj_y), *adj_params))
-        return user_norm((adj_t, structure.unflatten(y_part), structure.unflatten(adj_y), *adj_params))
+        return user_norm((adj_t, *structure.tensors(structure.unflatten(y_part)), *structure.tensors(structure.unflatten(adj_y)), *adj_params))
 
     return custom_norm
-
-
-class _PartsRMS:
-    """The forward default norm of a tuple state on its flat form: the largest RMS over its parts."""
-
-    def __init__(self, sizes: Sequence[int]):
-        self.sizes = list(sizes)
-
-    def __call__(self, flat: torch.Tensor) -> torch.Tensor:
-        return _mixed_rms(torch.split(flat, self.sizes))
 
 
 class SegmentedRMS:
@@ -290,8 +269,8 @@ def _state_norm(structure: StateLayout, forward_norm: Callable | None) -> Callab
     if forward_norm is not None:
         return lambda flat: forward_norm(structure.unflatten(flat))
     if structure.is_tuple:
-        return _PartsRMS(structure.sizes)
-    return _rms
+        return PartsRMS(structure.sizes)
+    return rms_norm
 
 
 def _strictest(tol):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass
 
 import torch
@@ -74,6 +74,21 @@ def rms_norm(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.numel() == 0:
         return tensor.new_zeros(())
     return torch.linalg.vector_norm(tensor) / math.sqrt(tensor.numel())
+
+
+def mixed_rms_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The largest RMS over several tensors (torchdiffeq's default norm for a tuple state); 0 for none."""
+    return torch.stack([rms_norm(t) for t in tensors]).max() if tensors else torch.zeros(())
+
+
+class PartsRMS:
+    """``mixed_rms_norm`` over consecutive parts of the given sizes of a flat tensor (a flattened tuple state)."""
+
+    def __init__(self, sizes: Sequence[int]):
+        self.sizes = list(sizes)
+
+    def __call__(self, flat: torch.Tensor) -> torch.Tensor:
+        return mixed_rms_norm(torch.split(flat, self.sizes))
 
 
 def select_initial_step(

@@ -23,6 +23,7 @@ from odecli.solvers.events import combine_event_functions
 from odecli.solvers.independent import check_batch_mode, odeint_independent
 from odecli.solvers.problem import (
     FlatStateFunc,
+    StateLayout,
     check_problem,
     forward_func_attributes,
     resolve_method,
@@ -51,20 +52,20 @@ class _ShiftedTime:
         return getattr(self.func, name)  # step callbacks and hints such as ``jacobian_columns``
 
 
-def _move_outputs_with_times(func, solution, times: torch.Tensor, offsets: torch.Tensor, is_tuple: bool):
+def _move_outputs_with_times(func, solution, times: torch.Tensor, offsets: torch.Tensor, layout: StateLayout):
     """``y_i + offset_i · func(t_i, y_i)`` for every output but the first: equal in value (the offsets are zero).
 
     ``offset_i`` is ``t_i - t_0`` as a zero carrying their gradients: the solve's steps moved with ``t_0``
     (``_ShiftedTime``), so an output moves with its own time relative to them, by ``f(t_i, y_i) dt_i``.
     """
-    parts = tuple(solution) if is_tuple else (solution,)
+    parts = layout.tensors(solution)
     moved = [[part[0]] for part in parts]
     for i in range(1, len(times)):
-        slope = func(times[i], tuple(part[i] for part in parts) if is_tuple else parts[0][i])
-        for column, part, f in zip(moved, parts, slope if is_tuple else (slope,), strict=True):
+        slope = func(times[i], tuple(part[i] for part in parts) if layout.is_tuple else parts[0][i])
+        for column, part, f in zip(moved, parts, layout.tensors(slope), strict=True):
             column.append(part[i] + offsets[i] * f.to(part.dtype))
     stacked = tuple(torch.stack(column) for column in moved)
-    return stacked if is_tuple else stacked[0]
+    return stacked if layout.is_tuple else stacked[0]
 
 
 def _flip_time_options(options: dict[str, Any]) -> None:
@@ -187,7 +188,7 @@ def odeint(
             output_times, offsets = torch.stack([t[0], event_t.reshape(())]), torch.stack([-time_shift, -time_shift])
         else:
             output_times, offsets = user_t.detach(), (user_t - user_t.detach()).to(first.dtype) - time_shift
-        solution = _move_outputs_with_times(user_func, solution, output_times.to(first.dtype), offsets, is_tuple)
+        solution = _move_outputs_with_times(user_func, solution, output_times.to(first.dtype), offsets, layout)
     if combined_event is not None:
         return event_t, solution
     return solution

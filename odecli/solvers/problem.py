@@ -22,6 +22,7 @@ from torch import nn
 from odecli.errors import closest
 from odecli.registry import SOLVERS, UnknownNameError
 from odecli.solvers.base import CALLBACK_NAMES, output_dtype_accepted
+from odecli.solvers.controllers import PartsRMS
 from odecli.solvers.errors import FuncOutputMismatch, InvalidInputError, InvalidTimeGrid, UnknownMethod, UnknownOption
 
 DEFAULT_METHOD = "dopri5"
@@ -137,12 +138,18 @@ class StateLayout:
 
         A tensor state is reshaped (a view where it can be), a tuple state concatenated.
         """
+        if lead == 0:  # the hot path: FlatStateFunc calls this once per evaluation
+            return y.reshape(-1) if not self.is_tuple else torch.cat([tensor.reshape(-1) for tensor in y])
         if not self.is_tuple:
             return y.reshape(*y.shape[:lead], -1)
         return torch.cat([tensor.reshape(*tensor.shape[:lead], -1) for tensor in y], dim=-1)
 
     def unflatten(self, flat: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Inverse of ``flatten`` for any leading dims of ``flat``."""
+        if flat.ndim == 1:  # the hot path: FlatStateFunc calls this once per evaluation
+            if not self.is_tuple:
+                return flat.reshape(self.shapes[0])
+            return tuple(part.reshape(shape) for part, shape in zip(torch.split(flat, self.sizes), self.shapes, strict=True))
         lead = flat.shape[:-1]
         # One tuple argument: a 0-dim state without leading dims needs reshape(()), which reshape(*()) is not.
         if not self.is_tuple:
@@ -204,18 +211,6 @@ def forward_func_attributes(wrapper: FlatStateFunc, func, reverse: bool) -> None
             setattr(wrapper, adjoint_name, getattr(func, adjoint_name))
 
 
-def _mixed_rms_norm(sizes: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """torchdiffeq's default for tuple states: the largest RMS over the tuple's tensors."""
-
-    def norm(flat: torch.Tensor) -> torch.Tensor:
-        parts = [p for p in torch.split(flat, sizes) if p.numel()]
-        if not parts:
-            return flat.new_zeros(())
-        return torch.stack([torch.linalg.vector_norm(p) / p.numel() ** 0.5 for p in parts]).max()
-
-    return norm
-
-
 def shape_norm_option(options: dict[str, Any], cls: type, layout: StateLayout) -> None:
     """Make ``options['norm']`` act on a solver's flat state while the user's norm sees the user's shapes.
 
@@ -227,7 +222,7 @@ def shape_norm_option(options: dict[str, Any], cls: type, layout: StateLayout) -
     if callable(user_norm) and (layout.is_tuple or len(layout.shapes[0]) != 1):
         options["norm"] = lambda flat, _norm=user_norm: _norm(layout.unflatten(flat))
     elif layout.is_tuple and user_norm is None and "norm" in getattr(cls, "options", ()):
-        options["norm"] = _mixed_rms_norm(layout.sizes)
+        options["norm"] = PartsRMS(layout.sizes)
 
 
 # --------------------------------------------------------------------------------------------

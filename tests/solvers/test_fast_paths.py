@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from odecli import odeint, odeint_adjoint, track_stats
-from odecli.solvers.adjoint import SegmentedRMS, _mixed_rms
+from odecli.solvers.adjoint import SegmentedRMS
+from odecli.solvers.controllers import mixed_rms_norm
 from odecli.solvers.interpolation import DenseOutputs
 from odecli.solvers.runge_kutta import _consecutive_pairs
 from odecli.solvers.tableau import DOPRI5, tableau_tensors
@@ -56,11 +57,11 @@ def test_segmented_rms_is_the_max_of_piecewise_rms(sizes):
     torch.manual_seed(1)
     flat = torch.randn(sum(sizes), dtype=torch.float64)
     pieces = [p for p in torch.split(flat, sizes)]
-    expected = _mixed_rms(pieces)
+    expected = mixed_rms_norm(pieces)
     torch.testing.assert_close(SegmentedRMS(sizes)(flat), expected.to(flat))
     # The seminorm leaves the trailing (parameter) pieces out.
     head = sizes[:2]
-    torch.testing.assert_close(SegmentedRMS(head, ignored=sum(sizes[2:]))(flat), _mixed_rms(pieces[:2]).to(flat))
+    torch.testing.assert_close(SegmentedRMS(head, ignored=sum(sizes[2:]))(flat), mixed_rms_norm(pieces[:2]).to(flat))
     assert float(SegmentedRMS(sizes)(3.0 * flat)) == pytest.approx(3.0 * float(expected))
 
 
