@@ -310,16 +310,5 @@ def check_problem(name: str, cls: type, y0, t, rtol, atol, options) -> Problem:
     return Problem(layout, layout.tensors(y0), options, rtol, atol)
 
 
-__all__ = [
-    "DEFAULT_METHOD",
-    "IgnoredOptionWarning",
-    "known_options",
-    "resolve_method",
-    "find_parameters",
-    "StateLayout",
-    "FlatStateFunc",
-    "forward_func_attributes",
-    "shape_norm_option",
-    "Problem",
-    "check_problem",
-]
+__all__ = ["DEFAULT_METHOD", "IgnoredOptionWarning", "known_options", "resolve_method", "find_parameters", "StateLayout",
+           "FlatStateFunc", "forward_func_attributes", "shape_norm_option", "Problem", "check_problem"]
