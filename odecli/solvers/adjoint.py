@@ -29,7 +29,7 @@ from torch import nn
 from odecli.registry import SOLVERS
 from odecli.solvers import stats
 from odecli.solvers.base import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES
-from odecli.solvers.controllers import PartsRMS, mixed_rms_norm, rms_norm
+from odecli.solvers.controllers import PartsRMS, SegmentedRMS, mixed_rms_norm, rms_norm
 from odecli.solvers.errors import InvalidInputError
 from odecli.solvers.odeint import odeint
 from odecli.solvers.problem import DEFAULT_METHOD, StateLayout, find_parameters
@@ -229,41 +229,6 @@ def _adjoint_norm(setup, n: int, param_sizes: list[int]) -> Callable[[torch.Tens
     return custom_norm
 
 
-class SegmentedRMS:
-    """The largest RMS over consecutive pieces of a flat tensor (torchdiffeq's mixed norm), in ~6 ops.
-
-    ``max_k sqrt(mean(x_k²))`` over pieces of the given lengths, summed by one ``index_add_``
-    instead of a norm per piece; ``ignored`` trailing elements are left out (the seminorm's
-    parameter adjoint). Empty pieces count as 0, as in torchdiffeq. Absolutely homogeneous, so a
-    solver may scale the norm instead of its argument.
-    """
-
-    homogeneous = True
-
-    def __init__(self, lengths: Sequence[int], ignored: int = 0):
-        kept = [int(length) for length in lengths if length > 0]
-        self.head, self.ignored, self.count = sum(kept), int(ignored), len(kept)
-        self._ids = torch.repeat_interleave(torch.arange(len(kept)), torch.tensor(kept, dtype=torch.long)) if kept else None
-        self._inv_lengths = 1.0 / torch.tensor(kept, dtype=torch.float64) if kept else None
-        self._cache: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def __call__(self, flat: torch.Tensor) -> torch.Tensor:
-        flat = flat.reshape(-1)
-        if flat.numel() != self.head + self.ignored:
-            raise ValueError(f"SegmentedRMS expects {self.head + self.ignored} elements, got {flat.numel()}.")
-        if not self.count:
-            return flat.new_zeros((), dtype=flat.abs().dtype)
-        key = (flat.dtype, flat.device)
-        if key not in self._cache:
-            self._cache[key] = (self._ids.to(flat.device), self._inv_lengths.to(device=flat.device, dtype=flat.abs().dtype))
-        ids, inv_lengths = self._cache[key]
-        if self.ignored:
-            flat = flat[: self.head]
-        squares = flat.abs().square_() if flat.is_complex() else flat.square()
-        sums = torch.zeros(self.count, dtype=squares.dtype, device=flat.device).index_add_(0, ids, squares)
-        return sums.mul_(inv_lengths).max().sqrt()
-
-
 def _state_norm(structure: StateLayout, forward_norm: Callable | None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The forward solve's norm applied to a flat piece of the augmented state."""
     if forward_norm is not None:
@@ -389,4 +354,4 @@ def odeint_adjoint(
     return event_t, structure.unflatten(solution)
 
 
-__all__ = ["odeint_adjoint", "SegmentedRMS"]
+__all__ = ["odeint_adjoint"]

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from odecli import odeint, odeint_adjoint, track_stats
-from odecli.solvers.adjoint import SegmentedRMS
-from odecli.solvers.controllers import mixed_rms_norm
+from odecli.solvers.controllers import SegmentedRMS, mixed_rms_norm
 from odecli.solvers.interpolation import DenseOutputs
 from odecli.solvers.runge_kutta import _consecutive_pairs
 from odecli.solvers.tableau import DOPRI5, tableau_tensors
