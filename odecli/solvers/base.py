@@ -1,7 +1,8 @@
 """The contract every registered solver fulfils.
 
-The front end (``odecli.solvers.odeint``) turns whatever the user passed — tuple states,
-decreasing time, options — into one flat problem: a 1-D state ``y0`` and a strictly increasing
+The front end (``odecli.solvers.odeint``, with the checks and the ``StateLayout`` of
+``odecli.solvers.problem``) turns whatever the user passed — tuple states, decreasing time,
+options — into one flat problem: a 1-D state ``y0`` and a strictly increasing
 1-D time grid ``t`` on the state's device and dtype, and a ``func(t, y)`` that maps a 0-d time
 tensor and a flat state to a flat derivative. A solver integrates that problem and returns the
 solution stacked at every time in ``t`` (``out[0] == y0``), counting its own evaluations.
