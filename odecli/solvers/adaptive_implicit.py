@@ -340,7 +340,7 @@ class AbstractAdaptiveImplicit(AbstractSolver):
             try:
                 y1, stages, ratio, theta, f1 = self._step(tau, h, y, f, matrix, grad)
             except NewtonFailed as failure:
-                self.n_rejected += 1
+                self.steps_rejected += 1
                 self.n_newton_failures += 1
                 self._eta = 1.0
                 self.previous_rejected = True
@@ -360,7 +360,7 @@ class AbstractAdaptiveImplicit(AbstractSolver):
             accept = finite and (ratio <= 1.0 or forced)
             proposal = self.controller.propose(h, ratio if math.isfinite(ratio) else math.nan, accept)
             if not accept:
-                self.n_rejected += 1
+                self.steps_rejected += 1
                 self.previous_rejected = True
                 if self.callback_reject_step is not None:
                     self.callback_reject_step(self._time(tau), y, self._time(h))
@@ -368,7 +368,7 @@ class AbstractAdaptiveImplicit(AbstractSolver):
                 continue
             if self.callback_accept_step is not None:
                 self.callback_accept_step(self._time(tau), y, self._time(h))
-            self.n_accepted += 1
+            self.steps_accepted += 1
             self.previous_rejected = False
             tau1 = t_end if h == t_end - tau else tau + h
             # Outputs in (tau, tau1].

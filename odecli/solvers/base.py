@@ -69,8 +69,8 @@ class AbstractSolver(abc.ABC):
         self.rtol = rtol
         self.atol = atol
         self.nfe = 0
-        self.n_accepted = 0
-        self.n_rejected = 0
+        self.steps_accepted = 0
+        self.steps_rejected = 0
 
     @abc.abstractmethod
     def integrate(self, t: torch.Tensor) -> torch.Tensor:

@@ -222,7 +222,7 @@ def _forward(setup: _Setup, t: torch.Tensor, y0: torch.Tensor, tape: _Tape | Non
         solution = _forward_adaptive(solver, times, tape)
     else:
         solution = _forward_fixed(solver, t, times, tape)
-    stats.record_forward(solver.nfe, solver.n_accepted, solver.n_rejected)
+    stats.record_forward(solver.nfe, solver.steps_accepted, solver.steps_rejected)
     return solution
 
 

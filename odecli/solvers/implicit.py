@@ -116,7 +116,7 @@ class AbstractFixedGridSolver(AbstractSolver):
                 callback(t0, y0, dt)
             dy, f0 = self.step(t0, dt, t1, y0)
             y1 = y0 + dy
-            self.n_accepted += 1
+            self.steps_accepted += 1
             while j < len(t) and t1 >= t[j]:
                 solution.append(self._interpolate(t0, y0, f0, t1, y1, t[j]))
                 j += 1
@@ -137,7 +137,7 @@ class AbstractFixedGridSolver(AbstractSolver):
             t1 = t0 + dt
             dy, f0 = self.step(t0, dt, t1, y0)
             y1 = y0 + dy
-            self.n_accepted += 1
+            self.steps_accepted += 1
             if torch.sign(event_fn(t1, y1)) != sign0:
                 interpolant = functools.partial(self._interpolate, t0, y0, f0, t1, y1)
                 event_t, y_event = find_event(interpolant, sign0, t0, t1, event_fn, float(self.atol))

@@ -179,7 +179,7 @@ def odeint(
         event_t = event_t.to(t)
     else:
         solution = solver.integrate(times)
-    stats.record_forward(solver.nfe, solver.n_accepted, solver.n_rejected)
+    stats.record_forward(solver.nfe, solver.steps_accepted, solver.steps_rejected)
 
     if is_tuple or not native:
         solution = layout.unflatten(solution.reshape(len(solution), -1))

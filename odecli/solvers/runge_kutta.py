@@ -183,7 +183,7 @@ class AbstractRungeKutta(AbstractSolver):
         try:
             return run(False)
         except _NeedsGraph:
-            self.nfe = self.n_accepted = self.n_rejected = 0
+            self.nfe = self.steps_accepted = self.steps_rejected = 0
             return run(True)
 
     def _stages(self, t0: float, dt: float, t1: float, y: torch.Tensor, K, grad: bool, nudge_end: bool):
@@ -397,7 +397,7 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
             if accept:
                 if callback_accept is not None:
                     self._callback(callback_accept, t0, y, h)
-                self.n_accepted += 1
+                self.steps_accepted += 1
                 yield tau, h, y, y1, stages
                 if on_step and next_step != len(step_taus) - 1:
                     next_step += 1
@@ -421,7 +421,7 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
             else:
                 if callback_reject is not None:
                     self._callback(callback_reject, t0, y, h)
-                self.n_rejected += 1
+                self.steps_rejected += 1
             h = min(max(controller.propose(h, ratio, accept), min_step), max_step)
 
     def _start(self, t0: float, direction: float) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -583,7 +583,7 @@ class AbstractFixedGridRungeKutta(AbstractRungeKutta):
             y1 = torch.add(y, stages[0], alpha=dt)
         else:
             y1 = torch.addmv(y, stages.T, self.coefficients.b, alpha=dt)
-        self.n_accepted += 1
+        self.steps_accepted += 1
         return y1, f0, stages
 
     def _grid(self, t: torch.Tensor, keep_graph: bool = False) -> torch.Tensor:
@@ -632,7 +632,7 @@ class AbstractFixedGridRungeKutta(AbstractRungeKutta):
                 stage_y = y + dt.to(dtype) * torch.mv(torch.stack(stages).T, a_rows[i])
                 stages.append(self._eval_flat(end if c[i] == 1.0 else t0 + c[i] * dt, stage_y))
             y1 = y + dt.to(dtype) * torch.mv(torch.stack(stages).T, b)
-            self.n_accepted += 1
+            self.steps_accepted += 1
             while j < n_out and direction * times[j] <= direction * t1_value:
                 outputs.append(self._interpolate(t0, y, f0, t1, y1, t[j]))
                 j += 1

@@ -149,7 +149,7 @@ def test_robertson_conserves_mass_and_matches_radau(name, rtol, max_steps):
     reference = solve_ivp(robertson_numpy, (0.0, 1e4), [1.0, 0.0, 0.0], method="Radau", rtol=1e-12, atol=1e-16, t_eval=t.numpy()).y.T
     atol = torch.tensor([1e-8, 1e-12, 1e-8], dtype=F64)
     y, solver = _solve(name, robertson, torch.tensor([1.0, 0.0, 0.0], dtype=F64), t, rtol=rtol, atol=atol)
-    assert solver.n_accepted < max_steps
+    assert solver.steps_accepted < max_steps
     torch.testing.assert_close(y.sum(1), torch.ones(len(t), dtype=F64), rtol=0, atol=1e-9)
     np.testing.assert_allclose(y.numpy(), reference, rtol=200 * rtol, atol=1e-11)
 
@@ -159,7 +159,7 @@ def test_stiff_linear_decay_is_damped_in_one_big_step(name):
     """L-stability: a step of h·λ = -1e6 returns ~0, where an A-stable-only method would return ~±1."""
     y, solver = _solve(name, lambda t, y: -1e6 * y, torch.ones(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64),
                        rtol=1e3, atol=1e3, first_step=1.0)  # fmt: skip
-    assert solver.n_accepted == 1 and abs(y[-1].item()) < 1e-5
+    assert solver.steps_accepted == 1 and abs(y[-1].item()) < 1e-5
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ def test_newton_failure_rejects_and_shrinks_instead_of_raising(name):
     y0 = torch.tensor([2.0, 0.0], dtype=F64)
     good, _ = _solve(name, func, y0, t)
     y, solver = _solve(name, func, y0, t, max_iters=2, first_step=5.0)
-    assert solver.n_newton_failures > 0 and solver.n_rejected >= solver.n_newton_failures
+    assert solver.n_newton_failures > 0 and solver.steps_rejected >= solver.n_newton_failures
     torch.testing.assert_close(y[-1], good[-1], rtol=1e-4, atol=1e-6)
 
 
@@ -194,7 +194,7 @@ def test_giving_up_raises_typed_errors(name):
 def test_jacobian_is_reused_across_steps_and_factorised_per_step_size(name):
     func, _ = van_der_pol(1000.0)
     _, solver = _solve(name, func, torch.tensor([2.0, 0.0], dtype=F64), torch.tensor([0.0, 100.0], dtype=F64))
-    steps = solver.n_accepted + solver.n_rejected
+    steps = solver.steps_accepted + solver.steps_rejected
     assert solver.n_jacobians < steps / 2
     assert solver.n_factorisations <= steps
 
