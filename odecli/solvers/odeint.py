@@ -119,6 +119,10 @@ def odeint(
     is_tuple, first = layout.is_tuple, problem.first
     if event_fn is not None and len(t) != 2:
         raise InvalidTimeGrid(f"with event_fn, t must hold exactly two times (start and a later time for the direction), got {len(t)}.")
+    if event_fn is None and sum(layout.sizes) == 0:
+        # A state with no elements stays what it is; the implicit methods' Newton solve has no system to factorise.
+        constant = tuple(part.unsqueeze(0).expand(len(t), *part.shape).clone() for part in problem.tensors)
+        return constant if is_tuple else constant[0]
 
     supported = getattr(cls, "callbacks", frozenset())
     unsupported = {n for n in CALLBACK_NAMES if getattr(func, n, None) is not None} - set(supported)
