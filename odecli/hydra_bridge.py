@@ -455,7 +455,8 @@ def prepare(config_name: str, overrides: Sequence[str] = (), *, multirun: bool =
     overrides = overrides + _default_dirs(cfg, overrides, multirun)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     directory = _chosen_dir(overrides, key)
-    assert directory is not None  # _default_dirs chose one unless the user did
+    if directory is None:  # _default_dirs chooses one unless the user did
+        raise ConfigError(f"No run directory was chosen; name one with {key}=DIR.")
     # the directory as users name it (`odecli sweep tol` runs as one job, in its hydra.sweep.dir)
     named = "hydra.sweep.dir" if multirun or config_name.startswith("sweep/") else "hydra.run.dir"
     fix = ("continue it with resume=true, or " if "resume" in cfg and not multirun else "") + f"choose another directory: {named}=DIR"
