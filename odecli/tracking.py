@@ -13,10 +13,13 @@ import io
 import json
 import math
 import os
+import pickle
+import re
 import socket
 import tempfile
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -69,6 +72,10 @@ def _json_default(obj: Any) -> Any:
 
 class CorruptCheckpoint(Exception):
     """A checkpoint file that cannot be read back."""
+
+
+class UnsafeCheckpoint(UserError):
+    """A checkpoint holding more than tensors, numbers, strings and plain containers: it is refused, never unpickled."""
 
 
 class Run:
@@ -172,9 +179,15 @@ class Run:
         return sorted(self.checkpoints_dir.glob(f"{CHECKPOINT_PREFIX}*.pt"), reverse=True)
 
     def save_checkpoint(self, state: Mapping[str, Any], step: int) -> Path:
-        """Write ``state`` atomically and keep only the newest few checkpoints."""
+        """Write ``state`` atomically and keep only the newest few checkpoints.
+
+        ``state`` holds only what a weights-only load reads back (see ``check_plain``): a checkpoint is
+        data, so resuming from a run directory someone else wrote cannot run their code.
+        """
+        payload = {"step": step, "state": dict(state)}
+        check_plain(payload["state"], "state")
         buffer = io.BytesIO()
-        torch.save({"step": step, "state": dict(state)}, buffer)
+        torch.save(payload, buffer)
         path = self.checkpoint_path(step)
         atomic_write_bytes(path, buffer.getvalue())
         for old in self.checkpoints()[KEEP_CHECKPOINTS:]:
@@ -183,7 +196,11 @@ class Run:
         return path
 
     def load_latest_checkpoint(self) -> dict[str, Any] | None:
-        """The newest readable checkpoint's state (with ``step``); corrupt ones are reported and skipped."""
+        """The newest readable checkpoint's state (with ``step``); corrupt ones are reported and skipped.
+
+        A checkpoint the weights-only loader refuses (a pickled callable, an older odecli's numpy arrays)
+        raises ``UnsafeCheckpoint``: nothing in it is run, and falling back past it silently would hide it.
+        """
         for partial in self.checkpoints_dir.glob(f".{CHECKPOINT_PREFIX}*.tmp"):  # a writer killed mid-write
             self.log(f"[yellow]warning:[/] removing {partial.name}, a checkpoint whose writing was cut off")
             with contextlib.suppress(FileNotFoundError):
@@ -230,11 +247,43 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+# What a checkpoint may hold: what ``torch.load(weights_only=True)`` reads back without an allowlist.
+PLAIN_SCALARS = (type(None), bool, int, float, str)
+PLAIN_CONTAINERS = (dict, OrderedDict, list, tuple)
+
+
+def check_plain(value: Any, where: str) -> None:
+    """Raise TypeError naming the first value under ``where`` that is not a tensor, number, string, None or plain container.
+
+    Exact types: a numpy scalar is a ``float`` subclass but pickles as numpy's own object, which a
+    weights-only load refuses.
+    """
+    if isinstance(value, torch.Tensor) or type(value) in PLAIN_SCALARS:
+        return
+    if type(value) not in PLAIN_CONTAINERS:
+        raise TypeError(
+            f"checkpoint value {where} is a {type(value).__module__}.{type(value).__qualname__}; a checkpoint holds only "
+            "tensors, numbers, strings, None and plain dicts/lists/tuples (convert it, e.g. an array with torch.as_tensor)"
+        )
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        if isinstance(value, dict) and type(key) not in PLAIN_SCALARS:
+            raise TypeError(f"checkpoint key {where}[{key!r}] is a {type(key).__qualname__}; use a string or a number")
+        check_plain(item, f"{where}[{key!r}]")
+
+
 def _read_checkpoint(path: Path) -> dict[str, Any]:
     try:
-        # Our own files: they hold RNG states (numpy arrays, Python tuples), so not weights-only.
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated zip, pickle errors, ...
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # the weights-only unpickler refused something before creating it
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))  # the error has no field naming it
+        what = f"it refers to {found.group(1)}" if found else "it is not plain data"
+        raise UnsafeCheckpoint(
+            f"refusing checkpoint {path}: {what}, and odecli loads only tensors, numbers, strings and plain containers, "
+            f"so nothing from it was loaded or run. If an older odecli or someone else wrote it, move it out of "
+            f"{path.parent} (resume then uses the previous checkpoint) or start a new run directory."
+        ) from None
+    except Exception as exc:  # truncated zip, missing records, ...
         raise CorruptCheckpoint(f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(payload, dict) or "state" not in payload or "step" not in payload:
         raise CorruptCheckpoint("not an odecli checkpoint")

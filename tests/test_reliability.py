@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -16,12 +17,14 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from odecli import hydra_bridge
+from odecli import hydra_bridge, tracking
 from odecli.cli import app
+from odecli.tasks.common import restore_rng_state, rng_state, seed_everything
 from odecli.tracking import Run
 
 runner = CliRunner()
@@ -100,6 +103,60 @@ def test_truncated_latest_checkpoint_is_reported_and_the_previous_one_resumes(tm
     resumed = json.loads((run_dir / "metrics.json").read_text())
     for key in ("val_mse", "loss_train_last", "nfe_forward"):
         assert resumed[key] == reference[key], key
+
+
+class _RunsCodeWhenUnpickled:
+    """A pickle payload that writes ``marker`` when loaded by a full (not weights-only) unpickler."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
+
+
+def test_a_checkpoint_carrying_code_is_refused_with_one_line_and_nothing_runs(tmp_path: Path) -> None:
+    run_dir = tmp_path / "shared"
+    fit(run_dir)  # a genuine run: checkpoints 2, 4, 6
+    marker = tmp_path / "marker"
+    crafted = run_dir / "checkpoints" / "ckpt_000000008.pt"
+    torch.save({"step": 8, "state": {"model": _RunsCodeWhenUnpickled(marker)}}, crafted)
+
+    result = invoke_fit(run_dir, "iters=10", "resume=true")
+    assert result.exit_code == 2, result.output
+    assert not marker.exists(), "resuming ran code from the checkpoint"
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert f"refusing checkpoint {crafted}: it refers to exec" in errors[0], errors[0]
+    assert "move it out of" in errors[0] and "continuing from step" not in result.output
+
+
+def test_a_checkpoint_of_the_old_format_is_refused_not_loaded(tmp_path: Path) -> None:
+    run = Run(tmp_path, tensorboard=False)
+    torch.save({"step": 1, "state": {"rng": np.random.get_state()}}, run.checkpoint_path(1))  # as checkpoints were before they held plain data only
+    with pytest.raises(tracking.UnsafeCheckpoint, match=r"refusing checkpoint .*ckpt_000000001\.pt: it refers to numpy"):
+        run.load_latest_checkpoint()
+
+
+def test_checkpoints_hold_plain_data_only(tmp_path: Path) -> None:
+    run = Run(tmp_path, tensorboard=False)
+    with pytest.raises(TypeError, match=r"state\['log'\]\[0\]\['loss'\] is a numpy.float64"):
+        run.save_checkpoint({"log": [{"loss": np.float64(1.0)}]}, 1)
+    assert not run.checkpoints(), "nothing is written when the state is not plain"
+
+
+def test_rng_states_survive_a_weights_only_checkpoint(tmp_path: Path) -> None:
+    def draws() -> tuple:
+        return random.random(), float(np.random.standard_normal()), float(torch.rand(()))  # standard_normal caches a gaussian
+
+    seed_everything(7)
+    draws()
+    run = Run(tmp_path, tensorboard=False)
+    run.save_checkpoint({"rng": rng_state()}, 1)
+    expected = [draws() for _ in range(3)]
+    seed_everything(123)  # anything else
+    restore_rng_state(run.load_latest_checkpoint()["rng"])
+    assert [draws() for _ in range(3)] == expected
 
 
 # ----- Ctrl-C ----------------------------------------------------------------------------------

@@ -26,13 +26,20 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """Every random generator's state, for checkpoints that resume bit-for-bit."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every random generator's state, for checkpoints that resume bit-for-bit.
+
+    Plain data only (a checkpoint is loaded weights-only): Python's state is a tuple of ints; numpy's
+    ``(name, uint32 keys, pos, has_gauss, cached_gaussian)`` keeps its keys as an int64 tensor.
+    """
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    numpy_state = (str(name), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached_gaussian))
+    return {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
 
 
 def restore_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch"])
 
 
@@ -289,7 +296,8 @@ RESUME_NEUTRAL_KEYS = ("resume", "iters", "threads", "device", "plot_every", "gi
 
 
 def saved_config(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    """The config as plain dicts, lists and scalars (enums as their names), which a weights-only load reads back."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
 
 
 def check_resumed_config(saved: Mapping[str, Any], cfg: DictConfig, run: Any) -> None:
