@@ -30,7 +30,7 @@ import torch
 
 from odecli.registry import SOLVERS
 from odecli.solvers.errors import InvalidInputError
-from odecli.solvers.implicit import FIXED_GRID_OPTIONS, AbstractFixedGridSolver
+from odecli.solvers.fixed_grid import FIXED_GRID_OPTIONS, AbstractFixedGridSolver
 
 MIN_ORDER = 4  # below this many history terms (+1), steps are taken with RK4
 MAX_ORDER = 12
@@ -78,6 +78,7 @@ class AbstractAdams(AbstractFixedGridSolver):
     """Adams–Bashforth, optionally corrected by Adams–Moulton, with an RK4 start."""
 
     order: ClassVar[int] = 4  # the RK4 start and the first AB3 step limit the global order
+    tensor_times: ClassVar[bool] = True  # times computed as torchdiffeq computes them: results equal bit for bit
     correct: ClassVar[bool]
     options: ClassVar[frozenset[str]] = FIXED_GRID_OPTIONS | {"max_iters", "max_order"}
 
@@ -110,9 +111,9 @@ class AbstractAdams(AbstractFixedGridSolver):
 
     def _rk4_step(self, t0, dt, t1, y0, k1):
         # RK4 with the 3/8 rule (torchdiffeq's rk4_alt_step_func): smaller error constant than classic RK4.
-        k2 = self.eval(t0 + dt * _ONE_THIRD, y0 + dt * k1 * _ONE_THIRD)
-        k3 = self.eval(t0 + dt * _TWO_THIRDS, y0 + dt * (k2 - k1 * _ONE_THIRD))
-        k4 = self.eval(t1, y0 + dt * (k1 - k2 + k3), perturb=-1)
+        k2 = self.evaluate(t0 + dt * _ONE_THIRD, y0 + dt * k1 * _ONE_THIRD)
+        k3 = self.evaluate(t0 + dt * _TWO_THIRDS, y0 + dt * (k2 - k1 * _ONE_THIRD))
+        k4 = self.evaluate(self.inside(t1, t0), y0 + dt * (k1 - k2 + k3))
         return (k1 + 3 * (k2 + k3) + k4) * dt * 0.125
 
     def _restart_if_step_changed(self, t0, dt, t1) -> None:
@@ -129,9 +130,19 @@ class AbstractAdams(AbstractFixedGridSolver):
             self.history_t = None
         self.history_dt = step
 
-    def step(self, t0, dt, t1, y0):
+    def first_slope(self, t0, t1, y: torch.Tensor) -> torch.Tensor:
+        return self.evaluate(self.inside(t0, t1), y)
+
+    def step(self, t0, t1, y0: torch.Tensor, f0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        dy, f0 = self._increment(t0, t1, y0, f0)
+        return y0 + dy, f0
+
+    def _increment(self, t0, t1, y0, f0):
+        """``(y1 - y0, f0)``: the Adams formulas are written for the increment, as torchdiffeq's."""
+        dt = t1 - t0
         self._restart_if_step_changed(t0, dt, t1)
-        f0 = self.eval(t0, y0, perturb=1)
+        if f0 is None:
+            f0 = self.first_slope(t0, t1, y0)
         self._remember(t0, f0)
         order = min(len(self.history), self.max_order - 1)
         if order < MIN_ORDER - 1:
@@ -144,7 +155,7 @@ class AbstractAdams(AbstractFixedGridSolver):
             converged = False
             for _ in range(self.max_iters):
                 previous = dy
-                f = self.eval(t1, y0 + dy, perturb=-1)
+                f = self.evaluate(self.inside(t1, t0), y0 + dy)
                 dy = (dt * moulton[0] * f).type_as(y0) + known
                 converged = self._corrector_converged(previous, dy)
                 if converged:

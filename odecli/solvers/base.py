@@ -11,12 +11,13 @@ solution stacked at every time in ``t`` (``out[0] == y0``), counting its own eva
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
 
-from odecli.solvers.errors import InvalidInputError
+from odecli.solvers.errors import InvalidInputError, NonFiniteState
 
 FlatFunc = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # Step callbacks a vector field may define (torchdiffeq's); the ``*_adjoint`` variants are called during
@@ -71,14 +72,46 @@ class AbstractSolver(abc.ABC):
         self.nfe = 0
         self.steps_accepted = 0
         self.steps_rejected = 0
+        self.shape, self.n = y0.shape, y0.numel()
+        self.dtype, self.device = y0.dtype, y0.device
+        self.time_dtype = y0.real.dtype  # func gets t in the state's real dtype, as torchdiffeq passes it
+        # Set by a front end that records the solve (``odeint_checkpoint``); ``integrate`` calls it after every
+        # accepted step with ``(start, end, y_start, k1, output indices)``: ``start``/``end`` are the step's
+        # float times (adaptive explicit RK: ``direction·t0`` and the step size), ``k1`` its first stage (or None).
+        self.step_observer: Callable[[float, float, torch.Tensor, torch.Tensor | None, range], None] | None = None
+
+    def time(self, t: float | torch.Tensor) -> torch.Tensor:
+        """A 0-d time in the time dtype; a tensor time (from a ``t`` that requires grad) keeps its graph."""
+        if isinstance(t, torch.Tensor):
+            return t.to(self.time_dtype)
+        return torch.scalar_tensor(t, dtype=self.time_dtype, device=self.device)
+
+    def evaluate(self, t: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``func(t, y)`` for a flat ``y`` (viewed in the state's shape), flat and counted."""
+        self.nfe += 1
+        return self.func(self.time(t), y.view(self.shape)).reshape(self.n)
+
+    def check_initial_state(self, t0: float) -> None:
+        """``NonFiniteState`` when ``y0`` holds NaN or Inf."""
+        # max |y0| is NaN or Inf exactly when some element is (3 cheap ops; isfinite().all() is ~4x dearer).
+        if self.n and not math.isfinite(float(self.y0.detach().abs().max())):
+            raise NonFiniteState(t0, "initial state y0")
 
     @abc.abstractmethod
     def integrate(self, t: torch.Tensor) -> torch.Tensor:
         """Solution at every time in ``t`` (shape ``(len(t), *y0.shape)``)."""
 
-    def integrate_until_event(self, t0: torch.Tensor, event_fn: FlatFunc) -> tuple[torch.Tensor, torch.Tensor]:
+    def integrate_until_event(self, t0: torch.Tensor, event_fn: FlatFunc, direction: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Solve from ``t0`` until ``event_fn(t, y)`` (a scalar) changes sign: ``(event_t, stack([y0, y(event_t)]))``.
 
-        ``event_fn`` is already combined into one scalar that starts positive (see ``events.combine_event_functions``).
+        ``event_fn`` is already combined into one scalar that starts positive (see ``events.combine_event_functions``);
+        ``direction`` is -1.0 for a native-problem method solving backwards in time (others always get +1.0).
         """
         raise InvalidInputError(f"method {type(self).__name__} does not support event_fn; use an explicit Runge-Kutta method such as 'dopri5'.")
+
+
+def raise_if_not_finite(solution: torch.Tensor, times: Sequence[float]) -> None:
+    """``NonFiniteState`` at the first output time whose state holds NaN or Inf."""
+    if not bool(torch.isfinite(solution.detach()).all()):
+        bad = int((~torch.isfinite(solution.detach())).reshape(len(solution), -1).any(dim=1).nonzero()[0])
+        raise NonFiniteState(times[bad])

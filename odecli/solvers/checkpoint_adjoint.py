@@ -46,8 +46,7 @@ from torch import nn
 
 from odecli.solvers import stats
 from odecli.solvers.errors import InvalidInputError
-from odecli.solvers.grid import nudge
-from odecli.solvers.interpolation import cubic_hermite, dense_weights_tensor
+from odecli.solvers.interpolation import dense_weights_tensor
 from odecli.solvers.problem import (
     FlatStateFunc,
     check_problem,
@@ -56,12 +55,7 @@ from odecli.solvers.problem import (
     resolve_method,
     shape_norm_option,
 )
-from odecli.solvers.runge_kutta import (
-    AbstractAdaptiveRungeKutta,
-    AbstractFixedGridRungeKutta,
-    AbstractRungeKutta,
-    raise_if_not_finite,
-)
+from odecli.solvers.runge_kutta import AbstractAdaptiveRungeKutta, AbstractRungeKutta, combine
 
 
 def odeint_checkpoint(
@@ -166,131 +160,42 @@ class _Tape:
         return n
 
 
-# --------------------------------------------------------------------------------------------
-# One step, with or without a graph; times are floats, or 0-d tensors when t needs a gradient.
-
-
-def _stages(func: Callable, coefficients, c: Sequence[float], t0, dt, t_last, y: torch.Tensor, k1: torch.Tensor):
-    """Stages ``[k_1..k_s]`` of one explicit RK step from ``y`` (``k1`` given) and the last stage's input.
-
-    ``t_last`` is the time of a ``c = 1`` stage. The arithmetic is the stepper's (``addmv`` per stage).
-    """
-    ks = [k1]
-    yi = y
-    tensor_time = torch.is_tensor(dt)
-    for i in range(1, len(c)):
-        weights = torch.stack(ks).T
-        if tensor_time:
-            yi = y + dt * torch.mv(weights, coefficients.a_rows[i])
-        else:
-            yi = torch.addmv(y, weights, coefficients.a_rows[i], alpha=dt)
-        ti = t_last if c[i] == 1.0 else t0 + c[i] * dt
-        ks.append(func(_as_time(ti, y), yi))
-    return ks, yi
-
-
-def _combine(y: torch.Tensor, ks: list[torch.Tensor], weights: torch.Tensor, dt) -> torch.Tensor:
-    if len(ks) == 1:
-        return y + dt * ks[0] if torch.is_tensor(dt) else torch.add(y, ks[0], alpha=dt)
-    stacked = torch.stack(ks).T
-    return y + dt * torch.mv(stacked, weights) if torch.is_tensor(dt) else torch.addmv(y, stacked, weights, alpha=dt)
-
-
-def _as_time(value, like: torch.Tensor) -> torch.Tensor:
-    if torch.is_tensor(value):
-        return value.to(like.dtype)
-    return torch.scalar_tensor(value, dtype=like.dtype, device=like.device)
-
-
-def _dense_values(dense: np.ndarray, thetas: list[float], y0: torch.Tensor, ks: list[torch.Tensor], dt: float) -> torch.Tensor:
+def _dense_values(dense: np.ndarray, thetas: list[float], y0: torch.Tensor, ks: torch.Tensor, dt: float) -> torch.Tensor:
     """``y0 + dt · Σ_i b_i(θ_m) k_i`` for every θ: ``[len(thetas), n]`` (as ``DenseOutputs`` computes it)."""
     theta = np.asarray(thetas, dtype=np.float64)[:, None]
     powers = theta ** np.arange(1, dense.shape[1] + 1, dtype=np.float64)
     weights = torch.from_numpy((powers @ dense.T) * dt).to(dtype=y0.dtype, device=y0.device)
-    return torch.addmm(y0.reshape(1, -1), weights, torch.stack(ks))
+    return torch.addmm(y0.reshape(1, -1), weights, ks)
 
 
 # --------------------------------------------------------------------------------------------
-# Forward: a graph-free solve that fills the tape.
+# Forward: the stepper's own graph-free solve, observed step by step to fill the tape.
 
 
 def _forward(setup: _Setup, t: torch.Tensor, y0: torch.Tensor, tape: _Tape | None) -> torch.Tensor:
     solver = setup.cls(setup.func, y0, setup.rtol, setup.atol, **setup.options)
     setup.solver = solver
     times = t.detach().tolist()
-    if isinstance(solver, AbstractAdaptiveRungeKutta):
-        solution = _forward_adaptive(solver, times, tape)
-    else:
-        solution = _forward_fixed(solver, t, times, tape)
+    if tape is not None:
+        solver.step_observer = _recorder(tape, times, isinstance(solver, AbstractAdaptiveRungeKutta))
+    solution = solver.integrate(t.detach())
     stats.record_forward(solver.nfe, solver.steps_accepted, solver.steps_rejected)
     return solution
 
 
-def _forward_adaptive(solver: AbstractAdaptiveRungeKutta, times: list[float], tape: _Tape | None) -> torch.Tensor:
+def _recorder(tape: _Tape, times: list[float], adaptive: bool) -> Callable:
+    """The step observer that writes each accepted step, and the outputs it produced, onto ``tape``."""
     direction = 1.0 if times[1] > times[0] else -1.0
     taus = [direction * x for x in times]
-    n_out = len(times)
-    dense = solver.coefficients.dense
-    y, f, h = solver._start(times[0], direction)
-    grad = torch.is_grad_enabled() and (y.requires_grad or f.requires_grad)
-    outputs: list[torch.Tensor | None] = [None] * n_out
-    outputs[0] = y
-    j = 1
-    solver._steps_since_output = 0
-    for tau0, step, y0, y1, stages in solver._march(taus[0], direction, y, f, h, grad):
-        index = tape.add(tau0, step, y0, stages[0]) if tape is not None else -1
-        tau1 = tau0 + step
-        if taus[j] > tau1:
-            continue
-        plan: list[tuple[int, float | None]] = []
-        inside: list[int] = []
-        while j < n_out and taus[j] <= tau1:
-            if taus[j] == tau1:
-                plan.append((j, None))
-                outputs[j] = y1
-            else:
-                plan.append((j, (taus[j] - tau0) / step))
-                inside.append(j)
-            j += 1
-        if inside:
-            ks = list(stages.unbind(0))
-            values = _dense_values(dense, [theta for _, theta in plan if theta is not None], y0, ks, direction * step)
-            for m, value in zip(inside, values, strict=True):
-                outputs[m] = value
-        if tape is not None:
-            tape.outputs[index] = plan
-        solver._steps_since_output = 0
-        if j == n_out:
-            break
-    return torch.stack(outputs)  # type: ignore[arg-type]
 
+    def record(start: float, end: float, y: torch.Tensor, k1: torch.Tensor | None, outputs: range) -> None:
+        index = tape.add(start, end, y, k1)
+        if outputs:
+            # Adaptive: (start, end) = (direction·t0, h); an output inside the step is read from the dense output at θ.
+            at_end = (lambda m: taus[m] == start + end) if adaptive else (lambda m: True)
+            tape.outputs[index] = [(m, None if at_end(m) else (taus[m] - start) / end) for m in outputs]
 
-def _forward_fixed(solver: AbstractFixedGridRungeKutta, t: torch.Tensor, times: list[float], tape: _Tape | None) -> torch.Tensor:
-    direction = 1.0 if times[1] > times[0] else -1.0
-    solver._check_initial_state(times[0])
-    grid = solver._grid(t).tolist()
-    y = solver.y0.reshape(solver.n)
-    grad = torch.is_grad_enabled()
-    K = None if grad else solver._buffers()
-    outputs = [y]
-    j, n_out = 1, len(times)
-    for index in range(len(grid) - 1):
-        t0, t1 = grid[index], grid[index + 1]
-        y1, f0, _ = solver._step(t0, t1, y, None, K, grad)
-        step = tape.add(t0, t1, y, None) if tape is not None else -1
-        plan: list[tuple[int, float | None]] = []
-        while j < n_out and direction * times[j] <= direction * t1:
-            outputs.append(solver._interpolate(t0, y, f0, t1, y1, times[j]))
-            plan.append((j, None))
-            j += 1
-        if plan and tape is not None:
-            tape.outputs[step] = plan
-        y = y1
-        if j == n_out:
-            break
-    solution = torch.stack(outputs)
-    raise_if_not_finite(solution, times)
-    return solution
+    return record
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,24 +230,26 @@ class _Backward:
     """The reverse sweep over the tape of one solve."""
 
     def __init__(self, setup: _Setup, t: torch.Tensor, t_grad: bool, params: tuple[torch.Tensor, ...]):
-        self.setup, self.tape, self.solver = setup, setup.tape, setup.solver
-        self.params, self.nfe, self.steps = params, 0, 0
+        self.setup, self.tape, solver = setup, setup.tape, setup.solver
+        # A fresh stepper of the same method recomputes the steps: its evaluations are the backward NFE.
+        self.stepper = setup.cls(setup.func, solver.y0, setup.rtol, setup.atol, **setup.options)
+        self.params, self.steps = params, 0
         self.times = t.detach().tolist()
         self.direction = 1.0 if self.times[1] > self.times[0] else -1.0
         self.t_leaf = t.detach().requires_grad_(True) if t_grad else None
-        self.adaptive = isinstance(self.solver, AbstractAdaptiveRungeKutta)
-        tab = self.solver.tableau
-        self.c, self.carries, self.fsal = tab.c, tab.carries_last_stage, tab.fsal
-        self.coefficients = self.solver.coefficients
+        self.adaptive = isinstance(solver, AbstractAdaptiveRungeKutta)
+        tab = solver.tableau
+        self.carries, self.fsal = tab.carries_last_stage, tab.fsal
+        self.coefficients = solver.coefficients
         if self.adaptive and self.t_leaf is not None:
             self.dense_tensor = torch.as_tensor(self.coefficients.dense, dtype=t.dtype, device=t.device)
         if not self.adaptive:
-            self.step_size = self.solver.step_size
+            self.step_size = solver.step_size
             self.grid_is_t = self.step_size is None and self.setup.options.get("grid_constructor") is None
 
-    def _eval(self, time, y: torch.Tensor) -> torch.Tensor:
-        self.nfe += 1
-        return self.setup.func(_as_time(time, y), y)
+    @property
+    def nfe(self) -> int:
+        return self.stepper.nfe
 
     # -- times as floats or, when t needs a gradient, tensors built from t ---------------------
 
@@ -392,7 +299,7 @@ class _Backward:
             with torch.enable_grad():
                 y_leaf = tape.saved[0][0].detach().requires_grad_(True)
                 time0 = self.t_leaf[0] if self.t_leaf is not None else self.times[0]
-                k1 = self._eval(time0, y_leaf)
+                k1 = self.stepper.evaluate(time0, y_leaf)
                 inputs = (y_leaf, *self.params, *(() if self.t_leaf is None else (self.t_leaf,)))
                 grads = torch.autograd.grad(k1, inputs, cot_k, allow_unused=True)
             if grads[0] is not None:
@@ -423,12 +330,12 @@ class _Backward:
             t0 = self._adaptive_time(tau0)
             dt = self.direction * h
             t1 = self._adaptive_time(tau0 + h)
-            ks, y_last = _stages(self._eval, self.coefficients, self.c, t0, dt, t1, y, k1)
+            y_last, ks = self.stepper.stages(t0, dt, t1, y, k1)
             # FSAL: the last stage's input is y1 itself (its row of a equals b), as in the stepper.
-            y1 = y_last if self.fsal else _combine(y, ks, self.coefficients.b, dt)
+            y1 = y_last if self.fsal else combine(y, ks, self.coefficients.b, dt)
             k_next = None
             if need_next:
-                k_next = ks[-1] if self.carries else self._eval(t1, y1)
+                k_next = ks[-1] if self.carries else self.stepper.evaluate(t1, y1)
             return y1, k_next, ks, t0, dt, t1
         # Fixed grid: the step ends where the next begins; the last grid point is tape.sizes.
         last = index == len(tape.starts) - 1
@@ -436,13 +343,9 @@ class _Backward:
         t0 = self._grid_time(index, t0f, False)
         t1 = self._grid_time(index + 1, t1f, last and not self.grid_is_t)
         dt = t1 - t0 if torch.is_tensor(t0) or torch.is_tensor(t1) else t1f - t0f
-        perturb = self.solver.perturb
-        time_f0 = t0 + (nudge(t0f, t1f, self.setup.dtype) - t0f) if perturb else t0
-        t_last = t1 + (nudge(t1f, t0f, self.setup.dtype) - t1f) if perturb else t1
-        f0 = self._eval(time_f0, y)
-        ks, _ = _stages(self._eval, self.coefficients, self.c, t0, dt, t_last, y, f0)
-        y1 = _combine(y, ks, self.coefficients.b, dt)
-        return y1, None, ks, t0, dt, t1
+        f0 = self.stepper.evaluate(self.stepper.inside(t0, t1), y)
+        _, ks = self.stepper.stages(t0, dt, t1, y, f0, self.stepper.perturb)
+        return combine(y, ks, self.coefficients.b, dt), None, ks, t0, dt, t1
 
     def _step_vjp(self, index, y_n, k_n, cot_y, cot_k, grad_solution, last: bool):
         """Recompute step ``index`` with a graph and pull the cotangents of its results back to its inputs."""
@@ -480,37 +383,14 @@ class _Backward:
                 thetas = [theta for _, theta in plan if theta is not None]
                 inside = iter(_dense_values(self.coefficients.dense, thetas, y0, ks, dt)) if thetas else iter(())
                 return torch.stack([y1 if theta is None else next(inside) for _, theta in plan])
-            stacked = torch.stack(ks)
             values = []
             for m, _ in plan:
                 theta = (self.t_leaf[m] - t0) / dt
                 weights = dense_weights_tensor(self.dense_tensor, theta).to(y0.dtype)
-                values.append(y0 + dt * torch.mv(stacked.T, weights))
+                values.append(y0 + dt * torch.mv(ks.T, weights))
             return torch.stack(values)
-        values = []
-        for m, _ in plan:
-            time = self.times[m] if self.t_leaf is None else self.t_leaf[m]
-            if self.solver.interp == "linear":
-                values.append(self._linear(y0, y1, t0, t1, time, m))
-            else:
-                f1 = self._eval(t1, y1)
-                values.append(cubic_hermite(t0, y0, ks[0], t1, y1, f1, time))
-        return torch.stack(values)
-
-    def _linear(self, y0, y1, t0, t1, time, m: int) -> torch.Tensor:
-        """torchdiffeq's linear interpolation: ``y1`` exactly at the step's end, ``y0`` at its start."""
-        tm, t0f, t1f = self.times[m], _float(t0), _float(t1)
-        if tm == t1f:
-            return y1
-        if tm == t0f:
-            return y0
-        if self.t_leaf is None:
-            return torch.lerp(y0, y1, (tm - t0f) / (t1f - t0f))
-        return y0 + (time - t0) / (t1 - t0) * (y1 - y0)
-
-
-def _float(value) -> float:
-    return float(value.detach()) if torch.is_tensor(value) else float(value)
+        times = self.times if self.t_leaf is None else self.t_leaf
+        return torch.stack([self.stepper.interpolate(t0, y0, ks[0], t1, y1, times[m]) for m, _ in plan])
 
 
 __all__ = ["odeint_checkpoint"]

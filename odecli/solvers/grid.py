@@ -28,6 +28,15 @@ def nudge(t: float, toward: float, dtype: torch.dtype) -> float:
     return float(torch.nextafter(value, torch.tensor(toward, dtype=dtype)))
 
 
+def nudge_time(t: float | torch.Tensor, toward: float | torch.Tensor, dtype: torch.dtype) -> float | torch.Tensor:
+    """``nudge`` for a float time, or for a tensor time that keeps its gradient (the ulp added is a constant)."""
+    toward = float(toward.detach()) if isinstance(toward, torch.Tensor) else toward
+    if isinstance(t, torch.Tensor):
+        value = float(t.detach())
+        return t + (nudge(value, toward, dtype) - value)
+    return nudge(t, toward, dtype)
+
+
 def count_grid_steps(t: torch.Tensor, step_size: float) -> tuple[int, int, int]:
     """``(steps over the whole span, steps across the widest output interval, index of that interval's start)``."""
     with torch.no_grad():

@@ -15,25 +15,20 @@ and carries on with an unconverged stage, which silently returns a wrong answer)
 ``options={'jacobian': 'fixed_point'}`` replaces Newton by functional iteration ``K ← F(K)``: no
 Jacobian (cheap for large states), but it converges only for non-stiff steps (h·L·|A| < 1).
 
-The fixed-grid options are torchdiffeq's: ``step_size`` or ``grid_constructor`` (else the grid is
-``t``), ``interp='linear'|'cubic'`` for output times between grid points, and ``perturb``.
+The fixed-grid options are torchdiffeq's (``step_size`` or ``grid_constructor``, ``interp``, ``perturb``);
+the steps run on ``fixed_grid``'s loop.
 """
 
 from __future__ import annotations
 
-import abc
-import functools
 import math
 from typing import Any, ClassVar
 
 import torch
 
 from odecli.registry import SOLVERS
-from odecli.solvers.base import AbstractSolver
-from odecli.solvers.controllers import DEFAULT_MAX_NUM_STEPS, parse_max_num_steps
-from odecli.solvers.errors import InvalidInputError, MaxStepsExceeded, NewtonDidNotConverge
-from odecli.solvers.events import find_event
-from odecli.solvers.grid import grid_from_step_size
+from odecli.solvers.errors import InvalidInputError, NewtonDidNotConverge
+from odecli.solvers.fixed_grid import FIXED_GRID_OPTIONS, AbstractFixedGridSolver
 from odecli.solvers.jacobian import Jacobian
 from odecli.solvers.tableau import (
     GAUSS_LEGENDRE_4,
@@ -49,121 +44,6 @@ from odecli.solvers.tableau import (
 )
 
 # --------------------------------------------------------------------------------------------
-# Fixed-grid integration loop shared by the implicit methods and the fixed-step Adams methods.
-
-FIXED_GRID_OPTIONS = frozenset({"step_size", "grid_constructor", "interp", "perturb", "max_num_steps"})
-
-
-class AbstractFixedGridSolver(AbstractSolver):
-    """Steps over a fixed grid and interpolates at the output times (torchdiffeq's FixedGridODESolver)."""
-
-    adaptive: ClassVar[bool] = False
-    differentiates_times: ClassVar[bool] = True  # the grid and every step are tensors built from t
-    options: ClassVar[frozenset[str]] = FIXED_GRID_OPTIONS
-    max_event_steps: ClassVar[int] = 20000  # as torchdiffeq: an event that never comes must still end
-
-    def __init__(self, func, y0, rtol, atol, step_size=None, grid_constructor=None, interp="linear", perturb=False,
-                 max_num_steps=DEFAULT_MAX_NUM_STEPS, **options):  # fmt: skip
-        super().__init__(func, y0, rtol, atol)
-        self.max_num_steps = parse_max_num_steps(max_num_steps)
-        if step_size is not None and grid_constructor is not None:
-            raise InvalidInputError("options step_size and grid_constructor are mutually exclusive; pass one of them.")
-        if interp not in ("linear", "cubic"):
-            raise InvalidInputError(f"options['interp'] must be 'linear' or 'cubic', got {interp!r}.")
-        if step_size is not None and not float(step_size) > 0:
-            raise InvalidInputError(f"options['step_size'] must be positive, got {step_size}.")
-        self.step_size = step_size
-        if grid_constructor is not None:
-            self.grid_constructor = grid_constructor
-        elif step_size is not None:
-            self.grid_constructor = grid_from_step_size(float(step_size), self.max_num_steps)
-        else:
-            self.grid_constructor = lambda func, y0, t: t
-        self.interp = interp
-        self.perturb = perturb
-        self.time_dtype = y0.real.dtype  # torchdiffeq calls func with t in the state's (real) dtype
-
-    def func_time(self, t: torch.Tensor, perturb: int = 0) -> torch.Tensor:
-        """The time ``func`` sees for the grid time ``t``: in the state's dtype and, with the ``perturb``
-        option, nudged one ulp into the step (``+1``: just after a grid point, ``-1``: just before), so
-        a discontinuity at a grid point is seen from the side the step lies on (as in torchdiffeq)."""
-        t = t.to(self.time_dtype)
-        if self.perturb and perturb:
-            nudged = torch.nextafter(t.detach(), t.detach() + perturb)
-            t = t + (nudged - t.detach()) if t.requires_grad else nudged  # a gradient passes unchanged, as torchdiffeq's
-        return t
-
-    def eval(self, t: torch.Tensor, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
-        """``func`` at ``func_time(t, perturb)``, counted."""
-        self.nfe += 1
-        return self.func(self.func_time(t, perturb), y)
-
-    @abc.abstractmethod
-    def step(self, t0: torch.Tensor, dt: torch.Tensor, t1: torch.Tensor, y0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step: ``(y1 - y0, f(t0, y0))``."""
-
-    def integrate(self, t: torch.Tensor) -> torch.Tensor:
-        grid = self.grid_constructor(self.func, self.y0, t)
-        if not (grid[0] == t[0] and grid[-1] == t[-1]):
-            raise InvalidInputError("grid_constructor must return a grid that starts at t[0] and ends at t[-1].")
-        solution = [self.y0]
-        j = 1
-        y0 = self.y0
-        callback = getattr(self.func, "callback_step", None)
-        for t0, t1 in zip(grid[:-1], grid[1:], strict=True):
-            dt = t1 - t0
-            if callback is not None:
-                callback(t0, y0, dt)
-            dy, f0 = self.step(t0, dt, t1, y0)
-            y1 = y0 + dy
-            self.steps_accepted += 1
-            while j < len(t) and t1 >= t[j]:
-                solution.append(self._interpolate(t0, y0, f0, t1, y1, t[j]))
-                j += 1
-            y0 = y1
-        return torch.stack(solution)
-
-    def integrate_until_event(self, t0: torch.Tensor, event_fn) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step by ``step_size`` from ``t0`` until ``event_fn`` changes sign; ``(event_t, [y0, y_event])``.
-
-        The crossing is located on the step's interpolant (linear or cubic) by ``find_event``.
-        """
-        if self.step_size is None:
-            raise InvalidInputError("Events with a fixed-grid method need options={'step_size': h}.")
-        y0 = self.y0
-        dt = torch.as_tensor(self.step_size, dtype=t0.dtype, device=t0.device)
-        sign0 = torch.sign(event_fn(t0, y0))
-        for _ in range(self.max_event_steps):
-            t1 = t0 + dt
-            dy, f0 = self.step(t0, dt, t1, y0)
-            y1 = y0 + dy
-            self.steps_accepted += 1
-            if torch.sign(event_fn(t1, y1)) != sign0:
-                interpolant = functools.partial(self._interpolate, t0, y0, f0, t1, y1)
-                event_t, y_event = find_event(interpolant, sign0, t0, t1, event_fn, float(self.atol))
-                return event_t, torch.stack([self.y0, y_event])
-            t0, y0 = t1, y1
-        raise MaxStepsExceeded(float(t0), self.max_event_steps)
-
-    def _interpolate(self, t0, y0, f0, t1, y1, t):
-        if t == t0:
-            return y0
-        if t == t1:
-            return y1
-        s = (t - t0) / (t1 - t0)
-        if self.interp == "linear":
-            return y0 + s * (y1 - y0)
-        f1 = self.eval(t1, y1, perturb=-1)  # the step's end slope, seen from inside the step
-        dt = t1 - t0
-        # Cubic Hermite basis on [t0, t1].
-        h00 = (1 + 2 * s) * (1 - s) * (1 - s)
-        h10 = s * (1 - s) * (1 - s)
-        h01 = s * s * (3 - 2 * s)
-        h11 = s * s * (s - 1)
-        return h00 * y0 + h10 * dt * f0 + h01 * y1 + h11 * dt * f1
-
-
-# --------------------------------------------------------------------------------------------
 # The Newton solve of one step.
 
 
@@ -171,6 +51,7 @@ class AbstractImplicitRungeKutta(AbstractFixedGridSolver):
     """A fixed-grid implicit Runge–Kutta method; subclasses set ``tableau`` and ``order``."""
 
     implicit: ClassVar[bool] = True
+    tensor_times: ClassVar[bool] = True
     tableau: ClassVar[ButcherTableau]
     options: ClassVar[frozenset[str]] = FIXED_GRID_OPTIONS | {"max_iters", "jacobian"}
 
@@ -194,12 +75,9 @@ class AbstractImplicitRungeKutta(AbstractFixedGridSolver):
         self.newton_atol = max(float(atol), 16 * eps)
 
     def _stage_time(self, t0, dt, t1, i):
+        """The time ``func`` sees at stage ``i``; at a step's ends, from inside the step (``perturb``)."""
         c = self.tableau.c[i]
-        return t1 if c == 1.0 else t0 + c * dt
-
-    def _stage_perturb(self, i):
-        c = self.tableau.c[i]
-        return -1 if c == 1.0 else (1 if c == 0.0 else 0)
+        return self.inside(t1, t0) if c == 1.0 else self.inside(t0, t1) if c == 0.0 else t0 + c * dt
 
     def _converged(self, delta_y: torch.Tensor, y: torch.Tensor) -> tuple[bool, float]:
         scale = self.newton_atol + self.newton_rtol * y.detach().abs()
@@ -207,18 +85,23 @@ class AbstractImplicitRungeKutta(AbstractFixedGridSolver):
         ratio = float(ratio)
         return ratio <= 1.0, ratio
 
-    def step(self, t0, dt, t1, y0):
-        f0 = self.eval(t0, y0, perturb=1)
+    def first_slope(self, t0, t1, y: torch.Tensor) -> torch.Tensor:
+        return self.evaluate(self.inside(t0, t1), y)
+
+    def step(self, t0, t1, y0: torch.Tensor, f0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        dt = t1 - t0
+        if f0 is None:
+            f0 = self.first_slope(t0, t1, y0)
         jac = None
         if self.jacobian is not None:
-            jac, evaluations = self.jacobian(self.func_time(t0, perturb=1), y0)
+            jac, evaluations = self.jacobian(self.time(self.inside(t0, t1)), y0)
             jac = jac[0]
             self.nfe += evaluations  # autograd: one evaluation of func (plus one vector-Jacobian product per state element)
         if self.tableau.diagonally_implicit:
             k = self._solve_stages_one_by_one(t0, dt, t1, y0, f0, jac)
         else:
             k = self._solve_stages_together(t0, dt, t1, y0, f0, jac)
-        return dt * (self.b @ k), f0
+        return y0 + dt * (self.b @ k), f0
 
     def _iterate(self, t0, k, update):
         """Repeat ``k, change, values = update(k)`` until the stage values stop changing.
@@ -249,7 +132,7 @@ class AbstractImplicitRungeKutta(AbstractFixedGridSolver):
 
         def update(k):
             stage_y = y0 + dt * (self.a @ k)
-            residual = torch.stack([self.eval(times[i], stage_y[i], self._stage_perturb(i)) for i in range(s)]) - k
+            residual = torch.stack([self.evaluate(times[i], stage_y[i]) for i in range(s)]) - k
             delta_k = residual if lu is None else torch.linalg.lu_solve(*lu, residual.reshape(s * n, 1)).reshape(s, n)
             return k + delta_k, dt * (self.a @ delta_k), stage_y
 
@@ -262,15 +145,15 @@ class AbstractImplicitRungeKutta(AbstractFixedGridSolver):
         for i in range(s):
             a_ii = self.tableau.a[i][i]
             known = y0 + dt * sum((self.a[i, j] * ks[j] for j in range(i)), torch.zeros_like(y0))
-            t_i, perturb = self._stage_time(t0, dt, t1, i), self._stage_perturb(i)
+            t_i = self._stage_time(t0, dt, t1, i)
             if a_ii == 0.0:  # an explicit stage (the first of trapezoid and TR-BDF2: f(t0, y0))
-                ks.append(f0 if i == 0 and self.tableau.c[0] == 0.0 else self.eval(t_i, known, perturb))
+                ks.append(f0 if i == 0 and self.tableau.c[0] == 0.0 else self.evaluate(t_i, known))
                 continue
             lu = None if jac is None else torch.linalg.lu_factor(eye - dt.detach() * a_ii * jac)
 
-            def update(k, known=known, t_i=t_i, perturb=perturb, a_ii=a_ii, lu=lu):
+            def update(k, known=known, t_i=t_i, a_ii=a_ii, lu=lu):
                 stage_y = known + dt * a_ii * k
-                residual = self.eval(t_i, stage_y, perturb) - k
+                residual = self.evaluate(t_i, stage_y) - k
                 delta_k = residual if lu is None else torch.linalg.lu_solve(*lu, residual.reshape(n, 1)).reshape(n)
                 return k + delta_k, (dt * a_ii * delta_k)[None], stage_y[None]
 

@@ -132,8 +132,9 @@ def cubic_hermite(t0: float, y0: torch.Tensor, f0: torch.Tensor, t1: float, y1: 
 
 
 def linear(t0: float, y0: torch.Tensor, t1: float, y1: torch.Tensor, t: float) -> torch.Tensor:
+    """The line through ``(t0, y0)`` and ``(t1, y1)`` at ``t``, in torchdiffeq's order of operations."""
     if t == t0:
         return y0
     if t == t1:
         return y1
-    return torch.lerp(y0, y1, (t - t0) / (t1 - t0))
+    return y0 + ((t - t0) / (t1 - t0)) * (y1 - y0)

@@ -173,13 +173,9 @@ def odeint(
         solver_func = stats.count_direct_backward(solver_func)
     solver = cls(solver_func, state, rtol, atol, **options)
     if combined_event is not None:
-        if native:
-            direction = -1.0 if reverse else 1.0
-            event_t, solution = solver.integrate_until_event(times[0], combined_event, direction=direction)
-        else:
-            event_t, solution = solver.integrate_until_event(times[0], combined_event)
-            if reverse:
-                event_t = -event_t
+        event_t, solution = solver.integrate_until_event(times[0], combined_event, direction=-1.0 if native and reverse else 1.0)
+        if reverse and not native:
+            event_t = -event_t
         event_t = event_t.to(t)
     else:
         solution = solver.integrate(times)

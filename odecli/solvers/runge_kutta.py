@@ -35,7 +35,6 @@ from odecli.solvers.controllers import (
     StepLimits,
     flat_tolerance,
     make_controller,
-    parse_max_num_steps,
     rms_norm,
     select_initial_step,
 )
@@ -47,8 +46,9 @@ from odecli.solvers.errors import (
     StepSizeTooSmall,
 )
 from odecli.solvers.events import find_event
-from odecli.solvers.grid import grid_from_step_size, nudge
-from odecli.solvers.interpolation import DenseOutputs, cubic_hermite, dense_weights_tensor
+from odecli.solvers.fixed_grid import AbstractFixedGridSolver
+from odecli.solvers.grid import nudge, nudge_time
+from odecli.solvers.interpolation import DenseOutputs, dense_weights_tensor
 from odecli.solvers.tableau import (
     ADAPTIVE_HEUN,
     BOSH3,
@@ -68,20 +68,17 @@ from odecli.solvers.tableau import (
     tableau_tensors,
 )
 
-
-def raise_if_not_finite(solution: torch.Tensor, times) -> None:
-    """``NonFiniteState`` at the first output time whose state holds NaN or Inf."""
-    if not bool(torch.isfinite(solution.detach()).all()):
-        bad = int((~torch.isfinite(solution.detach())).reshape(len(solution), -1).any(dim=1).nonzero()[0])
-        raise NonFiniteState(times[bad])
-
-
 ALL_CALLBACKS = frozenset(CALLBACK_NAMES)
 ADAPTIVE_OPTIONS = frozenset(
     {"first_step", "min_step", "max_step", "safety", "ifactor", "dfactor", "max_num_steps", "step_t", "jump_t", "norm", "controller"}
 )
-FIXED_GRID_OPTIONS = frozenset({"step_size", "grid_constructor", "interp", "perturb", "max_num_steps"})
-MAX_EVENT_STEPS = 20000  # fixed-grid event search gives up here, as torchdiffeq
+
+
+def combine(y: torch.Tensor, stages: torch.Tensor, weights: torch.Tensor, dt: float | torch.Tensor) -> torch.Tensor:
+    """``y + dt · Σ_i weights_i stages_i`` for ``[s, n]`` stages: one ``addmv`` for a float ``dt``, a graph in a tensor ``dt``."""
+    if isinstance(dt, torch.Tensor):
+        return y + dt.to(y.dtype) * torch.mv(stages.T, weights)
+    return torch.addmv(y, stages.T, weights, alpha=dt)
 
 
 class _NeedsGraph(Exception):
@@ -95,19 +92,6 @@ def _cast_output(func: Callable, dtype: torch.dtype) -> Callable:
         return func(t, y).to(dtype)
 
     return cast
-
-
-def _as_float(t) -> float:
-    """A time as a Python float, without autograd's warning for a tensor that requires grad."""
-    return float(t.detach()) if isinstance(t, torch.Tensor) else float(t)
-
-
-def _nudge_time(t, toward, dtype: torch.dtype):
-    """``nudge`` for a float time, or a tensor time that keeps its gradient (the ulp is a constant)."""
-    if isinstance(t, torch.Tensor):
-        value = _as_float(t)
-        return t + (nudge(value, _as_float(toward), dtype) - value)
-    return nudge(t, toward, dtype)
 
 
 class AbstractRungeKutta(AbstractSolver):
@@ -127,14 +111,10 @@ class AbstractRungeKutta(AbstractSolver):
         cls.fsal = tab.fsal
 
     def __init__(self, func, y0: torch.Tensor, rtol, atol, norm=None, **options: Any):
-        super().__init__(func, y0, rtol, atol)
-        self.shape = y0.shape
-        self.n = y0.numel()
+        super().__init__(func, y0, rtol, atol, **options)
         # ``view(*ints)`` is ~2.5x cheaper than ``view(torch.Size)``; 1-D states need no view at all.
         self._view_args = None if y0.ndim == 1 else tuple(y0.shape) if y0.ndim else ((),)
         self._row_state = y0.ndim == 2 and y0.shape[0] == 1 and y0.shape[1] > 0
-        self.dtype, self.device = y0.dtype, y0.device
-        self.time_dtype = y0.real.dtype  # func gets t in the state's real dtype, as torchdiffeq passes it
         self.norm = norm
         self.callback_step = getattr(func, "callback_step", None)
         self.callback_accept_step = getattr(func, "callback_accept_step", None)
@@ -143,15 +123,9 @@ class AbstractRungeKutta(AbstractSolver):
 
     # -- evaluation helpers -------------------------------------------------------------------
 
-    def _time(self, t: float | torch.Tensor) -> torch.Tensor:
-        """A 0-d time in the state's dtype; a tensor time (built from a ``t`` that requires grad) keeps its graph."""
-        if isinstance(t, torch.Tensor):
-            return t.to(self.time_dtype)
-        return torch.scalar_tensor(t, dtype=self.time_dtype, device=self.device)
-
     def _eval_first(self, t: float, y: torch.Tensor) -> torch.Tensor:
         """``func(t, y)`` with the output checked once: same shape and dtype as the state."""
-        f = self.func(self._time(t), y.view(self.shape))
+        f = self.func(self.time(t), y.view(self.shape))
         self.nfe += 1
         if not isinstance(f, torch.Tensor):
             raise FuncOutputMismatch(f"func(t, y) must return a torch.Tensor like y, got {type(f).__name__}.")
@@ -165,18 +139,9 @@ class AbstractRungeKutta(AbstractSolver):
             f = f.to(self.dtype)
         return f.reshape(self.n)
 
-    def _eval_flat(self, t: float, y: torch.Tensor) -> torch.Tensor:
-        self.nfe += 1
-        return self.func(self._time(t), y.view(self.shape)).reshape(self.n)
-
     def _callback(self, callback: Callable | None, t0: float, y: torch.Tensor, h: float) -> None:
         if callback is not None:
-            callback(self._time(t0), y.view(self.shape), self._time(h))
-
-    def _check_initial_state(self, t0: float) -> None:
-        # max |y0| is NaN or Inf exactly when some element is (3 cheap ops; isfinite().all() is ~4x dearer).
-        if self.n and not math.isfinite(float(self.y0.detach().abs().max())):
-            raise NonFiniteState(t0, "initial state y0")
+            callback(self.time(t0), y.view(self.shape), self.time(h))
 
     def _restartable(self, run: Callable[[bool], Any]) -> Any:
         """Run the in-place fast path; if ``func`` needs autograd after all, redo the solve with a graph."""
@@ -186,27 +151,27 @@ class AbstractRungeKutta(AbstractSolver):
             self.nfe = self.steps_accepted = self.steps_rejected = 0
             return run(True)
 
-    def _stages(self, t0: float, dt: float, t1: float, y: torch.Tensor, K, grad: bool, nudge_end: bool):
-        """Stages 1..s-1 of one step from ``y`` (stage 0 is already in ``K``); returns ``(last stage input, K)``.
+    def stages(self, t0, dt, t1, y: torch.Tensor, k1: torch.Tensor, nudge_end: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stages ``[s, n]`` of one step from ``y`` with first stage ``k1``, and the last stage's input, with a graph.
 
-        Fast path: ``K`` is the ``[s, n]`` buffer (with views precomputed by ``_buffers``). Graph path:
-        ``K`` is a list of flat stages and the stacked ``[s, n]`` tensor is returned.
+        Times are floats, or 0-d tensors (from a ``t`` that requires grad): every stage time and input is
+        then a function of t. ``nudge_end``: a ``c = 1`` stage sees ``t1`` one ulp inside the step.
         """
+        tab, a_rows, c, dtype = self.tableau, self.coefficients.a_rows, self.tableau.c, self.time_dtype
+        ks, yi = [k1], y
+        for i in range(1, tab.stages):
+            ti = (nudge_time(t1, t0, dtype) if nudge_end else t1) if c[i] == 1.0 else t0 + c[i] * dt
+            yi = combine(y, torch.stack(ks), a_rows[i], dt)
+            ks.append(self.func(self.time(ti), yi.view(self.shape)).reshape(self.n))
+        self.nfe += tab.stages - 1
+        return yi, torch.stack(ks)
+
+    def _stages_in_place(self, t0: float, dt: float, t1: float, y: torch.Tensor, buffers, nudge_end: bool):
+        """``stages`` without a graph, written into ``buffers`` (from ``_buffers``; stage 0 already in place)."""
         tab = self.tableau
-        a_rows = self.coefficients.a_rows
-        func, shape, dtype, device = self.func, self.shape, self.time_dtype, self.device  # dtype: of the times
-        c = tab.c
+        func, dtype, device = self.func, self.time_dtype, self.device  # dtype: of the times
+        buffer, plan, _ = buffers
         yi = y
-        if grad:
-            ks = K
-            for i in range(1, tab.stages):
-                ci = c[i]
-                ti = (nudge(t1, t0, dtype) if nudge_end else t1) if ci == 1.0 else t0 + ci * dt
-                yi = torch.addmv(y, torch.stack(ks).T, a_rows[i], alpha=dt)
-                ks.append(func(torch.scalar_tensor(ti, dtype=dtype, device=device), yi.view(shape)).reshape(self.n))
-            self.nfe += tab.stages - 1
-            return yi, torch.stack(ks)
-        buffer, plan, _ = K
         t_end = nudge(t1, t0, dtype) if nudge_end else t1
         if self._row_state:
             # A [1, n] state: ``addmm`` of [1, i] weights and the first i stages yields the stage
@@ -289,7 +254,7 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
             raise InvalidInputError("options step_t and jump_t must not share any time; a time is either a step point or a jump.")
         self.rtol = flat_tolerance(rtol, "rtol", self.n, self.dtype, self.device)
         self.atol = flat_tolerance(atol, "atol", self.n, self.dtype, self.device)
-        self._steps_since_output = 0
+        self.steps_since_output = 0
 
     @staticmethod
     def _time_list(name: str, values) -> list[float]:
@@ -307,7 +272,7 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
     def _norm(self, scaled_error: torch.Tensor) -> float:
         return float(self.norm(scaled_error)) if self.norm is not None else float(rms_norm(scaled_error))
 
-    def _march(self, tau: float, direction: float, y: torch.Tensor, f: torch.Tensor, h: float, grad: bool) -> Iterator[tuple]:
+    def march(self, tau: float, direction: float, y: torch.Tensor, f: torch.Tensor, h: float, grad: bool) -> Iterator[tuple]:
         """Take adaptive steps forever from ``tau = direction·t``; yield each accepted step.
 
         Yields ``(tau0, h, y0, y1, K)`` with ``K`` the ``[s, n]`` stages; ``K`` is only valid until
@@ -352,8 +317,8 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
             t0 = direction * tau
             if callback_step is not None:
                 self._callback(callback_step, t0, y, h)
-            self._steps_since_output += 1
-            if self._steps_since_output > max_num_steps:
+            self.steps_since_output += 1
+            if self.steps_since_output > max_num_steps:
                 raise MaxStepsExceeded(t0, max_num_steps)
             tau1 = tau + h
             if not tau1 > tau:
@@ -368,7 +333,7 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
             dt = direction * h
             t1 = direction * tau1
 
-            y_last, stages = self._stages(t0, dt, t1, y, [f] if grad else K, grad, has_jumps)
+            y_last, stages = self.stages(t0, dt, t1, y, f, has_jumps) if grad else self._stages_in_place(t0, dt, t1, y, K, has_jumps)
             y1 = y_last if fsal else torch.addmv(y, stages.T, b, alpha=dt)
 
             if scaled_rtol:
@@ -406,7 +371,7 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
                     if next_jump != len(jump_taus) - 1:
                         next_jump += 1
                     # Past a discontinuity of f: take the slope from the side the next step lies on.
-                    f = self._eval_flat(nudge(t1, t1 + direction, self.time_dtype), y1)
+                    f = self.evaluate(nudge(t1, t1 + direction, self.time_dtype), y1)
                     if not grad:
                         first_row.copy_(f)
                 elif carries:
@@ -415,7 +380,7 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
                     else:
                         first_row.copy_(last_row)
                 else:
-                    f = self._eval_flat(t1, y1)
+                    f = self.evaluate(t1, y1)
                     if not grad:
                         first_row.copy_(f)
             else:
@@ -424,15 +389,15 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
                 self.steps_rejected += 1
             h = min(max(controller.propose(h, ratio, accept), min_step), max_step)
 
-    def _start(self, t0: float, direction: float) -> tuple[torch.Tensor, torch.Tensor, float]:
-        self._check_initial_state(t0)
+    def start(self, t0: float, direction: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+        self.check_initial_state(t0)
         y = self.y0.reshape(self.n)
         f = self._eval_first(t0, y)
         if self.first_step is not None:
             h = self.first_step
         else:
             norm = self.norm if self.norm is not None else rms_norm
-            h = select_initial_step(self._eval_flat, t0, direction, y, f, self.order, self.rtol, self.atol, norm)
+            h = select_initial_step(self.evaluate, t0, direction, y, f, self.order, self.rtol, self.atol, norm)
         return y, f, h
 
     def integrate(self, t: torch.Tensor) -> torch.Tensor:
@@ -446,16 +411,19 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
         direction = 1.0 if times[1] > times[0] else -1.0
         taus = [direction * x for x in times]
         n_out = len(times)
-        y, f, h = self._start(times[0], direction)
+        y, f, h = self.start(times[0], direction)
         grad = grad or time_graph is not None or (torch.is_grad_enabled() and (y.requires_grad or f.requires_grad))
         moved: dict[int, torch.Tensor] = {}  # output index -> zero carrying d y(t_m) / d t_m (with ``time_graph``)
         outputs = DenseOutputs(self.coefficients.dense, n_out, self.n, self.dtype, self.device, in_place=not grad)
         outputs.at_end(0, y)
         j = 1
-        self._steps_since_output = 0
-        for tau0, step, y0, y1, stages in self._march(taus[0], direction, y, f, h, grad):
+        self.steps_since_output = 0
+        observer = self.step_observer
+        for tau0, step, y0, y1, stages in self.march(taus[0], direction, y, f, h, grad):
             tau1 = tau0 + step
             if taus[j] > tau1:
+                if observer is not None:
+                    observer(tau0, step, y0, stages[0], range(0))
                 continue
             end = j
             while end < n_out and taus[end] <= tau1:
@@ -469,8 +437,10 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
             if time_graph is not None:
                 for m in range(j, end):
                     moved[m] = self._dense_output_moved(time_graph[m], direction * tau0, direction * step, stages)
+            if observer is not None:
+                observer(tau0, step, y0, stages[0], range(j, end))
             j = end
-            self._steps_since_output = 0
+            self.steps_since_output = 0
             if j == n_out:
                 break
         solution = outputs.result()
@@ -490,23 +460,23 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
         return torch.mv(stages.T, weights - weights.detach()) * dt
 
     def integrate_until_event(self, t0: torch.Tensor, event_fn, direction: float = 1.0):
-        return self._restartable(lambda grad: self._until_event(_as_float(t0), event_fn, direction, grad))
+        return self._restartable(lambda grad: self._until_event(float(t0.detach()), event_fn, direction, grad))
 
     def _until_event(self, t0: float, event_fn, direction: float, grad: bool):
-        y, f, h = self._start(t0, direction)
+        y, f, h = self.start(t0, direction)
         grad = grad or (torch.is_grad_enabled() and (y.requires_grad or f.requires_grad))
         start = self.y0
         with torch.no_grad():
-            value0 = event_fn(self._time(t0), start)
+            value0 = event_fn(self.time(t0), start)
         if bool(value0 == 0):
-            return self._time(t0), torch.stack([start, start])
+            return self.time(t0), torch.stack([start, start])
         sign0 = torch.sign(value0)
         dense = torch.as_tensor(self.coefficients.dense, dtype=self.dtype, device=self.device)
-        self._steps_since_output = 0
-        for tau0, step, y0, y1, stages in self._march(direction * t0, direction, y, f, h, grad):
+        self.steps_since_output = 0
+        for tau0, step, y0, y1, stages in self.march(direction * t0, direction, y, f, h, grad):
             t_end = direction * (tau0 + step)
             with torch.no_grad():
-                crossed = bool(torch.sign(event_fn(self._time(t_end), y1.view(self.shape))) != sign0)
+                crossed = bool(torch.sign(event_fn(self.time(t_end), y1.view(self.shape))) != sign0)
             if not crossed:
                 continue
             t_start, dt = direction * tau0, direction * step
@@ -518,198 +488,55 @@ class AbstractAdaptiveRungeKutta(AbstractRungeKutta):
                 return torch.addmv(y0, stages_now.T, weights, alpha=dt).view(self.shape)
 
             atol = self.atol if isinstance(self.atol, float) else float(self.atol.max())
-            event_t, y_event = find_event(interp, sign0, self._time(t_start), self._time(t_end), event_fn, atol)
+            event_t, y_event = find_event(interp, sign0, self.time(t_start), self.time(t_end), event_fn, atol)
             return event_t, torch.stack([start, y_event])
         raise AssertionError("unreachable: the step loop only ends by raising")
 
 
 # --------------------------------------------------------------------------------------------
-# Fixed grid.
+# Fixed grid: the stepper on ``fixed_grid``'s loop.
 
 
-def _consecutive_pairs(grid: torch.Tensor, chunk: int = 512) -> Iterator[tuple[float, float]]:
-    """``(grid[k], grid[k+1])`` as floats, read a chunk at a time: host memory stays O(1) in the steps."""
-    previous = None
-    for start in range(0, len(grid), chunk):
-        for value in grid[start : start + chunk].tolist():
-            if previous is not None:
-                yield previous, value
-            previous = value
-
-
-class AbstractFixedGridRungeKutta(AbstractRungeKutta):
+class AbstractFixedGridRungeKutta(AbstractFixedGridSolver, AbstractRungeKutta):
     """An explicit Runge–Kutta method on a fixed grid (torchdiffeq's FixedGridODESolver semantics)."""
 
-    adaptive: ClassVar[bool] = False
-    differentiates_times: ClassVar[bool] = True  # with t requiring grad, the grid's times are tensors from t
-    options: ClassVar[frozenset[str]] = FIXED_GRID_OPTIONS
+    def __init__(self, func, y0, rtol, atol, **options: Any):
+        super().__init__(func, y0, rtol, atol, **options)
+        self.force_graph = False  # set after the in-place fast path found that func needs autograd
+        self.grad = False
+        self.stage_buffers = None
 
-    def __init__(self, func, y0, rtol, atol, step_size=None, grid_constructor=None, interp="linear", perturb=False, norm=None,
-                 max_num_steps=DEFAULT_MAX_NUM_STEPS, **options):  # fmt: skip
-        super().__init__(func, y0, rtol, atol)
-        self.max_num_steps = parse_max_num_steps(max_num_steps)
-        if step_size is not None and grid_constructor is not None:
-            raise InvalidInputError("options step_size and grid_constructor are mutually exclusive; pass one of them.")
-        if interp not in ("linear", "cubic"):
-            raise InvalidInputError(f"options['interp'] must be 'linear' or 'cubic', got {interp!r}.")
-        if step_size is not None and not float(step_size) > 0:
-            raise InvalidInputError(f"options['step_size'] must be positive, got {step_size}.")
-        self.step_size = None if step_size is None else float(step_size)
-        if grid_constructor is not None:
-            self.grid_constructor = grid_constructor
-        elif step_size is not None:
-            self.grid_constructor = grid_from_step_size(self.step_size, self.max_num_steps)
-        else:
-            self.grid_constructor = lambda func, y0, t: t
-        self.interp = interp
-        self.perturb = bool(perturb)
-        self.atol = float(atol) if not isinstance(atol, torch.Tensor) or atol.numel() == 1 else float(atol.max())
+    def integrate(self, t: torch.Tensor) -> torch.Tensor:
+        return self._restartable(lambda graph: self._on_loop(graph, AbstractFixedGridSolver.integrate, t))
 
-    def _step(self, t0: float, t1: float, y: torch.Tensor, f0: torch.Tensor | None, K, grad: bool):
-        """One step ``t0 → t1``: ``(y1, f0, stages)``."""
+    def integrate_until_event(self, t0: torch.Tensor, event_fn, direction: float = 1.0):
+        return self._restartable(lambda graph: self._on_loop(graph, AbstractFixedGridSolver.integrate_until_event, t0, event_fn, direction))
+
+    def _on_loop(self, graph: bool, loop: Callable, *args: Any) -> Any:
+        self.force_graph = graph
+        return loop(self, *args)
+
+    def first_slope(self, t0, t1, y: torch.Tensor) -> torch.Tensor:
+        f0 = self._eval_first(self.inside(t0, t1), y)
+        self.grad = self.force_graph or isinstance(t0, torch.Tensor) or (torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad))
+        self.stage_buffers = None if self.grad else self._buffers()
+        return f0
+
+    def step(self, t0, t1, y: torch.Tensor, f0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         dt = t1 - t0
-        if self.callback_step is not None:
-            self._callback(self.callback_step, t0, y, abs(dt))
         if f0 is None:
-            f0 = self._eval_flat(nudge(t0, t1, self.time_dtype) if self.perturb else t0, y)
-        if grad:
-            y_last, stages = self._stages(t0, dt, t1, y, [f0], True, self.perturb)
+            f0 = self.evaluate(self.inside(t0, t1), y)
+        if self.grad:
+            _, stages = self.stages(t0, dt, t1, y, f0, self.perturb)
         else:
             if f0.requires_grad:
                 raise _NeedsGraph
-            K[0][0].copy_(f0)
-            y_last, stages = self._stages(t0, dt, t1, y, K, False, self.perturb)
-        if self.tableau.stages == 1:
-            y1 = torch.add(y, stages[0], alpha=dt)
-        else:
-            y1 = torch.addmv(y, stages.T, self.coefficients.b, alpha=dt)
-        self.steps_accepted += 1
-        return y1, f0, stages
-
-    def _grid(self, t: torch.Tensor, keep_graph: bool = False) -> torch.Tensor:
-        grid = self.grid_constructor(self.func, self.y0, t)
-        if not isinstance(grid, torch.Tensor) or grid.ndim != 1 or len(grid) < 1:
-            raise InvalidInputError("grid_constructor must return a 1-D tensor of times.")
-        if not (bool(grid[0] == t[0]) and bool(grid[-1] == t[-1])):
-            raise InvalidInputError("grid_constructor must return a grid that starts at t[0] and ends at t[-1].")
-        return grid if keep_graph else grid.detach()
-
-    def integrate(self, t: torch.Tensor) -> torch.Tensor:
-        times = t.detach().tolist()
-        if len(times) == 1:
-            return self.y0.unsqueeze(0).clone()
-        if t.requires_grad and torch.is_grad_enabled():
-            return self._integrate_differentiable_times(t, times)
-        grid = self._grid(t)
-        return self._restartable(lambda grad: self._integrate(times, grid, grad))
-
-    def _integrate_differentiable_times(self, t: torch.Tensor, times: list[float]) -> torch.Tensor:
-        """``_integrate`` for a ``t`` that requires grad, as torchdiffeq's direct backprop differentiates it.
-
-        The grid is built from ``t`` with its graph (``t`` itself, or ``t[0] + k·step_size`` ending at
-        ``t[-1]``), so each step's times and size, and each output's interpolation, are tensors in ``t``.
-        """
-        grid = self._grid(t, keep_graph=True)
-        points = grid.detach().tolist()
-        direction = 1.0 if times[1] > times[0] else -1.0
-        self._check_initial_state(times[0])
-        shape, dtype, n = self.shape, self.dtype, self.n
-        c, a_rows, b = self.tableau.c, self.coefficients.a_rows, self.coefficients.b
-        y = self.y0.reshape(n)
-        outputs = [y]
-        j, n_out = 1, len(times)
-        for k in range(len(points) - 1):
-            t0, t1, t0_value, t1_value = grid[k], grid[k + 1], points[k], points[k + 1]
-            dt = t1 - t0
-            if self.callback_step is not None:
-                self._callback(self.callback_step, t0_value, y, abs(t1_value - t0_value))
-            # perturb: one ulp into the step, added to the tensor time (the ulp itself is a constant).
-            start = t0 + (nudge(t0_value, t1_value, self.time_dtype) - t0_value) if self.perturb else t0
-            end = t1 + (nudge(t1_value, t0_value, self.time_dtype) - t1_value) if self.perturb else t1
-            f0 = self._eval_first(start, y) if k == 0 else self._eval_flat(start, y)
-            stages = [f0]
-            for i in range(1, self.tableau.stages):
-                stage_y = y + dt.to(dtype) * torch.mv(torch.stack(stages).T, a_rows[i])
-                stages.append(self._eval_flat(end if c[i] == 1.0 else t0 + c[i] * dt, stage_y))
-            y1 = y + dt.to(dtype) * torch.mv(torch.stack(stages).T, b)
-            self.steps_accepted += 1
-            while j < n_out and direction * times[j] <= direction * t1_value:
-                outputs.append(self._interpolate(t0, y, f0, t1, y1, t[j]))
-                j += 1
-            y = y1
-            if j == n_out:
-                break
-        solution = torch.stack(outputs)
-        raise_if_not_finite(solution, times)
-        return solution.view(n_out, *shape)
-
-    def _integrate(self, times: list[float], grid: torch.Tensor, grad: bool) -> torch.Tensor:
-        direction = 1.0 if times[1] > times[0] else -1.0
-        self._check_initial_state(times[0])
-        y = self.y0.reshape(self.n)
-        start = grid[:2].tolist()
-        f0 = self._eval_first(nudge(start[0], start[1], self.time_dtype) if self.perturb and len(start) > 1 else start[0], y)
-        grad = grad or (torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad))
-        K = None if grad else self._buffers()
-        outputs = [y]
-        j, n_out = 1, len(times)
-        for t0, t1 in _consecutive_pairs(grid):
-            y1, f0, _ = self._step(t0, t1, y, f0, K, grad)
-            while j < n_out and direction * times[j] <= direction * t1:
-                outputs.append(self._interpolate(t0, y, f0, t1, y1, times[j]))
-                j += 1
-            y, f0 = y1, None
-            if j == n_out:
-                break
-        solution = torch.stack(outputs)
-        raise_if_not_finite(solution, times)
-        return solution.view(n_out, *self.shape)
-
-    def _interpolate(self, t0, y0, f0, t1, y1, t):
-        if self.interp == "linear":
-            if t == t1:
-                return y1
-            if t == t0:
-                return y0
-            return torch.lerp(y0, y1, (t - t0) / (t1 - t0))
-        # torchdiffeq evaluates f(t1, y1) for every output, even one on a grid point; so do we (equal NFE).
-        # With perturb it is the step's end slope seen from inside the step, as the step's own last stage.
-        f1 = self._eval_flat(_nudge_time(t1, t0, self.time_dtype) if self.perturb else t1, y1)
-        return cubic_hermite(t0, y0, f0, t1, y1, f1, t)
-
-    def integrate_until_event(self, t0: torch.Tensor, event_fn, direction: float = 1.0):
-        return self._restartable(lambda grad: self._until_event(_as_float(t0), event_fn, direction, grad))
-
-    def _until_event(self, t0: float, event_fn, direction: float, grad: bool):
-        if self.step_size is None:
-            raise InvalidInputError("event handling with a fixed-grid method needs options={'step_size': h}.")
-        self._check_initial_state(t0)
-        start = self.y0
-        y = start.reshape(self.n)
-        f0 = self._eval_first(nudge(t0, t0 + direction, self.time_dtype) if self.perturb else t0, y)
-        grad = grad or (torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad))
-        K = None if grad else self._buffers()
-        with torch.no_grad():
-            sign0 = torch.sign(event_fn(self._time(t0), start))
-        dt = direction * self.step_size
-        for _ in range(MAX_EVENT_STEPS):
-            t1 = t0 + dt
-            y1, f0, _ = self._step(t0, t1, y, f0, K, grad)
-            with torch.no_grad():
-                crossed = bool(torch.sign(event_fn(self._time(t1), y1.view(self.shape))) != sign0)
-            if crossed:
-                f1 = self._eval_flat(nudge(t1, t0, self.time_dtype) if self.perturb else t1, y1) if self.interp == "cubic" else None
-
-                def interp(t, t0=t0, t1=t1, y0=y, y1=y1, f0=f0, f1=f1):
-                    s = ((t - t0) / (t1 - t0)).to(self.dtype)
-                    if f1 is None:
-                        return (y0 + s * (y1 - y0)).view(self.shape)
-                    return cubic_hermite(0.0, y0, f0 * (t1 - t0), 1.0, y1, f1 * (t1 - t0), s).view(self.shape)
-
-                event_t, y_event = find_event(interp, sign0, self._time(t0), self._time(t1), event_fn, self.atol)
-                return event_t, torch.stack([start, y_event])
-            t0, y, f0 = t1, y1, None
-        raise MaxStepsExceeded(t0, MAX_EVENT_STEPS)
+            buffers = self.stage_buffers
+            buffers[0][0].copy_(f0)
+            _, stages = self._stages_in_place(t0, dt, t1, y, buffers, self.perturb)
+        if self.tableau.stages == 1 and not isinstance(dt, torch.Tensor):
+            return torch.add(y, stages[0], alpha=dt), f0
+        return combine(y, stages, self.coefficients.b, dt), f0
 
 
 # --------------------------------------------------------------------------------------------

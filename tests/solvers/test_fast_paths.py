@@ -9,7 +9,7 @@ import torch
 from odecli import odeint, odeint_adjoint, track_stats
 from odecli.solvers.controllers import SegmentedRMS, mixed_rms_norm
 from odecli.solvers.interpolation import DenseOutputs
-from odecli.solvers.runge_kutta import _consecutive_pairs
+from odecli.solvers.fixed_grid import consecutive_pairs
 from odecli.solvers.tableau import DOPRI5, tableau_tensors
 
 SPIRAL_A = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=torch.float64)
@@ -67,8 +67,8 @@ def test_segmented_rms_is_the_max_of_piecewise_rms(sizes):
 def test_consecutive_pairs_cross_chunk_boundaries():
     grid = torch.linspace(0.0, 1.0, 11, dtype=torch.float64)
     values = grid.tolist()
-    assert list(_consecutive_pairs(grid, chunk=3)) == list(zip(values[:-1], values[1:], strict=True))
-    assert list(_consecutive_pairs(grid[:1], chunk=3)) == []
+    assert list(consecutive_pairs(grid, chunk=3)) == list(zip(values[:-1], values[1:], strict=True))
+    assert list(consecutive_pairs(grid[:1], chunk=3)) == []
 
 
 @pytest.mark.parametrize("rtol, atol", [(1e-7, 1e-9), (1e-3, 1e-4)])
