@@ -94,8 +94,7 @@ class AbstractAdams(AbstractFixedGridSolver):
         self.atol_t = torch.as_tensor(atol, dtype=y0.dtype, device=y0.device)
         self.history: collections.deque[torch.Tensor] = collections.deque(maxlen=max(self.max_order - 1, 1))
         self.history_t: torch.Tensor | None = None
-        self.history_dt: float | None = None
-        self.largest_time = 0.0  # of this solve's grid so far: the scale of its times' rounding
+        self.restart_steps: frozenset[int] = frozenset()  # indices of the grid's steps where the step size changes
         self._warned = False
         self.bashforth = _coefficient_tensors(False, y0.device)
         self.moulton = _coefficient_tensors(True, y0.device)
@@ -116,19 +115,21 @@ class AbstractAdams(AbstractFixedGridSolver):
         k4 = self.evaluate(self.inside(t1, t0), y0 + dt * (k1 - k2 + k3))
         return (k1 + 3 * (k2 + k3) + k4) * dt * 0.125
 
-    def _restart_if_step_changed(self, t0, dt, t1) -> None:
+    def grid(self, t: torch.Tensor, keep_graph: bool = False) -> torch.Tensor:
         # The weights assume equally spaced history; a step of another size (a grid_constructor's uneven
         # grid, a default grid's short last step) would use them at the wrong nodes, an O(h) local error
-        # (2.9e-2 at h = 0.03 where the spacing changes by a third). Restart from RK4 there instead;
-        # differences within the rounding of the grid's times (t0 + k h is rounded at the scale of the
-        # largest time, not of t0) are not a change.
-        step = abs(float(dt.detach()))
-        self.largest_time = max(self.largest_time, abs(float(t0.detach())), abs(float(t1.detach())))
-        rounding = 8 * torch.finfo(dt.dtype).eps * max(self.largest_time, step)
-        if self.history_dt is not None and abs(step - self.history_dt) > rounding:
-            self.history.clear()
-            self.history_t = None
-        self.history_dt = step
+        # (2.9e-2 at h = 0.03 where the spacing changes by a third). The history restarts from RK4 there
+        # instead. Differences within the rounding of the grid's times (t0 + k h is rounded at the scale of
+        # the largest time so far, not of t0) are not a change. Found once per grid, not read per step.
+        grid = super().grid(t, keep_graph)
+        with torch.no_grad():
+            points = grid.detach()
+            steps = (points[1:] - points[:-1]).abs()
+            if len(steps) > 1:
+                largest = torch.maximum(torch.cummax(points.abs(), dim=0).values[2:], steps[1:])
+                changed = (steps[1:] - steps[:-1]).abs() > 8 * torch.finfo(points.dtype).eps * largest
+                self.restart_steps = frozenset((changed.nonzero()[:, 0] + 1).tolist())
+        return grid
 
     def first_slope(self, t0, t1, y: torch.Tensor) -> torch.Tensor:
         return self.evaluate(self.inside(t0, t1), y)
@@ -140,7 +141,9 @@ class AbstractAdams(AbstractFixedGridSolver):
     def _increment(self, t0, t1, y0, f0):
         """``(y1 - y0, f0)``: the Adams formulas are written for the increment, as torchdiffeq's."""
         dt = t1 - t0
-        self._restart_if_step_changed(t0, dt, t1)
+        if self.steps_accepted in self.restart_steps:
+            self.history.clear()
+            self.history_t = None
         if f0 is None:
             f0 = self.first_slope(t0, t1, y0)
         self._remember(t0, f0)

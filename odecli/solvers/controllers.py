@@ -9,7 +9,9 @@ of ``error / (atol + rtol·max(|y0|, |y1|))``; a step is accepted when it is at 
 ``options={'controller': 'pi'}`` selects a proportional-integral controller (Gustafsson 1991;
 Hairer & Wanner, Solving ODEs II, IV.2) that also uses the previous accepted step's error, which
 smooths step sequences and wastes fewer rejected steps on problems where the I controller oscillates.
-All arithmetic here is on Python floats: one number per step, no tensors.
+For one problem all arithmetic is on Python floats (one number per step, no tensors); for a batch whose
+samples are controlled apart (``batch_mode='independent'``) each rule also has a vectorised form, so the
+per-sample stepper has no step-size code of its own.
 """
 
 from __future__ import annotations
@@ -142,28 +144,40 @@ def select_initial_step(
     ``order`` is the method's order as torchdiffeq counts it; the step is sized so that a local
     error ``~h^order`` stays near the tolerance. ``func(t, y)`` takes a float time.
     """
+    return float(initial_step_sizes(func, t0, direction, y0, f0, order, rtol, atol, norm))
+
+
+def initial_step_sizes(func: Callable, t0, direction, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol, atol, norm: Norm) -> torch.Tensor:
+    """``select_initial_step`` as float64 tensors: 0-d for one problem, or ``(B,)`` per sample when ``norm`` returns one
+    value per sample (``per_sample_rms_norm``), with ``t0``/``direction`` then ``(B,)`` and ``func`` taking ``(B,)`` times."""
     with torch.no_grad():
         y0, f0 = y0.detach(), f0.detach()
         scale = atol + y0.abs() * rtol
-        d0 = float(norm(y0 / scale))
-        d1 = float(norm(f0 / scale))
-        h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
-        h0 = abs(h0)
-        f1 = func(t0 + direction * h0, y0 + (direction * h0) * f0)
-        d2 = abs(float(norm((f1.detach() - f0) / scale)) / h0)
-        if d1 <= 1e-15 and d2 <= 1e-15:
-            h1 = max(1e-6, h0 * 1e-3)
-        else:
-            h1 = (0.01 / max(d1, d2)) ** (1.0 / order)
-        return min(100 * h0, abs(h1))
+        d0, d1 = norm(y0 / scale).double(), norm(f0 / scale).double()
+        h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1).abs()
+        step = (direction * h0).to(y0.dtype)
+        f1 = func(t0 + direction * h0, y0 + (step.view(-1, *(1,) * (y0.ndim - 1)) if step.ndim else step) * f0)
+        d2 = (norm((f1.detach() - f0) / scale).double() / h0).abs()
+        small = (d1 <= 1e-15) & (d2 <= 1e-15)
+        h1 = torch.where(small, torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / torch.maximum(d1, d2)) ** (1.0 / order))
+        return torch.minimum(100 * h0, h1.abs())
+
+
+def per_sample_rms_norm(rows: torch.Tensor) -> torch.Tensor:
+    """The RMS of each row of a ``(B, n)`` tensor: one error norm per sample (``batch_mode='independent'``)."""
+    return rows.square().mean(dim=1).sqrt() if rows.shape[1] else rows.new_zeros(rows.shape[0])
 
 
 class AbstractController(abc.ABC):
-    """Proposes the next step size from the last one and its error ratio."""
+    """Proposes the next step size from the last one and its error ratio: one rule, for one problem or per sample."""
 
     @abc.abstractmethod
     def propose(self, h: float, error_ratio: float, accepted: bool) -> float:
         """Magnitude of the next step (before clamping to ``[min_step, max_step]``)."""
+
+    def propose_per_sample(self, h: torch.Tensor, error_ratio: torch.Tensor, accepted: torch.Tensor) -> torch.Tensor:
+        """``propose`` for every sample of a batch at once: ``(B,)`` float64 steps and ratios, ``(B,)`` bool."""
+        raise InvalidInputError(f"controller {type(self).__name__} has no per-sample rule; implement propose_per_sample, or use batch_mode='joint'.")
 
 
 class IController(AbstractController):
@@ -181,6 +195,12 @@ class IController(AbstractController):
             return h * self.dfactor
         return h * min(self.ifactor, max(self.safety / error_ratio**self.exponent, floor))
 
+    def propose_per_sample(self, h: torch.Tensor, error_ratio: torch.Tensor, accepted: torch.Tensor) -> torch.Tensor:
+        floor = torch.where(error_ratio < 1, 1.0, self.dfactor)
+        factor = torch.maximum(torch.clamp(self.safety * error_ratio.clamp(min=1e-300) ** -self.exponent, max=self.ifactor), floor)
+        factor = torch.where(error_ratio == 0, self.ifactor, factor)
+        return h * torch.where(torch.isnan(error_ratio), self.dfactor, factor)
+
 
 class PIController(AbstractController):
     """``h · safety · err^(-β1) · err_prev^(β2)`` with ``β1 = 0.7/order, β2 = 0.4/order``; no growth right after a rejection."""
@@ -191,6 +211,8 @@ class PIController(AbstractController):
         self.safety, self.ifactor, self.dfactor = float(safety), float(ifactor), float(dfactor)
         self.previous = 1.0
         self.rejected_last = False
+        self.previous_per_sample: torch.Tensor | None = None
+        self.rejected_last_per_sample: torch.Tensor | None = None
 
     def propose(self, h: float, error_ratio: float, accepted: bool) -> float:
         if math.isnan(error_ratio):
@@ -207,6 +229,22 @@ class PIController(AbstractController):
         else:
             factor = min(factor, 1.0)
             self.rejected_last = True
+        return h * factor
+
+    def propose_per_sample(self, h: torch.Tensor, error_ratio: torch.Tensor, accepted: torch.Tensor) -> torch.Tensor:
+        if self.previous_per_sample is None:
+            self.previous_per_sample = torch.ones_like(error_ratio)
+            self.rejected_last_per_sample = torch.zeros_like(accepted)
+        nan = torch.isnan(error_ratio)
+        ratio = error_ratio.clamp(min=1e-10)
+        factor = self.safety * ratio ** (-self.beta1) * self.previous_per_sample**self.beta2
+        factor = factor.clamp(min=self.dfactor, max=self.ifactor)
+        # No growth on a rejection, nor on the step accepted right after one.
+        capped = ~accepted | self.rejected_last_per_sample
+        factor = torch.where(capped, factor.clamp(max=1.0), factor)
+        factor = torch.where(nan, self.dfactor, factor)
+        self.previous_per_sample = torch.where(accepted & ~nan, ratio.clamp(min=1e-4), self.previous_per_sample)
+        self.rejected_last_per_sample = ~accepted | nan
         return h * factor
 
 

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from odecli.solvers import stats
-from odecli.solvers.controllers import StepLimits
+from odecli.solvers.controllers import StepLimits, initial_step_sizes, make_controller, per_sample_rms_norm
 from odecli.solvers.errors import (
     FuncOutputMismatch,
     InvalidInputError,
@@ -47,7 +47,7 @@ from odecli.solvers.errors import (
     NonFiniteState,
     StepSizeTooSmall,
 )
-from odecli.solvers.problem import resolve_method
+from odecli.solvers.problem import check_tolerance, resolve_method
 from odecli.solvers.runge_kutta import DEFAULT_MAX_NUM_STEPS, AbstractAdaptiveRungeKutta, AbstractRungeKutta
 
 BATCH_MODES = ("joint", "independent")
@@ -128,7 +128,7 @@ def odeint_independent(
         rtol, atol: numbers, or tensors broadcastable to ``y0`` (e.g. per sample, shape ``(B, 1)``).
         method: an adaptive explicit Runge–Kutta method (default ``dopri5``).
         options: ``first_step, min_step, max_step, safety, ifactor, dfactor, max_num_steps``,
-            ``controller='i'``; ``batch_mode`` is accepted and ignored.
+            ``controller`` (``'i'`` or ``'pi'``, each sample with its own controller state); ``batch_mode`` is accepted and ignored.
         return_stats: also return a ``BatchStats`` with per-sample step counts.
 
     Returns:
@@ -151,9 +151,6 @@ def odeint_independent(
         raise InvalidInputError(
             f"options {unknown} are not supported with batch_mode='independent' (supported: {', '.join(sorted(SUPPORTED_OPTIONS))}); use batch_mode='joint' for them."
         )
-    controller = options.pop("controller", "i")
-    if controller != "i":
-        raise InvalidInputError(f"batch_mode='independent' implements the 'i' controller only, got controller={controller!r}; drop the option or use batch_mode='joint'.")
     batch = y0.shape[0]
     times = _check_times(t, batch, y0)
     if stats.tracking() and torch.is_grad_enabled():
@@ -170,7 +167,7 @@ class _IndependentRK:
     """The vectorised step loop: per-sample ``tau = direction·t``, ``h``, error ratio and acceptance."""
 
     def __init__(self, cls, func, y0: torch.Tensor, rtol, atol, first_step=None, min_step=0.0, max_step=math.inf,
-                 safety=0.9, ifactor=10.0, dfactor=0.2, max_num_steps=DEFAULT_MAX_NUM_STEPS):
+                 safety=0.9, ifactor=10.0, dfactor=0.2, max_num_steps=DEFAULT_MAX_NUM_STEPS, controller="i"):
         self.tableau, self.order = cls.tableau, cls.order
         self.func, self.y0 = func, y0
         self.batch, self.shape = y0.shape[0], y0.shape
@@ -178,7 +175,7 @@ class _IndependentRK:
         self.dtype, self.device = y0.dtype, y0.device
         self.rtol, self.atol = self._tolerance(rtol, "rtol"), self._tolerance(atol, "atol")
         self.first_step, self.min_step, self.max_step, self.max_num_steps = StepLimits.parse(first_step, min_step, max_step, max_num_steps)
-        self.safety, self.ifactor, self.dfactor = float(safety), float(ifactor), float(dfactor)
+        self.controller = make_controller(controller, self.order, safety, ifactor, dfactor)
         self.time_view = (self.batch,) + (1,) * (y0.ndim - 1)
         self.nfe = 0
         self.steps_accepted = torch.zeros(self.batch, dtype=torch.long, device=self.device)
@@ -191,21 +188,14 @@ class _IndependentRK:
         self.dense = np.asarray(tab.dense, dtype=np.float64)  # [stages, degree]
 
     def _tolerance(self, tol, name: str):
-        if isinstance(tol, torch.Tensor):
-            if tol.requires_grad:
-                raise InvalidInputError(f"{name} cannot require gradient.")
-            if bool((tol < 0).any()):
-                raise InvalidInputError(f"{name} must be non-negative.")
-            if tol.numel() == 1:
-                return float(tol)
-            try:
-                return torch.broadcast_to(tol.to(self.dtype).to(self.device), self.shape).reshape(self.batch, self.n)
-            except RuntimeError:
-                raise InvalidInputError(f"{name} of shape {tuple(tol.shape)} does not broadcast to y0's shape {tuple(self.shape)}.") from None
-        value = float(tol)
-        if not value >= 0:
-            raise InvalidInputError(f"{name} must be non-negative, got {tol}.")
-        return value
+        """A checked tolerance (``problem.check_tolerance``): a float, or one value per sample and element ``(B, n)``."""
+        tol = check_tolerance(name, tol, [self.shape], False, self.device, self.dtype)
+        if isinstance(tol, float):
+            return tol
+        try:
+            return torch.broadcast_to(tol, self.shape).reshape(self.batch, self.n)
+        except RuntimeError:
+            raise InvalidInputError(f"{name} of shape {tuple(tol.shape)} does not broadcast to y0's shape {tuple(self.shape)}.") from None
 
     def _eval(self, time: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``func`` on the batch at per-sample times ``time`` (B,) float64; returns ``(B, n)``."""
@@ -221,24 +211,11 @@ class _IndependentRK:
         self.nfe += 1
         return self.func(time.view(self.time_view), y.view(self.shape)).reshape(self.batch, self.n)
 
-    def _rms(self, x: torch.Tensor) -> torch.Tensor:
-        return x.square().mean(dim=1).sqrt() if self.n else x.new_zeros(self.batch)
-
     def _initial_step(self, tau: torch.Tensor, direction: torch.Tensor, y: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        """Hairer's initial step per sample (``controllers.select_initial_step``, vectorised)."""
         if self.first_step is not None:
             return torch.full_like(tau, self.first_step)
-        with torch.no_grad():
-            y, f = y.detach(), f.detach()
-            scale = self.atol + y.abs() * self.rtol
-            d0, d1 = self._rms(y / scale).double(), self._rms(f / scale).double()
-            h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1).abs()
-            step = (direction * h0).to(self.dtype)[:, None]
-            f1 = self._eval(direction * (tau + h0), y + step * f)
-            d2 = (self._rms((f1 - f) / scale).double() / h0).abs()
-            small = (d1 <= 1e-15) & (d2 <= 1e-15)
-            h1 = torch.where(small, torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / torch.maximum(d1, d2)) ** (1.0 / self.order))
-            return torch.minimum(100 * h0, h1.abs())
+        # Hairer's rule per sample: the same function as joint mode's, with one norm per sample and (B,) times.
+        return initial_step_sizes(lambda time, state: self._eval(time, state), direction * tau, direction, y, f, self.order, self.rtol, self.atol, per_sample_rms_norm)
 
     def integrate(self, taus_t: torch.Tensor) -> torch.Tensor:
         batch, n, n_out = self.batch, self.n, taus_t.shape[1]
@@ -259,7 +236,6 @@ class _IndependentRK:
         b_error = torch.tensor(self.b_error, dtype=dtype, device=device)
         columns = torch.arange(n_out, device=device)
         powers = np.arange(1, self.dense.shape[1] + 1)
-        exponent = 1.0 / self.order
         c_column = torch.tensor(self.c, dtype=torch.float64, device=device)[:, None]
         c_is_one = c_column == 1.0
         j = torch.ones(batch, dtype=torch.long, device=device)
@@ -287,7 +263,7 @@ class _IndependentRK:
             with torch.no_grad():
                 error = dt * torch.matmul(b_error, stages.detach())
                 tolerance = torch.maximum(y.detach().abs(), y1.detach().abs()).mul_(self.rtol).add_(self.atol)
-                ratio = self._rms(error.div_(tolerance)).double()
+                ratio = per_sample_rms_norm(error.div_(tolerance)).double()
                 accept = ((ratio <= 1) | (h <= self.min_step)) & ~done
                 # Outputs this step reaches, per sample: columns j .. reached-1 of its time row.
                 reached = torch.searchsorted(taus, tau1[:, None], right=True)[:, 0]
@@ -324,13 +300,8 @@ class _IndependentRK:
                 done = j >= n_out
                 if flags[2] and bool(done.all()):
                     break
-            # The I controller (controllers.IController), per sample.
             with torch.no_grad():
-                floor = torch.where(ratio < 1, 1.0, self.dfactor)
-                factor = torch.maximum(torch.clamp(self.safety * ratio.clamp(min=1e-300) ** -exponent, max=self.ifactor), floor)
-                factor = torch.where(ratio == 0, self.ifactor, factor)
-                factor = torch.where(torch.isnan(ratio), self.dfactor, factor)
-                h = (h * factor).clamp(self.min_step, self.max_step)
+                h = self.controller.propose_per_sample(h, ratio, accept).clamp(self.min_step, self.max_step)
         flat = torch.cat(values)
         solution = flat.new_zeros(batch, n_out, n).index_put((torch.cat(rows), torch.cat(cols)), flat)
         return solution.transpose(0, 1).reshape(n_out, *self.shape)

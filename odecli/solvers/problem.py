@@ -251,7 +251,8 @@ def _check_times(t, device: torch.device) -> None:
             raise InvalidTimeGrid(f"t must be strictly increasing or strictly decreasing, but it {where}: {t.tolist() if len(t) <= 12 else '...'}.")
 
 
-def _check_tolerance(name: str, tol, shapes: Sequence[torch.Size], is_tuple: bool, device, dtype):
+def check_tolerance(name: str, tol, shapes: Sequence[torch.Size], is_tuple: bool, device, dtype):
+    """``rtol``/``atol`` checked (a number or tensor, non-negative, no gradient): a float, or a tensor on ``device``."""
     if isinstance(tol, torch.Tensor):
         if tol.requires_grad:
             raise InvalidInputError(f"{name} cannot require gradient.")
@@ -262,7 +263,7 @@ def _check_tolerance(name: str, tol, shapes: Sequence[torch.Size], is_tuple: boo
         if len(tol) != len(shapes):
             raise InvalidInputError(f"a tuple {name} needs one value per state tensor ({len(shapes)}), got {len(tol)}.")
         parts = [torch.as_tensor(v, dtype=dtype, device=device).expand(shape.numel()) for v, shape in zip(tol, shapes, strict=True)]
-        return _check_tolerance(name, torch.cat(parts), shapes, False, device, dtype)
+        return check_tolerance(name, torch.cat(parts), shapes, False, device, dtype)
     try:
         value = float(tol)
     except (TypeError, ValueError):
@@ -305,8 +306,8 @@ def check_problem(name: str, cls: type, y0, t, rtol, atol, options) -> Problem:
     layout = StateLayout(y0)
     _check_times(t, layout.device)
     options = _split_options(name, cls, options)
-    rtol = _check_tolerance("rtol", rtol, layout.shapes, layout.is_tuple, layout.device, layout.dtype)
-    atol = _check_tolerance("atol", atol, layout.shapes, layout.is_tuple, layout.device, layout.dtype)
+    rtol = check_tolerance("rtol", rtol, layout.shapes, layout.is_tuple, layout.device, layout.dtype)
+    atol = check_tolerance("atol", atol, layout.shapes, layout.is_tuple, layout.device, layout.dtype)
     return Problem(layout, layout.tensors(y0), options, rtol, atol)
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from odecli.solvers import InvalidInputError, odeint, odeint_adjoint, odeint_independent, track_stats
+from odecli.solvers.controllers import CONTROLLERS, AbstractController
 from odecli.solvers.errors import InvalidTimeGrid
 from odecli.tasks.common import ConfigError, make_solve
 
@@ -23,16 +24,18 @@ def van_der_pol(mu: torch.Tensor):
     return field
 
 
+@pytest.mark.parametrize("controller", sorted(CONTROLLERS))
 @pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3"])
-def test_each_sample_takes_the_steps_it_takes_alone(method):
+def test_each_sample_takes_the_steps_it_takes_alone(method, controller):
     mu = torch.tensor([0.5, 2.0, 8.0], dtype=F64)
     y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0], [-1.5, 0.5]], dtype=F64)
     t = torch.linspace(0, 4, 9, dtype=F64)
-    batch, counts = odeint_independent(van_der_pol(mu), y0, t, rtol=1e-6, atol=1e-8, method=method, return_stats=True)
+    options = {"controller": controller}
+    batch, counts = odeint_independent(van_der_pol(mu), y0, t, rtol=1e-6, atol=1e-8, method=method, options=options, return_stats=True)
     assert batch.shape == (9, 3, 2)
     for b in range(3):
         with track_stats() as alone:
-            solo = odeint(van_der_pol(mu[b : b + 1]), y0[b : b + 1], t, rtol=1e-6, atol=1e-8, method=method)
+            solo = odeint(van_der_pol(mu[b : b + 1]), y0[b : b + 1], t, rtol=1e-6, atol=1e-8, method=method, options=options)
         torch.testing.assert_close(batch[:, b], solo[:, 0], rtol=1e-9, atol=1e-9)
         assert int(counts.steps_accepted[b]) == alone.steps_accepted
         assert int(counts.steps_rejected[b]) == alone.steps_rejected
@@ -97,13 +100,18 @@ def test_direct_backprop_through_independent_steps():
     assert torch.autograd.gradcheck(solve, (y0.detach().requires_grad_(True), rate.detach().requires_grad_(True)), atol=1e-6, rtol=1e-5)
 
 
+class ControllerWithoutPerSampleRule(AbstractController):
+    def propose(self, h: float, error_ratio: float, accepted: bool) -> float:
+        return h
+
+
 @pytest.mark.parametrize(
     "method, options, message",
     [
         ("rk4", {}, "fixed grid"),
         ("implicit_adams", {}, "not an explicit Runge-Kutta"),
         ("dopri5", {"jump_t": [0.5]}, "not supported"),
-        ("dopri5", {"controller": "pi"}, "'i' controller"),
+        ("dopri5", {"controller": ControllerWithoutPerSampleRule()}, "no per-sample rule"),
     ],
 )
 def test_unsupported_combinations_name_the_fix(method, options, message):
