@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from odecli.errors import ConfigError
+from odecli.models.vector_field import check_widths
 from odecli.registry import MODELS
 
 Solve = Callable[[Callable, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -189,9 +190,7 @@ class MLPClassifier(nn.Module):
 
     def __init__(self, widths: Sequence[int] = (300,)):
         super().__init__()
-        widths = list(widths)
-        if not widths or any(not isinstance(w, int) or isinstance(w, bool) or w < 1 for w in widths):
-            raise ConfigError(f"model.widths must be a non-empty list of positive integers, got {widths}.")
+        widths = check_widths(widths)
         sizes = [IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2], *widths]
         layers: list[nn.Module] = [nn.Flatten()]
         for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from odecli.errors import ConfigError
-from odecli.models.vector_field import ACTIVATIONS
+from odecli.models.vector_field import ACTIVATIONS, check_widths
 from odecli.registry import MODELS
 
 TRACE_ESTIMATORS = ("exact", "hutchinson")
@@ -30,7 +30,7 @@ class ConcatMLP(nn.Module):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ConfigError(f"model.activation '{activation}' is unknown; choose one of {', '.join(ACTIVATIONS)}.")
-        sizes = [dim, *(int(w) for w in widths), dim]
+        sizes = [dim, *check_widths(widths), dim]
         self.layers = nn.ModuleList(nn.Linear(n_in + 1, n_out) for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True))
         self.activation = ACTIVATIONS[activation]()
 

@@ -15,6 +15,15 @@ ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "softplus": nn.S
 INPUT_TRANSFORMS = ("identity", "cube")
 
 
+def check_widths(widths: Sequence[int]) -> list[int]:
+    """Hidden-layer widths as ints, or a ``ConfigError`` naming ``model.widths`` (a zero width builds a net that
+    silently outputs zeros)."""
+    widths = list(widths) if isinstance(widths, Sequence) and not isinstance(widths, str) else [widths]
+    if not widths or any(not isinstance(w, int) or isinstance(w, bool) or w < 1 for w in widths):
+        raise ConfigError(f"model.widths must be a non-empty list of positive integers, got {widths}; for example model.widths=[64,64].")
+    return widths
+
+
 @MODELS.register("mlp")
 class MLPVectorField(nn.Module):
     """MLP vector field: optional y**3 input transform (the spiral demo's) and optional time input."""
@@ -32,11 +41,10 @@ class MLPVectorField(nn.Module):
             raise ConfigError(f"model.activation '{activation}' is unknown; choose one of {', '.join(ACTIVATIONS)}.")
         if input_transform not in INPUT_TRANSFORMS:
             raise ConfigError(f"model.input_transform '{input_transform}' is unknown; choose one of {', '.join(INPUT_TRANSFORMS)}.")
-        if not widths or any(int(w) < 1 for w in widths):
-            raise ConfigError(f"model.widths must be a non-empty list of positive integers, got {list(widths)}.")
+        widths = check_widths(widths)
         self.input_transform = input_transform
         self.time_input = bool(time_input)
-        sizes = [dim + int(self.time_input), *(int(w) for w in widths)]
+        sizes = [dim + int(self.time_input), *widths]
         layers: list[nn.Module] = []
         for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
             layers += [nn.Linear(n_in, n_out), ACTIVATIONS[activation]()]

@@ -71,6 +71,7 @@ def check_config(cfg: DictConfig) -> None:
     """Everything cnf can refuse from its config alone; run before a run directory exists."""
     check_shared_settings(cfg, cfg.solver)
     _validate(cfg)
+    build_model(cfg.model, dim=2)  # the model's own settings (widths, activation, ...): building it is cheap
 
 
 @TASKS.register("cnf", validate=check_config)

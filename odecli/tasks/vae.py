@@ -142,6 +142,7 @@ def check_config(cfg: DictConfig) -> None:
     check_shared_settings(cfg, cfg.solver)
     _validate(cfg)
     check_data(cfg.data)
+    build_models(cfg, obs_dim=1)  # the models' own settings; they do not depend on the data's dimension
 
 
 @TASKS.register("vae", validate=check_config)
