@@ -103,7 +103,9 @@ def test_paper_mnist_is_the_papers_setting() -> None:
 
     cfg = hydra_bridge.compose("classify", ["experiment=paper_mnist"])
     assert (cfg.width, cfg.epochs, cfg.data.batch_size, cfg.solver.method, cfg.solver.rtol) == (64, 160, 128, "dopri5", 1e-3)
-    assert list(cfg.schedule.milestones) == [60, 100, 140] and cfg.optim.lr == 0.1
+    # ÷10 at epochs 60, 100 and 140, in batches (the scheduler is stepped once per batch): 469 batches of 128 an epoch
+    assert cfg.scheduler._target_.endswith("MultiStepLR") and cfg.scheduler.gamma == 0.1 and cfg.optim.lr == 0.1
+    assert list(cfg.scheduler.milestones) == [60 * 469, 100 * 469, 140 * 469] and -(-60_000 // cfg.data.batch_size) == 469
     import torch
 
     model, _ = build(cfg)

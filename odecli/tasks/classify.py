@@ -7,11 +7,12 @@ epochs and at the end). Per batch it logs ``loss/train``, ``nfe/forward`` and ``
 ``metrics/val_accuracy``, ``metrics/test_accuracy``, ``metrics/test_error`` and ``time/epoch``.
 TensorBoard steps are training batches. Checkpoints at the end of each epoch (and every
 ``checkpoint_every`` batches); ``resume=true`` continues mid-epoch with the same batches.
+The learning rate follows the ``scheduler/`` group, stepped once per training batch (``charts/learning_rate``).
 """
 
 from __future__ import annotations
 
-import math
+import copy
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +33,7 @@ from odecli.tasks.common import (
     Checkpointer,
     NFEHistory,
     build_optimizer,
+    build_scheduler,
     check_shared_settings,
     make_solve,
     prepare,
@@ -40,7 +42,6 @@ from odecli.tasks.common import (
 from odecli.tasks.loop import TrainingLoop
 from odecli.tracking import Run
 
-SCHEDULES = ("constant", "cosine", "step")
 DATASETS = ("mnist",)
 
 
@@ -59,27 +60,20 @@ def _validate(cfg: DictConfig) -> None:
     _positive_int("data.random_crop", cfg.data.random_crop, minimum=0)
     _positive_int("test_every", cfg.test_every, minimum=0)
     _positive_int("checkpoint_every", cfg.checkpoint_every, minimum=0)
-    if str(cfg.schedule.name) not in SCHEDULES:
-        raise ConfigError(f"schedule.name '{cfg.schedule.name}' is unknown; choose one of {', '.join(SCHEDULES)}.")
-    if float(cfg.schedule.warmup_epochs) < 0:
-        raise ConfigError(f"schedule.warmup_epochs must be >= 0, got {cfg.schedule.warmup_epochs}.")
     if not 0 <= float(cfg.label_smoothing) < 1:
         raise ConfigError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}.")
 
 
-def learning_rate_factor(schedule: DictConfig, step: int, steps_per_epoch: int, total_steps: int) -> float:
-    """The multiplier of the base learning rate for training batch ``step`` (0-based); stateless, so resume is exact."""
-    warmup = float(schedule.warmup_epochs) * steps_per_epoch
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    name = str(schedule.name)
-    if name == "cosine":
-        progress = (step - warmup) / max(total_steps - warmup, 1)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    if name == "step":
-        epoch = step / steps_per_epoch
-        return float(schedule.gamma) ** sum(epoch >= float(m) for m in schedule.milestones)
-    return 1.0
+def build_schedule(cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
+    """The ``scheduler/`` group's schedule over this run, stepped once per training batch (not per epoch).
+
+    Its ``T_max`` (``${iters}``) and milestones therefore count batches: ``iters`` is filled in here,
+    on a copy of the config, as ``total_steps`` = epochs × batches per epoch, which is known only once the
+    data is loaded. Its state is checkpointed, so ``resume=true`` continues it where it stopped.
+    """
+    scheduled = copy.deepcopy(cfg)
+    scheduled.iters = total_steps
+    return build_scheduler(scheduled.get("scheduler"), optimizer)
 
 
 def solver_config(cfg: DictConfig) -> dict[str, Any]:
@@ -180,18 +174,18 @@ def classify(cfg: DictConfig, run: Run) -> dict[str, Any]:
         f"{len(splits.val) if splits.val else 0} validation, {len(splits.test)} test ({mnist.source})"
     )
     optimizer = build_optimizer(cfg.optim, model.parameters())
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
     batches = EpochBatches(splits.train, int(cfg.data.batch_size), seed=int(cfg.seed), crop_padding=int(cfg.data.random_crop))
     normalize = Normalize(float(cfg.data.mean), float(cfg.data.std), device)
     eval_batch = int(cfg.data.eval_batch_size)
     steps_per_epoch = len(batches)
     epochs = int(cfg.epochs)
     total_steps = epochs * steps_per_epoch
+    scheduler = build_schedule(cfg, optimizer, total_steps)
     history = NFEHistory()
     epoch_log: list[dict[str, float]] = []
     nfe_trace: list[tuple[int, int, int]] = []  # (batch, forward, backward): the paper's Figure 3d
 
-    checkpointer = Checkpointer(run, cfg, model=model, optimizer=optimizer, history=history)
+    checkpointer = Checkpointer(run, cfg, model=model, optimizer=optimizer, history=history, scheduler=scheduler)
     start = 0
     if (state := checkpointer.resume()) is not None:
         if int(state["steps_per_epoch"]) != steps_per_epoch:
@@ -222,21 +216,19 @@ def classify(cfg: DictConfig, run: Run) -> dict[str, Any]:
                 step += 1
                 with loop.iteration(step):
                     began = time.perf_counter()
-                    factor = learning_rate_factor(cfg.schedule, step - 1, steps_per_epoch, total_steps)  # batches done before this one
-                    for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
-                        group["lr"] = base * factor
+                    learning_rate = optimizer.param_groups[0]["lr"]  # this batch's: the scheduler stepped after each one before
                     x, y = normalize(images), labels.to(device)
                     optimizer.zero_grad(set_to_none=True)
                     with track_stats() as stats:
                         loss = F.cross_entropy(model(x), y, label_smoothing=float(cfg.label_smoothing))
                         loss_value = loop.check_loss(loss)
                         loss.backward()
-                    loop.update(step, model.parameters(), optimizer)
+                    loop.update(step, model.parameters(), optimizer, scheduler)
                     history.add(stats)
                     nfe_trace.append((step, stats.nfe_forward, stats.nfe_backward))
                     run.scalars(
                         {"loss/train": loss_value, "nfe/forward": stats.nfe_forward, "nfe/backward": stats.nfe_backward,
-                         "time/step": time.perf_counter() - began, "charts/learning_rate": base_lrs[0] * factor},
+                         "time/step": time.perf_counter() - began, "charts/learning_rate": learning_rate},
                         step,
                     )  # fmt: skip
                     progress.update(step, loss=loss_value, nfe_fwd=stats.nfe_forward, nfe_bwd=stats.nfe_backward, epoch=epoch + 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -227,6 +228,17 @@ def build_scheduler(node: DictConfig | None, optimizer: torch.optim.Optimizer) -
         raise ConfigError(f"scheduler could not be built from {OmegaConf.to_container(node)}: {cause}") from exc
 
 
+def scheduler_state(scheduler: Any) -> dict[str, Any]:
+    """``scheduler.state_dict()`` as plain data for a weights-only checkpoint (MultiStepLR keeps its milestones in a Counter)."""
+    return {key: dict(value) if isinstance(value, Counter) else value for key, value in scheduler.state_dict().items()}
+
+
+def load_scheduler_state(scheduler: Any, state: Mapping[str, Any]) -> None:
+    """Restore what ``scheduler_state`` saved, turning plain dicts back into the Counters the scheduler holds."""
+    current = scheduler.state_dict()
+    scheduler.load_state_dict({key: Counter(value) if isinstance(current.get(key), Counter) else value for key, value in state.items()})
+
+
 class TrainingDiverged(RunFailed):
     """The loss became NaN or infinite."""
 
@@ -328,7 +340,7 @@ class Checkpointer:
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scheduler": scheduler_state(self.scheduler) if self.scheduler is not None else None,
             "history": self.history.state_dict(),
             "rng": rng_state(),
             "config": saved_config(self.cfg),
@@ -348,7 +360,7 @@ class Checkpointer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+            load_scheduler_state(self.scheduler, state["scheduler"])
         self.history.load_state_dict(state["history"])
         restore_rng_state(state["rng"])
         self.run.log(f"[bold]resume:[/] continuing from step {state['step']} ({self.run.checkpoint_path(state['step']).name})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import struct
 import subprocess
@@ -114,20 +115,31 @@ def test_odenet_with_the_adjoint_and_another_solver(data_dir: Path, tmp_path: Pa
 
 
 def _interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """Ctrl-C inside training batch ``step + 1``, after its batch is drawn and before the model is updated."""
     from odecli.tasks import classify as task
 
-    real = task.learning_rate_factor
+    real = task.build_optimizer
 
-    def factor(schedule, current, *args):  # called once before each training batch
-        if current == step:
-            raise KeyboardInterrupt
-        return real(schedule, current, *args)
+    def build(*args, **kwargs):
+        optimizer = real(*args, **kwargs)
+        zero_grad, calls = optimizer.zero_grad, []
 
-    monkeypatch.setattr(task, "learning_rate_factor", factor)
+        def interrupting(*a, **k):  # called once at the start of each training batch
+            calls.append(1)
+            if len(calls) == step + 1:
+                raise KeyboardInterrupt
+            return zero_grad(*a, **k)
+
+        optimizer.zero_grad = interrupting
+        return optimizer
+
+    monkeypatch.setattr(task, "build_optimizer", build)
 
 
-def test_resume_mid_epoch_reaches_the_same_result(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = [f"data.dir={data_dir}", "epochs=2", "data.random_crop=2", *TINY]
+# the default cosine, and a multistep schedule decaying right after the interruption (its state holds a Counter)
+@pytest.mark.parametrize("schedule", [[], ["scheduler=multistep", "scheduler.milestones=[3,8]"]], ids=["cosine_to_zero", "multistep"])
+def test_resume_mid_epoch_reaches_the_same_result(schedule: list[str], data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = [f"data.dir={data_dir}", "epochs=2", "data.random_crop=2", *TINY, *schedule]
     reference = classify(tmp_path / "reference", *settings)
 
     run_dir = tmp_path / "interrupted"
@@ -142,6 +154,52 @@ def test_resume_mid_epoch_reaches_the_same_result(data_dir: Path, tmp_path: Path
     for key in ("test_accuracy", "test_loss", "loss_train_last", "nfe_forward", "nfe_backward", "val_accuracy", "steps"):
         assert resumed[key] == reference[key], key
     assert scalar_steps(run_dir)["loss/train"] == list(range(1, 11))
+    assert learning_rates(run_dir) == pytest.approx(learning_rates(tmp_path / "reference"))
+
+
+def learning_rates(run_dir: Path) -> list[float]:
+    """``charts/learning_rate`` of every training batch, in order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    return [e.value for e in events.Scalars("charts/learning_rate")]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        # classify's default: cosine to 0 over the run's 5 batches, stepped per batch (per epoch, 1 epoch, it would stay 0.01)
+        ([], [0.01 * 0.5 * (1 + math.cos(math.pi * k / 5)) for k in range(5)]),
+        # ÷10 after 2 batches and again after 4: milestones count batches
+        (["scheduler=multistep", "scheduler.milestones=[2,4]"], [0.01, 0.01, 0.001, 0.001, 0.0001]),
+        (["scheduler=constant"], [0.01] * 5),
+    ],
+)
+def test_the_learning_rate_follows_the_chosen_scheduler(overrides: list[str], expected: list[float], data_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    metrics = classify(run_dir, f"data.dir={data_dir}", "classifier@model=mlp", "optim.lr=0.01", *TINY, *overrides)
+    assert metrics["status"] == "completed" and metrics["steps"] == 5
+    assert learning_rates(run_dir) == pytest.approx(expected, rel=1e-5)
+
+
+def test_every_scheduler_option_builds_for_classify() -> None:
+    """``odecli classify scheduler=NAME`` composes and builds for every option of the group (iters filled in by classify)."""
+    import torch
+
+    from odecli.tasks.classify import build_schedule
+
+    options = sorted(p.stem for p in (hydra_bridge.config_root() / "scheduler").glob("*.yaml"))
+    assert {"constant", "cosine", "cosine_to_zero", "multistep"} <= set(options)
+    for option in options:
+        cfg = hydra_bridge.compose("classify", [f"scheduler={option}"])
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        scheduler = build_schedule(cfg, optimizer, total_steps=8)
+        for _ in range(8):
+            optimizer.step()
+            scheduler.step()
+        assert cfg.iters is None, option  # filled in on a copy: the run's config is left as composed
+        assert 0 <= optimizer.param_groups[0]["lr"] <= 0.1, option
 
 
 @pytest.mark.parametrize(
@@ -150,7 +208,7 @@ def test_resume_mid_epoch_reaches_the_same_result(data_dir: Path, tmp_path: Path
         (["classifier@model=rknet", "model.solver.method=dopri5"], "RK-Net integrates with a fixed step"),
         (["classifier@model=rknet", "model.solver.adjoint=true"], "model.solver.adjoint must be false"),
         (["epochs=0"], "epochs must be an integer >= 1"),
-        (["schedule.name=linear"], "schedule.name 'linear' is unknown"),
+        (["scheduler=linear"], "Unknown scheduler 'linear'.*Valid choices for scheduler: constant, cosine, cosine_to_zero, multistep"),
     ],
 )
 def test_bad_settings_are_clear_errors(overrides: list[str], message: str, data_dir: Path, tmp_path: Path) -> None:
