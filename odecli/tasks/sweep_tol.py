@@ -21,6 +21,7 @@ import copy
 import csv
 import io
 import math
+import re
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -198,15 +199,69 @@ def load_field(directory: Path) -> Field:
     return Field(model.eval(), dict(config), directory, int(state["step"]))
 
 
-def training_config(cfg: DictConfig) -> DictConfig:
-    """The config of the short fit a sweep without ``from_run`` trains: fit's own, the shared groups, then ``train.*``."""
-    from odecli.hydra_bridge import config_root
+# What the brief training takes from the sweep's own config (a group there replaces fit's choice whole).
+SHARED_WITH_FIT = ("dynamics", "model", "solver", "optim", "scheduler", "logger", "paths", "seed", "device", "threads")
 
-    base = OmegaConf.load(config_root() / "fit.yaml")
-    base.pop("defaults", None)
-    keys = ("dynamics", "model", "solver", "optim", "scheduler", "logger", "paths", "seed", "device", "threads")
-    shared = {k: cfg[k] for k in keys if k in cfg}
-    return OmegaConf.merge(base, shared, cfg.train)  # type: ignore[return-value]
+
+def training_config(cfg: DictConfig) -> DictConfig:
+    """The config of the short fit a sweep without ``from_run`` trains: fit's config composed by Hydra (its defaults
+    list included: e.g. its scheduler) with ``training_overrides`` — the sweep's shared groups, then ``train.*``."""
+    from odecli.hydra_bridge import compose
+
+    return compose("fit", training_overrides(cfg))
+
+
+def training_overrides(cfg: DictConfig) -> list[str]:
+    """fit overrides for the brief training, in Hydra's override syntax.
+
+    A group the sweep holds (``dynamics``, ``solver``, ...) replaces fit's: ``~dynamics`` drops fit's default
+    option, then ``+dynamics.KEY=VALUE`` adds each key as the sweep has it (interpolations kept), so nothing of
+    fit's default option (lotka_volterra) is left in the sweep's (spiral). Settings (``seed``, ``threads``, ...)
+    are plain ``KEY=VALUE``; ``train.*`` comes last, each leaf as ``KEY=VALUE`` on fit's own keys
+    (``train.iters=3`` → ``iters=3``, ``+train.data.batch_size=4`` → ``data.batch_size=4``), so a key fit does
+    not have is refused as a typo is.
+    """
+    raw: dict[str, Any] = OmegaConf.to_container(cfg, resolve=False)  # type: ignore[assignment]
+    overrides: list[str] = []
+    for key in SHARED_WITH_FIT:
+        if key not in raw:
+            continue
+        if isinstance(raw[key], dict):
+            overrides.append(f"~{key}")
+            overrides.extend(f"+{key}.{child}={override_value(value)}" for child, value in raw[key].items())
+        else:
+            overrides.append(f"{key}={override_value(raw[key])}")
+    overrides.extend(f"{key}={override_value(value)}" for key, value in _leaves(raw.get("train") or {}))
+    return overrides
+
+
+def _leaves(node: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``{'data': {'batch_size': 4}}`` → ``[('data.batch_size', 4)]`` (lists are values, not branches)."""
+    leaves: list[tuple[str, Any]] = []
+    for key, value in node.items():
+        if isinstance(value, Mapping) and value:
+            leaves.extend(_leaves(value, f"{prefix}{key}."))
+        else:
+            leaves.append((f"{prefix}{key}", value))
+    return leaves
+
+
+def override_value(value: Any) -> str:
+    """``value`` written as Hydra's override grammar reads it back: null, true, 1e-06, 'text', [..], {k: ..}."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)  # inf and nan read back as floats too
+    if isinstance(value, str):
+        # Quoted, so any text stays text ('${.tol}' stays an interpolation); a backslash escapes only before a quote.
+        return "'" + re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value) + "'"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{override_value(v)}" for k, v in value.items()) + "}"
+    raise ConfigError(f"cannot pass {value!r} ({type(value).__name__}) on to the brief fit run as an override.")
 
 
 def _train_briefly(cfg: DictConfig, run: Run) -> Field:

@@ -26,6 +26,7 @@ from odecli.tasks.sweep_tol import (
     load_field,
     measure,
     tensorboard_steps,
+    training_config,
     validate_settings,
 )
 
@@ -116,6 +117,23 @@ def test_sweep_tol_explains_a_missing_or_wrong_from_run(tmp_path: Path) -> None:
 def test_sweep_tol_rejects_bad_settings(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate_settings(hydra_bridge.compose("sweep/tol", [override]))
+
+
+def test_the_brief_training_is_fits_config_composed_with_the_sweeps_settings() -> None:
+    """Without from_run, the field is trained with fit's config composed by Hydra: fit's own keys and defaults (its
+    scheduler), the sweep's groups whole (spiral, nothing of fit's lotka_volterra), then train.* as fit overrides."""
+    cfg = hydra_bridge.compose(
+        "sweep/tol", ["train.iters=3", "+train.data.batch_size=4", "+train.loss=mse", "dynamics.n_points=200", "solver.tol=1e-5", "optim=rmsprop"]
+    )
+    fit = training_config(cfg)
+    assert (fit.task, fit.iters, fit.eval_every, fit.data.batch_size, fit.loss) == ("fit", 3, 60, 4, "mse")  # train.* (sweep's defaults too)
+    assert fit.data.batch_time == 10 and fit.plot_every == 0  # fit's own data settings kept beside train's data.batch_size
+    assert (fit.dynamics.name, fit.dynamics.n_points, fit.dynamics.power) == ("spiral", 200, 3) and "form" not in fit.dynamics
+    assert fit.solver.rtol == fit.solver.adjoint_atol == 1e-5  # the sweep's solver, its interpolations kept
+    assert fit.optim._target_ == "torch.optim.RMSprop" and (fit.device, fit.threads) == ("cpu", 1)
+    assert fit.scheduler._target_.endswith("CosineAnnealingLR") and fit.scheduler.T_max == 3  # fit's default, over train.iters
+    with pytest.raises(ConfigError, match="Unknown config key 'lossy'"):  # a fit key misspelt under train.* is refused
+        training_config(hydra_bridge.compose("sweep/tol", ["+train.lossy=mse"]))
 
 
 def _spiral_problem() -> tuple[nn.Module, Problem, Reference]:
