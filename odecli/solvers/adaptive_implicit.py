@@ -48,21 +48,12 @@ import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
-from odecli.solvers.base import AbstractSolver
-from odecli.solvers.controllers import StepLimits, flat_tolerance, make_controller, rms_norm, select_initial_step
-from odecli.solvers.errors import (
-    InvalidInputError,
-    MaxStepsExceeded,
-    NewtonDidNotConverge,
-    NonFiniteState,
-    StepSizeTooSmall,
-)
-from odecli.solvers.interpolation import DenseOutputs
+from odecli.solvers.adaptive import ADAPTIVE_OPTIONS, AbstractAdaptiveSolver, StepFailed
+from odecli.solvers.controllers import rms_norm
+from odecli.solvers.errors import InvalidInputError, NewtonDidNotConverge, NonFiniteState, StepSizeTooSmall
 from odecli.solvers.jacobian import Jacobian
-from odecli.solvers.runge_kutta import ALL_CALLBACKS, DEFAULT_MAX_NUM_STEPS
 
 NEWTON_KAPPA = 0.05  # Newton error target as a fraction of the local error tolerance
 SLOW_CONTRACTION = 0.05  # a Newton solve contracting slower than this asks for a fresh Jacobian next step
@@ -109,53 +100,29 @@ class ShiftedLU(IterationMatrix):
 # The solver.
 
 
-class NewtonFailed(Exception):
+class NewtonFailed(StepFailed):
     def __init__(self, iterations: int, ratio: float):
+        super().__init__(iterations, ratio)
         self.iterations, self.ratio = iterations, ratio
 
 
-class AbstractAdaptiveImplicit(AbstractSolver):
-    """An adaptive implicit Runge–Kutta method with simplified Newton; subclasses give the step.
+class AbstractAdaptiveImplicit(AbstractAdaptiveSolver):
+    """An adaptive implicit Runge–Kutta method with simplified Newton, on ``adaptive``'s loop; subclasses give the step.
 
     ``error_order``: the power of h in the local error estimate (the controller's exponent is its
     inverse); by default the method's order.
     """
 
-    adaptive: ClassVar[bool] = True
     implicit: ClassVar[bool] = True
-    error_order: ClassVar[int | None] = None
+    default_controller: ClassVar[str] = "pi"
+    lands_on_last_time: ClassVar[bool] = True
+    keep_step_ratio: ClassVar[float] = KEEP_STEP_RATIO
     newton_kappa: float = NEWTON_KAPPA  # Newton's error target as a fraction of the tolerance (see the module docstring)
-    callbacks: ClassVar[frozenset[str]] = ALL_CALLBACKS
-    options: ClassVar[frozenset[str]] = frozenset(
-        {"first_step", "min_step", "max_step", "safety", "ifactor", "dfactor", "max_num_steps", "norm", "controller",
-         "max_iters", "jacobian", "jacobian_blocks"}
-    )  # fmt: skip
-    dense: np.ndarray  # [stages, degree]: the continuous extension over the step's ``stages`` (see DenseOutputs)
+    options: ClassVar[frozenset[str]] = ADAPTIVE_OPTIONS | {"max_iters", "jacobian", "jacobian_blocks"}
 
-    def __init__(
-        self,
-        func,
-        y0: torch.Tensor,
-        rtol,
-        atol,
-        first_step: float | None = None,
-        min_step: float = 0.0,
-        max_step: float = math.inf,
-        safety: float = 0.9,
-        ifactor: float = 10.0,
-        dfactor: float = 0.2,
-        max_num_steps: int = DEFAULT_MAX_NUM_STEPS,
-        norm=None,
-        controller="pi",
-        max_iters: int = 10,
-        jacobian: str = "autograd",
-        jacobian_blocks: int = 1,
-        **options: Any,
-    ):
-        super().__init__(func, y0, rtol, atol)
-        self.n = y0.numel()
-        self.dtype, self.device = y0.dtype, y0.device
-        self.first_step, self.min_step, self.max_step, self.max_num_steps = StepLimits.parse(first_step, min_step, max_step, max_num_steps)
+    def __init__(self, func, y0: torch.Tensor, rtol, atol, max_iters: int = 10, jacobian: str = "autograd", jacobian_blocks: int = 1,
+                 **options: Any):  # fmt: skip
+        super().__init__(func, y0, rtol, atol, **options)
         if int(max_iters) < 1:
             raise InvalidInputError(f"options['max_iters'] must be at least 1, got {max_iters}.")
         if jacobian not in ("autograd", "finite_difference"):
@@ -164,30 +131,14 @@ class AbstractAdaptiveImplicit(AbstractSolver):
         if blocks < 1 or (self.n and self.n % blocks):
             raise InvalidInputError(f"options['jacobian_blocks']={jacobian_blocks} must be a positive divisor of the state size {self.n}.")
         self.max_iters = int(max_iters)
-        self.norm = norm
-        self.controller = make_controller(controller, self.error_order or self.order, safety, ifactor, dfactor)
-        self.rtol = flat_tolerance(rtol, "rtol", self.n, self.dtype, self.device)
-        self.atol = flat_tolerance(atol, "atol", self.n, self.dtype, self.device)
         eps = torch.finfo(self.dtype).eps
         floor = 100 * eps / self.newton_kappa
         self.newton_rtol = torch.clamp(self.rtol, min=floor) if isinstance(self.rtol, torch.Tensor) else max(self.rtol, floor)
-        self.callback_step = getattr(func, "callback_step", None)
-        self.callback_accept_step = getattr(func, "callback_accept_step", None)
-        self.callback_reject_step = getattr(func, "callback_reject_step", None)
         self.jacobian = Jacobian(func, self.n, blocks if self.n else 1, jacobian, self.dtype, self.device)
         self.n_jacobians = 0  # Jacobian evaluations
         self.n_factorisations = 0  # factorisations of the iteration matrix
         self.n_newton_failures = 0
         self._eta = 1.0  # Hairer's η carried between Newton solves
-        self.previous_rejected = True  # the step being taken is the first or follows a rejection
-
-    def _time(self, t: float) -> torch.Tensor:
-        # func gets t in the state's real dtype, as torchdiffeq passes it
-        return torch.scalar_tensor(t, dtype=self.dtype.to_real(), device=self.device)
-
-    def _eval(self, t: float, y: torch.Tensor) -> torch.Tensor:
-        self.nfe += 1
-        return self.func(self._time(t), y)
 
     def _error_ratio(self, error: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor) -> float:
         """``norm(error / (atol + rtol·max(|y0|, |y1|)))``; may overwrite ``error``."""
@@ -279,116 +230,43 @@ class AbstractAdaptiveImplicit(AbstractSolver):
 
         return hook
 
-    # -- the step loop ------------------------------------------------------------------------
+    # -- the adaptive loop's hooks: the Jacobian and the iteration matrix, kept while they serve -------
 
-    def integrate(self, t: torch.Tensor) -> torch.Tensor:
-        times = t.detach().tolist()
-        n_out = len(times)
-        if n_out == 1 or self.n == 0:
-            return self.y0.unsqueeze(0).expand(n_out, self.n).clone() if self.n == 0 else self.y0.unsqueeze(0).clone()
-        y = self.y0.reshape(self.n)
-        if not math.isfinite(float(y.detach().abs().max())):
-            raise NonFiniteState(times[0], "initial state y0")
-        f = self._eval(times[0], y)
+    def first_evaluation(self, t0: float, y: torch.Tensor) -> torch.Tensor:
+        f = self.evaluate(t0, y)
         if not math.isfinite(float(f.detach().abs().max())):
-            raise NonFiniteState(times[0], "derivative f(t0, y0)")
-        grad = torch.is_grad_enabled() and (y.requires_grad or f.requires_grad)
-        if not grad:
-            y, f = y.detach(), f.detach()
-        if self.first_step is not None:
-            h = self.first_step
-        else:
-            norm = self.norm if self.norm is not None else rms_norm
+            raise NonFiniteState(t0, "derivative f(t0, y0)")
+        return f
 
-            def eval_float(time: float, state: torch.Tensor) -> torch.Tensor:
-                return self._eval(time, state)
+    def begin(self, y: torch.Tensor, f: torch.Tensor, grad: bool) -> None:
+        self._jac, self._jac_fresh, self._jac_wanted = None, False, True
+        self._matrix, self._matrix_h, self._theta = None, None, 0.0
 
-            h = select_initial_step(eval_float, times[0], 1.0, y, f, self.order, self.rtol, self.atol, norm)
-        outputs = DenseOutputs(self.dense, n_out, self.n, self.dtype, self.device, in_place=not grad)
-        outputs.at_end(0, y)
-        t_end = times[-1]
-        j = 1
-        tau = times[0]
-        jac, jac_fresh, jac_wanted = None, False, True
-        matrix, matrix_h = None, None
-        attempts = 0
-        self.previous_rejected = True
-        while True:
-            h = min(max(h, self.min_step), self.max_step)
-            if not math.isfinite(h):
-                h = self.max_step if math.isfinite(self.max_step) else (t_end - tau)
-            forced = h <= self.min_step  # as torchdiffeq: a step of min_step is accepted whatever its error
-            remaining = t_end - tau
-            if h >= remaining or (1.01 * h > remaining and remaining <= self.max_step):  # land on the last time exactly
-                h = remaining
-            smallest = max(self.min_step, 10 * (math.nextafter(abs(tau), math.inf) - abs(tau)))
-            if h < smallest and h < remaining:
-                raise StepSizeTooSmall(tau, h, smallest)
-            attempts += 1
-            if attempts > self.max_num_steps:
-                raise MaxStepsExceeded(tau, self.max_num_steps, t_end)
-            if self.callback_step is not None:
-                self.callback_step(self._time(tau), y, self._time(h))
-            if jac_wanted:
-                jac, evaluations = self.jacobian(self._time(tau), y.detach())
-                self.nfe += evaluations
-                self.n_jacobians += 1
-                jac_fresh, jac_wanted, matrix = True, False, None
-            if matrix is None or matrix_h != h:
-                matrix, matrix_h = self._factorise(jac, h), h
-                self.n_factorisations += 1
-            try:
-                y1, stages, ratio, theta, f1 = self._step(tau, h, y, f, matrix, grad)
-            except NewtonFailed as failure:
-                self.steps_rejected += 1
-                self.n_newton_failures += 1
-                self._eta = 1.0
-                self.previous_rejected = True
-                if self.callback_reject_step is not None:
-                    self.callback_reject_step(self._time(tau), y, self._time(h))
-                if not jac_fresh:
-                    jac_wanted = True  # retry the same h with a Jacobian taken here
-                    continue
-                if forced or h / 2 < smallest:
-                    newton = NewtonDidNotConverge(tau, failure.iterations, failure.ratio, self.newton_kappa)
-                    raise StepSizeTooSmall(tau, h / 2, smallest) from newton
-                h = h / 2
-                continue
-            finite = math.isfinite(ratio) or bool(torch.isfinite(y1.detach()).all())
-            if not finite and forced:
-                raise NonFiniteState(tau)
-            accept = finite and (ratio <= 1.0 or forced)
-            proposal = self.controller.propose(h, ratio if math.isfinite(ratio) else math.nan, accept)
-            if not accept:
-                self.steps_rejected += 1
-                self.previous_rejected = True
-                if self.callback_reject_step is not None:
-                    self.callback_reject_step(self._time(tau), y, self._time(h))
-                h = proposal
-                continue
-            if self.callback_accept_step is not None:
-                self.callback_accept_step(self._time(tau), y, self._time(h))
-            self.steps_accepted += 1
-            self.previous_rejected = False
-            tau1 = t_end if h == t_end - tau else tau + h
-            # Outputs in (tau, tau1].
-            if times[j] <= tau1:
-                end = j
-                while end < n_out and times[end] <= tau1:
-                    end += 1
-                last = end
-                if times[end - 1] == tau1:
-                    last = end - 1
-                    outputs.at_end(last, y1)
-                if last > j:
-                    outputs.inside(j, [(times[m] - tau) / h for m in range(j, last)], y, stages, h)
-                j = end
-                attempts = 0
-            if j == n_out:
-                break
-            tau, y, f = tau1, y1, f1
-            jac_fresh = False
-            if theta > SLOW_CONTRACTION:
-                jac_wanted = True
-            h = h if 1.0 <= proposal / h <= KEEP_STEP_RATIO else proposal
-        return outputs.result()
+    def attempt(self, t0: float, dt: float, t1: float, h: float, y: torch.Tensor, f: torch.Tensor, grad: bool, nudge_end: bool):
+        if self._jac_wanted:
+            self._jac, evaluations = self.jacobian(self.time(t0), y.detach())
+            self.nfe += evaluations
+            self.n_jacobians += 1
+            self._jac_fresh, self._jac_wanted, self._matrix = True, False, None
+        if self._matrix is None or self._matrix_h != h:
+            self._matrix, self._matrix_h = self._factorise(self._jac, h), h
+            self.n_factorisations += 1
+        y1, stages, ratio, self._theta, f1 = self._step(t0, h, y, f, self._matrix, grad)
+        return y1, stages, ratio, f1
+
+    def after_failure(self, t0: float, h: float, forced: bool, smallest: float, failure: StepFailed) -> float:
+        """Retry the same h with a Jacobian taken here if the one used was older; else halve h."""
+        self.n_newton_failures += 1
+        self._eta = 1.0
+        if not self._jac_fresh:
+            self._jac_wanted = True
+            return h
+        if forced or h / 2 < smallest:
+            newton = NewtonDidNotConverge(t0, failure.iterations, failure.ratio, self.newton_kappa)
+            raise StepSizeTooSmall(t0, h / 2, smallest) from newton
+        return h / 2
+
+    def accepted(self) -> None:
+        self._jac_fresh = False
+        if self._theta > SLOW_CONTRACTION:
+            self._jac_wanted = True

@@ -85,7 +85,7 @@ class AbstractESDIRK(AbstractAdaptiveImplicit):
         theta_max = 0.0
         stage = previous_stage = y0_d
         for i in range(1, tab.stages):
-            t_i = self._time(t0 + tab.c[i] * h if tab.c[i] != 1.0 else t0 + h)
+            t_i = self.time(t0 + tab.c[i] * h if tab.c[i] != 1.0 else t0 + h)
             previous = stages_d[:i].T
             known_d = torch.addmv(y0_d, previous, self.a_rows[i], alpha=h)
             guess = torch.addmv(known_d, previous, self.predictor[i], alpha=h_gamma)

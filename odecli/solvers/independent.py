@@ -38,7 +38,13 @@ import numpy as np
 import torch
 
 from odecli.solvers import stats
-from odecli.solvers.controllers import StepLimits, initial_step_sizes, make_controller, per_sample_rms_norm
+from odecli.solvers.controllers import (
+    DEFAULT_MAX_NUM_STEPS,
+    StepLimits,
+    initial_step_sizes,
+    make_controller,
+    per_sample_rms_norm,
+)
 from odecli.solvers.errors import (
     FuncOutputMismatch,
     InvalidInputError,
@@ -48,7 +54,7 @@ from odecli.solvers.errors import (
     StepSizeTooSmall,
 )
 from odecli.solvers.problem import check_tolerance, resolve_method
-from odecli.solvers.runge_kutta import DEFAULT_MAX_NUM_STEPS, AbstractAdaptiveRungeKutta, AbstractRungeKutta
+from odecli.solvers.runge_kutta import AbstractAdaptiveRungeKutta, AbstractRungeKutta
 
 BATCH_MODES = ("joint", "independent")
 SUPPORTED_OPTIONS = frozenset({"first_step", "min_step", "max_step", "safety", "ifactor", "dfactor", "max_num_steps", "controller"})

@@ -171,7 +171,7 @@ class Radau5(AbstractAdaptiveImplicit):
     def _step(self, t0: float, h: float, y0: torch.Tensor, f0: torch.Tensor, matrix: _CollocationMatrix, grad: bool):
         y0_d = y0.detach()
         scale = self.atol + self.newton_rtol * y0_d.abs()
-        times = [self._time(t0 + c * h if c != 1.0 else t0 + h) for c in self.nodes]
+        times = [self.time(t0 + c * h if c != 1.0 else t0 + h) for c in self.nodes]
         a_h = self.a * h
 
         def stage_slopes(z: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
@@ -201,13 +201,13 @@ class Radau5(AbstractAdaptiveImplicit):
         y1 = y0 + z[-1]
         with torch.no_grad():
             if not grad:
-                f1 = self._eval(t0 + h, y1)
+                f1 = self.evaluate(t0 + h, y1)
             weighted_z = self.error_weights @ z_star
             raw = weighted_z + (GAMMA0 * h) * f0.detach()
             error = matrix.real.solve(raw)
             ratio = self._error_ratio(error.clone(), y0_d, y1)
             if ratio > 1.0 and self.previous_rejected:
                 # Stiff components can inflate the first estimate; one refinement (Hairer's RADAU5).
-                refined = weighted_z + (GAMMA0 * h) * self._eval(t0, y0_d + error)
+                refined = weighted_z + (GAMMA0 * h) * self.evaluate(t0, y0_d + error)
                 ratio = self._error_ratio(matrix.real.solve(refined), y0_d, y1)
         return y1, z / h, ratio, theta, f1
