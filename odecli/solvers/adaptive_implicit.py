@@ -118,7 +118,8 @@ class AbstractAdaptiveImplicit(AbstractAdaptiveSolver):
     lands_on_last_time: ClassVar[bool] = True
     keep_step_ratio: ClassVar[float] = KEEP_STEP_RATIO
     newton_kappa: float = NEWTON_KAPPA  # Newton's error target as a fraction of the tolerance (see the module docstring)
-    options: ClassVar[frozenset[str]] = ADAPTIVE_OPTIONS | {"max_iters", "jacobian", "jacobian_blocks"}
+    # step_t/jump_t need a step's c = 1 stage seen from inside the step, which the Newton steps do not do (yet).
+    options: ClassVar[frozenset[str]] = (ADAPTIVE_OPTIONS - {"step_t", "jump_t"}) | {"max_iters", "jacobian", "jacobian_blocks"}
 
     def __init__(self, func, y0: torch.Tensor, rtol, atol, max_iters: int = 10, jacobian: str = "autograd", jacobian_blocks: int = 1,
                  **options: Any):  # fmt: skip

@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from odecli.registry import SOLVERS
+from odecli.solvers.adaptive import AbstractAdaptiveSolver
 from odecli.solvers.adjoint import odeint_adjoint
 from odecli.solvers.errors import InvalidInputError
 from odecli.solvers.events import combine_event_functions, find_event
@@ -151,3 +153,29 @@ def test_bouncing_ball_gradients_match_finite_differences(interface):
     # Gradients of every bounce time and the final velocity w.r.t. the initial state, the start time
     # and both parameters (torchdiffeq's examples/bouncing_ball.py checks the same situation).
     assert torch.autograd.gradcheck(lambda *inputs: _bounces(*inputs, interface), _bounce_inputs(), atol=1e-6, rtol=1e-5)
+
+
+def adaptive_methods() -> list[str]:
+    """Every registered method on the one adaptive loop (explicit pairs, ESDIRK, Radau): events come from the loop."""
+    return sorted(name for name in SOLVERS.names() if issubclass(SOLVERS.get(name), AbstractAdaptiveSolver))
+
+
+@pytest.mark.parametrize("method", adaptive_methods())
+def test_every_adaptive_method_finds_the_event(method):
+    h0, v0, g = 2.0, 1.0, 9.81
+    event_t, solution = odeint_event(FallingBall(g), torch.tensor([h0, v0], dtype=F64), torch.tensor(0.5, dtype=F64), event_fn=hits_ground,
+                                     method=method, rtol=1e-9, atol=1e-11)  # fmt: skip
+    exact = 0.5 + (v0 + (v0**2 + 2 * g * h0) ** 0.5) / g
+    assert event_t.item() == pytest.approx(exact, abs=1e-6)
+    assert abs(solution[-1, 0].item()) < 1e-6
+
+
+@pytest.mark.parametrize("method", [name for name in adaptive_methods() if "jump_t" in SOLVERS.get(name).options])
+def test_every_adaptive_method_with_jump_t_restarts_at_the_jump(method):
+    # y' = 1 before t = 1 and -1 after: y(2) = 0 exactly. jump_t makes a step end at 1 and the next start past it.
+    def field(t, y):
+        return torch.where(t < 1.0, 1.0, -1.0) * torch.ones_like(y)
+
+    t = torch.tensor([0.0, 2.0], dtype=F64)
+    y = odeint(field, torch.zeros(1, dtype=F64), t, method=method, rtol=1e-8, atol=1e-10, options={"jump_t": torch.tensor([1.0], dtype=F64)})
+    assert abs(y[-1].item()) < 1e-9
