@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.resources
+import json
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -579,6 +580,17 @@ def _sweep_job(cfg: DictConfig) -> Any:
         return _job(cfg)
 
 
+FAILED_ATTEMPT_FILE = "metrics.failed_attempt.json"
+
+
+def _completed_record(run_dir: Path) -> bool:
+    """Whether ``run_dir`` already holds the metrics of a completed run (a resume continues it)."""
+    try:
+        return json.loads((run_dir / "metrics.json").read_text()).get("status") == "completed"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _job(cfg: DictConfig) -> Any:
     """One task execution inside its run directory (also what launcher plugins pickle and ship)."""
     from hydra.core.hydra_config import HydraConfig
@@ -596,6 +608,7 @@ def _job(cfg: DictConfig) -> Any:
     if not multirun:
         print_config(cfg)
     task = TASKS.get(str(cfg.task))
+    completed_before = _completed_record(run_dir)
     started = time.time()
     metrics: dict[str, Any] = {}
     status = "failed"
@@ -615,7 +628,12 @@ def _job(cfg: DictConfig) -> Any:
         return JobFailure(exc)
     finally:
         metrics.update(status=status, wall_time_s=round(time.time() - started, 3), task=str(cfg.task), run_dir=str(run_dir))
-        tracked.write_metrics(metrics)
+        if status != "completed" and completed_before:
+            # A resumed run that did not finish keeps the completed run's metrics.json: nothing written is lost.
+            attempt = tracked.write_metrics(metrics, name=FAILED_ATTEMPT_FILE)
+            console.print(f"metrics.json of the completed run is kept; this attempt is recorded in {escape(str(attempt))}", soft_wrap=True, highlight=False)
+        else:
+            tracked.write_metrics(metrics)
         if status == "completed":
             tracked.hparams(flat_config(cfg), metrics)
         tracked.close()

@@ -218,8 +218,8 @@ class Run:
         return None
 
     # ----- metrics and messages ----------------------------------------------------------------
-    def write_metrics(self, metrics: Mapping[str, Any]) -> Path:
-        path = self.dir / METRICS_FILE
+    def write_metrics(self, metrics: Mapping[str, Any], name: str = METRICS_FILE) -> Path:
+        path = self.dir / name
         atomic_write_json(path, dict(metrics))
         return path
 

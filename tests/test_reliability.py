@@ -121,6 +121,7 @@ def test_a_checkpoint_carrying_code_is_refused_with_one_line_and_nothing_runs(tm
     marker = tmp_path / "marker"
     crafted = run_dir / "checkpoints" / "ckpt_000000008.pt"
     torch.save({"step": 8, "state": {"model": _RunsCodeWhenUnpickled(marker)}}, crafted)
+    completed = (run_dir / "metrics.json").read_bytes()
 
     result = invoke_fit(run_dir, "iters=10", "resume=true")
     assert result.exit_code == 2, result.output
@@ -129,6 +130,9 @@ def test_a_checkpoint_carrying_code_is_refused_with_one_line_and_nothing_runs(tm
     assert len(errors) == 1 and "Traceback" not in result.output, result.output
     assert f"refusing checkpoint {crafted}: it refers to exec" in errors[0], errors[0]
     assert "move it out of" in errors[0] and "continuing from step" not in result.output
+    # The completed run's metrics survive the failed resume; the attempt is recorded beside them.
+    assert (run_dir / "metrics.json").read_bytes() == completed
+    assert json.loads((run_dir / "metrics.failed_attempt.json").read_text())["status"] == "failed"
 
 
 def test_a_checkpoint_of_the_old_format_is_refused_not_loaded(tmp_path: Path) -> None:
