@@ -110,7 +110,7 @@ def _load_plugins(overrides: list[str]) -> None:
 def _run_task(task: str, overrides: list[str] | None, multirun: bool, debug: bool) -> None:
     overrides = list(overrides or [])
 
-    def action() -> None:
+    def action() -> tuple[Path, bool] | None:
         from odecli import hydra_bridge
         from odecli.errors import TaskNotAvailable
         from odecli.registry import TASKS
@@ -119,9 +119,13 @@ def _run_task(task: str, overrides: list[str] | None, multirun: bool, debug: boo
         if task not in TASKS or task not in hydra_bridge.primary_configs():
             available = ", ".join(t for t in TASKS.names() if t in hydra_bridge.primary_configs())
             raise TaskNotAvailable(f"`odecli {task}` is not available yet: the {task} task has not been built in this version. Available: {available}.")
-        hydra_bridge.run(task, overrides, multirun=multirun)
+        with hydra_bridge.prepare(task, overrides, multirun=multirun) as launch:
+            hydra_bridge.start(launch)
+        return launch.directory, launch.multirun
 
-    _guard(debug, action)
+    launched = _guard(debug, action)
+    if launched is not None and launched[1]:  # a multirun, whichever launcher ran its jobs: the same summary as `odecli sweep`
+        _summarise_jobs(launched[0], debug)
 
 
 @app.command(epilog="Examples:  odecli fit dynamics=lotka solver=dopri5   ·   odecli fit dynamics=spiral iters=500 solver.tol=1e-5   ·   odecli fit -m solver=dopri5,bosh3 solver.tol=1e-3,1e-5")
@@ -195,7 +199,12 @@ def sweep(
     if not multirun:
         console.print(f"sweep directory: [cyan]{directory}[/]", soft_wrap=True)
         return
-    report(directory=directory, debug=debug)  # a multirun: summarise its jobs (table, summary.csv)
+    _summarise_jobs(directory, debug)
+
+
+def _summarise_jobs(directory: Path, debug: bool) -> None:
+    """After a multirun: its jobs' table and summary.csv (as `odecli report DIR`), and exit 1 when any job failed."""
+    report(directory=directory, debug=debug)
     console.print(f"sweep directory: [cyan]{directory}[/]", soft_wrap=True)
     from odecli.report import find_runs
 

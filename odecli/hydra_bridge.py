@@ -12,6 +12,7 @@ import contextlib
 import functools
 import importlib.resources
 import json
+import pickle
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -349,9 +350,28 @@ def validate(config_name: str, overrides: Sequence[str], *, multirun: bool) -> D
 # ----- running ------------------------------------------------------------------------------
 @dataclass
 class JobFailure:
-    """Returned (not raised) by a failed job so Hydra does not print its own traceback."""
+    """Returned (not raised) by a failed job so Hydra does not print its own traceback.
+
+    A launcher that runs jobs in other processes (joblib, Ray, submitit) pickles it back to the sweep. An
+    error that does not survive that trip (one whose ``__init__`` takes other arguments than its message,
+    such as ``MaxStepsExceeded``) travels as a ``JobError`` with its type and message instead: unpickling
+    the original in the sweep's process would raise there and stop every other job. The job's own record
+    (``metrics.json``: status and error) is written before, in the job's process, either way.
+    """
 
     error: BaseException
+
+    def __reduce__(self) -> tuple[Any, tuple[BaseException]]:
+        try:
+            pickle.loads(pickle.dumps(self.error))
+            error = self.error
+        except Exception:
+            error = JobError(f"{type(self.error).__name__}: {self.error}")
+        return (JobFailure, (error,))
+
+
+class JobError(RuntimeError):
+    """A failed job's error as it reached the sweep's process: the original's type name and message."""
 
 
 def override_summary(overrides: Sequence[str], limit: int = 48) -> str:
@@ -429,6 +449,22 @@ def check_task_config(cfg: DictConfig) -> None:
             check(cfg)
 
 
+RAY_LAUNCHER = "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
+
+
+def launcher_overrides(config_name: str, overrides: Sequence[str]) -> list[str]:
+    """Settings a multirun's launcher plugin needs beyond its own defaults (none for most).
+
+    Ray (``hydra/launcher=ray``): hydra-ray-launcher 1.2.2 passes ``object_store_memory=75 MB`` to ``ray.init``
+    unless that key is set, and ``ray.init`` refuses any value when it joins a running cluster (an address, or a
+    ``ray start`` found on this machine); null lets Ray size the store itself, locally or on a cluster.
+    """
+    launcher = compose(config_name, [o for o in overrides if not _has_sweep_value(o)], with_hydra=True).hydra.launcher
+    if launcher.get("_target_") == RAY_LAUNCHER and "object_store_memory" not in launcher.ray.init:
+        return ["+hydra.launcher.ray.init.object_store_memory=null"]
+    return []
+
+
 @dataclass
 class Launch:
     """A run (or multirun) whose every setting was checked, with its directory chosen and locked by this process."""
@@ -461,6 +497,8 @@ def prepare(config_name: str, overrides: Sequence[str] = (), *, multirun: bool =
     if resume:
         _check_resume_target(config_name, overrides)
     overrides = overrides + _default_dirs(cfg, overrides, multirun)
+    if multirun:
+        overrides = overrides + launcher_overrides(config_name, overrides)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     directory = _chosen_dir(overrides, key)
     if directory is None:  # _default_dirs chooses one unless the user did
