@@ -9,22 +9,23 @@ observer, and the event search. A method supplies one attempted step behind a fe
 part of the stepper protocol):
 
 * ``first_evaluation(t0, y)`` — ``f(t0, y0)``, checked as the method wants;
-* ``begin(y, f, grad)`` — per-solve state (buffers, Jacobians) before the first attempt;
+* ``begin(y, f, grad)`` — per-solve state (buffers, Jacobians) before the first attempt; returns the
+  ``(attempt, next_slope)`` callables the loop uses for this solve (by default the two methods below; a
+  method may return closures specialised to the solve, as the explicit pairs do for speed);
 * ``attempt(t0, dt, t1, h, y, f, grad, nudge_end)`` — ``(y1, stages, error ratio, f(t1, y1) or None)``, or
   ``StepFailed`` when the step could not even be computed (Newton did not converge);
 * ``after_failure(t0, h, forced, smallest, failure)`` — the step size to retry with, or raise;
-* ``next_slope(t1, y1, stages, f1, jumped, direction)`` — ``f(t1, y1)`` for the next step (FSAL, a jump);
-* ``accepted()`` — bookkeeping after an accepted step (a Jacobian to refresh).
+* ``next_slope(t1, y1, stages, f1, jumped, direction)`` — after an accepted step: ``f(t1, y1)`` for the next
+  one (FSAL, a jump), and the method's own bookkeeping (a Jacobian to refresh).
 
 Times in the loop are ``tau = direction·t`` (increasing) and Python floats: one number per step.
 """
 
 from __future__ import annotations
 
-import abc
 import bisect
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -113,12 +114,13 @@ class AbstractAdaptiveSolver(AbstractSolver):
     def first_evaluation(self, t0: float, y: torch.Tensor) -> torch.Tensor:
         return self.evaluate(t0, y)
 
-    def begin(self, y: torch.Tensor, f: torch.Tensor, grad: bool) -> None:
-        """Per-solve state, before the first attempt."""
+    def begin(self, y: torch.Tensor, f: torch.Tensor, grad: bool) -> tuple[Callable, Callable]:
+        """Per-solve state, before the first attempt; the ``(attempt, next_slope)`` this solve uses."""
+        return self.attempt, self.next_slope
 
-    @abc.abstractmethod
     def attempt(self, t0: float, dt: float, t1: float, h: float, y: torch.Tensor, f: torch.Tensor, grad: bool, nudge_end: bool):
         """One attempted step ``t0 → t1`` (``dt = t1 - t0``, ``h = |dt|``): ``(y1, stages [s, n], error ratio, f(t1, y1) or None)``."""
+        raise NotImplementedError(f"{type(self).__name__} attempts no step: define attempt(), or return one from begin().")
 
     def after_failure(self, t0: float, h: float, forced: bool, smallest: float, failure: StepFailed) -> float:
         """The step size to retry a failed attempt with (raise to give up)."""
@@ -127,13 +129,10 @@ class AbstractAdaptiveSolver(AbstractSolver):
         return h / 2
 
     def next_slope(self, t1: float, y1: torch.Tensor, stages: torch.Tensor, f1: torch.Tensor | None, jumped: bool, direction: float) -> torch.Tensor:
-        """``f(t1, y1)`` for the next step: ``f1`` when the attempt computed it; past a jump, from the next step's side."""
+        """After an accepted step, ``f(t1, y1)`` for the next: ``f1`` when the attempt computed it; past a jump, from the next step's side."""
         if jumped:
             return self.evaluate(nudge(t1, t1 + direction, self.time_dtype), y1)
         return f1 if f1 is not None else self.evaluate(t1, y1)
-
-    def accepted(self) -> None:
-        """Bookkeeping after an accepted step."""
 
     # -- the loop -----------------------------------------------------------------------------------
 
@@ -163,7 +162,7 @@ class AbstractAdaptiveSolver(AbstractSolver):
         landing = self.lands_on_last_time and end is not None
         keep_step_ratio = self.keep_step_ratio
         callback_step, callback_accept, callback_reject = self.callback_step, self.callback_accept_step, self.callback_reject_step
-        self.begin(y, f, grad)
+        attempt, next_slope = self.begin(y, f, grad)
         self.previous_rejected = True
         while True:
             h = min(max(h, min_step), max_step)
@@ -176,10 +175,12 @@ class AbstractAdaptiveSolver(AbstractSolver):
                 if h >= remaining or (1.01 * h > remaining and remaining <= max_step):
                     h, landed = remaining, True
             t0 = direction * tau
-            # Below ~10 ulps of t a step makes no progress the error estimate can see.
-            smallest = max(min_step, 10 * (math.nextafter(abs(tau), math.inf) - abs(tau)))
-            if h < smallest and not landed:
-                raise StepSizeTooSmall(t0, h, smallest)
+            # Below ~10 ulps of t a step makes no progress the error estimate can see (10 ulps < 2.3e-15·|t|).
+            smallest = min_step
+            if h < 2.3e-15 * abs(tau) or h <= min_step:
+                smallest = max(min_step, 10 * (math.nextafter(abs(tau), math.inf) - abs(tau)))
+                if h < smallest and not landed:
+                    raise StepSizeTooSmall(t0, h, smallest)
             if callback_step is not None:
                 callback_step(self.time(t0), y.view(self.shape), self.time(h))
             self.steps_since_output += 1
@@ -195,19 +196,26 @@ class AbstractAdaptiveSolver(AbstractSolver):
                 h = tau1 - tau
             dt, t1 = direction * h, direction * tau1
             try:
-                y1, stages, ratio, f1 = self.attempt(t0, dt, t1, h, y, f, grad, has_jumps)
+                y1, stages, ratio, f1 = attempt(t0, dt, t1, h, y, f, grad, has_jumps)
             except StepFailed as failure:
                 self.steps_rejected += 1
                 self.previous_rejected = True
                 if callback_reject is not None:
                     callback_reject(self.time(t0), y.view(self.shape), self.time(h))
+                smallest = max(min_step, 10 * (math.nextafter(abs(tau), math.inf) - abs(tau)))
                 h = self.after_failure(t0, h, forced, smallest, failure)
                 continue
-            finite = math.isfinite(ratio) or bool(torch.isfinite(y1.detach()).all())
-            if not finite and forced:
-                raise NonFiniteState(t0)
-            accept = finite and (ratio <= 1 or forced)
-            proposal = controller.propose(h, ratio if math.isfinite(ratio) else math.nan, accept)
+            if math.isfinite(ratio):
+                accept = ratio <= 1 or forced
+            else:
+                if not bool(torch.isfinite(y1.detach()).all()):
+                    if forced:
+                        raise NonFiniteState(t0)
+                    accept = False
+                else:
+                    accept = forced
+                ratio = math.nan
+            proposal = controller.propose(h, ratio, accept)
             if not accept:
                 self.steps_rejected += 1
                 self.previous_rejected = True
@@ -224,9 +232,8 @@ class AbstractAdaptiveSolver(AbstractSolver):
                 next_step += 1
             if on_jump and next_jump != len(jump_taus) - 1:
                 next_jump += 1
-            f = self.next_slope(t1, y1, stages, f1, on_jump, direction)
+            f = next_slope(t1, y1, stages, f1, on_jump, direction)
             tau, y = tau1, y1
-            self.accepted()
             h = h if 1.0 <= proposal / h <= keep_step_ratio else proposal
 
     def _needs_graph(self, y: torch.Tensor, f: torch.Tensor) -> bool:

@@ -239,9 +239,10 @@ class AbstractAdaptiveImplicit(AbstractAdaptiveSolver):
             raise NonFiniteState(t0, "derivative f(t0, y0)")
         return f
 
-    def begin(self, y: torch.Tensor, f: torch.Tensor, grad: bool) -> None:
+    def begin(self, y: torch.Tensor, f: torch.Tensor, grad: bool):
         self._jac, self._jac_fresh, self._jac_wanted = None, False, True
         self._matrix, self._matrix_h, self._theta = None, None, 0.0
+        return super().begin(y, f, grad)
 
     def attempt(self, t0: float, dt: float, t1: float, h: float, y: torch.Tensor, f: torch.Tensor, grad: bool, nudge_end: bool):
         if self._jac_wanted:
@@ -267,7 +268,8 @@ class AbstractAdaptiveImplicit(AbstractAdaptiveSolver):
             raise StepSizeTooSmall(t0, h / 2, smallest) from newton
         return h / 2
 
-    def accepted(self) -> None:
+    def next_slope(self, t1: float, y1: torch.Tensor, stages: torch.Tensor, f1: torch.Tensor | None, jumped: bool, direction: float) -> torch.Tensor:
         self._jac_fresh = False
         if self._theta > SLOW_CONTRACTION:
-            self._jac_wanted = True
+            self._jac_wanted = True  # the last solve contracted slowly: a Jacobian taken where the next step starts
+        return super().next_slope(t1, y1, stages, f1, jumped, direction)

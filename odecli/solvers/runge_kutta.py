@@ -214,70 +214,75 @@ class AbstractAdaptiveRungeKutta(AbstractAdaptiveSolver, AbstractRungeKutta):
     def first_evaluation(self, t0: float, y: torch.Tensor) -> torch.Tensor:
         return self._eval_first(t0, y)
 
-    def begin(self, y: torch.Tensor, f: torch.Tensor, grad: bool) -> None:
-        """The error estimate's constants, and the fast path's stage buffer with ``f`` as its first stage."""
-        rtol, atol, norm = self.rtol, self.atol, self.norm
+    def begin(self, y: torch.Tensor, f: torch.Tensor, grad: bool):
+        """This solve's ``attempt`` and ``next_slope``, as closures over its constants (the loop calls them per step).
+
+        They hold the error estimate's constants, the fast path's stage buffer (``f`` as its first stage) and
+        ``|y|`` of the step's start, so that a step costs no attribute lookups and no tensor indexing.
+        """
+        rtol, atol, norm, n = self.rtol, self.atol, self.norm, self.n
         fast_norm = norm is None
-        inv_sqrt_n = 1.0 / math.sqrt(self.n) if self.n else 0.0
+        inv_sqrt_n = 1.0 / math.sqrt(n) if n else 0.0
         # The cheapest error estimate needs scalar tolerances, rtol > 0 and an absolutely homogeneous
         # norm (the RMS, or one that says so, like the adjoint's), so that h/rtol can come out of it.
         homogeneous = fast_norm or getattr(norm, "homogeneous", False)
-        scaled_rtol = homogeneous and isinstance(rtol, float) and isinstance(atol, float) and rtol > 0 and self.n > 0
+        scaled_rtol = homogeneous and isinstance(rtol, float) and isinstance(atol, float) and rtol > 0 and n > 0
         atol_over_rtol, norm_scale = (atol / rtol, (inv_sqrt_n if fast_norm else 1.0) / rtol) if scaled_rtol else (None, None)
         # The step-size control never joins the graph; without a graph there is nothing to switch off.
         no_graph = torch.no_grad if grad else contextlib.nullcontext
-        self._estimate = (scaled_rtol, atol_over_rtol, norm_scale, fast_norm, inv_sqrt_n, no_graph)
-        self.stage_buffers = None if grad else self._buffers()
-        if self.stage_buffers is not None:
-            self.stage_buffers[0][0].copy_(f)
-        self._abs_y = self._abs_y1 = y.detach().abs()
+        fsal, carries = self.fsal, self.tableau.carries_last_stage  # derived by the tableau: read once
+        b, b_error = self.coefficients.b, self.coefficients.b_error
+        stages_with_graph, stages_in_place, evaluate_next = self.stages, self._stages_in_place, super().next_slope
+        buffers = None if grad else self._buffers()
+        first_row = last_row = None
+        if buffers is not None:
+            first_row, last_row = buffers[0][0], buffers[0][-1]
+            first_row.copy_(f)
+        abs_y = abs_y1 = y.detach().abs()
 
-    def attempt(self, t0: float, dt: float, t1: float, h: float, y: torch.Tensor, f: torch.Tensor, grad: bool, nudge_end: bool):
-        scaled_rtol, atol_over_rtol, norm_scale, fast_norm, inv_sqrt_n, no_graph = self._estimate
-        if grad:
-            y_last, stages = self.stages(t0, dt, t1, y, f, nudge_end)
-        else:
-            y_last, stages = self._stages_in_place(t0, dt, t1, y, self.stage_buffers, nudge_end)
-        y1 = y_last if self.fsal else torch.addmv(y, stages.T, self.coefficients.b, alpha=dt)
-        b_error, abs_y = self.coefficients.b_error, self._abs_y
-        if scaled_rtol:
-            # norm((h·e) / (atol + rtol·max|y|)) as h/rtol · norm(e / (atol/rtol + max|y|)): ~7 small ops.
-            with no_graph():
-                error = torch.mv(stages.T, b_error)
-                abs_y1 = y1.abs()
-                tolerance = torch.maximum(abs_y, abs_y1).add_(atol_over_rtol)
-                error.div_(tolerance)
-                ratio = (torch.linalg.vector_norm(error).item() if fast_norm else float(self.norm(error))) * (h * norm_scale)
-        else:
-            with torch.no_grad():
-                error = torch.mv(stages.detach().T, b_error)
-                abs_y1 = y1.detach().abs()
-                tolerance = torch.maximum(abs_y, abs_y1)
-                tolerance.mul_(self.rtol).add_(self.atol)
-                error.div_(tolerance)
-                if fast_norm:
-                    ratio = h * torch.linalg.vector_norm(error).item() * inv_sqrt_n
-                else:
-                    ratio = float(self.norm(error.mul_(h)))
-        if not math.isfinite(ratio) and not (bool(torch.isfinite(y1).all()) and bool(torch.isfinite(stages).all())):
-            raise NonFiniteState(t0)
-        self._abs_y1 = abs_y1
-        return y1, stages, ratio, None
+        def attempt(t0: float, dt: float, t1: float, h: float, y: torch.Tensor, f: torch.Tensor, grad: bool, nudge_end: bool):
+            nonlocal abs_y1
+            if buffers is None:
+                y_last, stages = stages_with_graph(t0, dt, t1, y, f, nudge_end)
+            else:
+                y_last, stages = stages_in_place(t0, dt, t1, y, buffers, nudge_end)
+            y1 = y_last if fsal else torch.addmv(y, stages.T, b, alpha=dt)
+            if scaled_rtol:
+                # norm((h·e) / (atol + rtol·max|y|)) as h/rtol · norm(e / (atol/rtol + max|y|)): ~7 small ops.
+                with no_graph():
+                    error = torch.mv(stages.T, b_error)
+                    abs_y1 = y1.abs()
+                    tolerance = torch.maximum(abs_y, abs_y1).add_(atol_over_rtol)
+                    error.div_(tolerance)
+                    ratio = (torch.linalg.vector_norm(error).item() if fast_norm else float(norm(error))) * (h * norm_scale)
+            else:
+                with torch.no_grad():
+                    error = torch.mv(stages.detach().T, b_error)
+                    abs_y1 = y1.detach().abs()
+                    tolerance = torch.maximum(abs_y, abs_y1)
+                    tolerance.mul_(rtol).add_(atol)
+                    error.div_(tolerance)
+                    ratio = h * torch.linalg.vector_norm(error).item() * inv_sqrt_n if fast_norm else float(norm(error.mul_(h)))
+            if not math.isfinite(ratio) and not (bool(torch.isfinite(y1).all()) and bool(torch.isfinite(stages).all())):
+                raise NonFiniteState(t0)
+            return y1, stages, ratio, None
 
-    def next_slope(self, t1: float, y1: torch.Tensor, stages: torch.Tensor, f1: torch.Tensor | None, jumped: bool, direction: float) -> torch.Tensor:
-        buffers = self.stage_buffers
-        if jumped or not self.tableau.carries_last_stage:
-            f = super().next_slope(t1, y1, stages, f1, jumped, direction)
-            if buffers is not None:
-                buffers[0][0].copy_(f)
-            return f
-        if buffers is None:
-            return stages[-1]
-        buffers[0][0].copy_(buffers[0][-1])  # FSAL: the last stage is the next step's first, in place
-        return buffers[0][0]
+        def next_slope(t1: float, y1: torch.Tensor, stages: torch.Tensor, f1, jumped: bool, direction: float) -> torch.Tensor:
+            nonlocal abs_y
+            abs_y = abs_y1
+            if jumped or not carries:
+                f = evaluate_next(t1, y1, stages, f1, jumped, direction)
+                if first_row is not None:
+                    first_row.copy_(f)
+                return f
+            if first_row is None:
+                return stages[-1]
+            return first_row.copy_(last_row)  # FSAL: the last stage is the next step's first, in place
 
-    def accepted(self) -> None:
-        self._abs_y = self._abs_y1
+        return attempt, next_slope
+
+    def attempt(self, t0, dt, t1, h, y, f, grad, nudge_end):
+        raise NotImplementedError("explicit Runge-Kutta steps are attempted through the closures begin() returns")
 
 
 # --------------------------------------------------------------------------------------------
