@@ -8,8 +8,8 @@ import torch
 
 from odecli import odeint, odeint_adjoint, track_stats
 from odecli.solvers.controllers import SegmentedRMS, mixed_rms_norm
-from odecli.solvers.interpolation import DenseOutputs
 from odecli.solvers.fixed_grid import consecutive_pairs
+from odecli.solvers.interpolation import DenseOutputs
 from odecli.solvers.tableau import DOPRI5, tableau_tensors
 
 SPIRAL_A = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=torch.float64)
