@@ -29,7 +29,7 @@ from torch import nn
 from odecli.registry import SOLVERS
 from odecli.solvers import stats
 from odecli.solvers.base import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES
-from odecli.solvers.controllers import PartsRMS, SegmentedRMS, mixed_rms_norm, rms_norm
+from odecli.solvers.controllers import SegmentedRMS, mixed_rms_norm, rms_norm
 from odecli.solvers.errors import InvalidInputError
 from odecli.solvers.odeint import odeint
 from odecli.solvers.problem import DEFAULT_METHOD, StateLayout, find_parameters
@@ -196,7 +196,7 @@ def _adjoint_norm(setup, n: int, param_sizes: list[int]) -> Callable[[torch.Tens
     def split(aug: torch.Tensor):
         return _split_augmented(aug, n, param_sizes, setup.param_shapes)
 
-    if setup.adjoint_norm in ("default", "seminorm") and (state_norm is rms_norm or isinstance(state_norm, PartsRMS)):
+    if setup.adjoint_norm in ("default", "seminorm") and (state_norm is rms_norm or isinstance(state_norm, SegmentedRMS)):
         # Every piece is an RMS: |t_adj|, then y's and a's (per tuple part), then each a_param.
         parts = structure.sizes if structure.is_tuple else [n]
         if setup.adjoint_norm == "seminorm":
@@ -234,7 +234,7 @@ def _state_norm(structure: StateLayout, forward_norm: Callable | None) -> Callab
     if forward_norm is not None:
         return lambda flat: forward_norm(structure.unflatten(flat))
     if structure.is_tuple:
-        return PartsRMS(structure.sizes)
+        return SegmentedRMS(structure.sizes)
     return rms_norm
 
 

@@ -83,16 +83,6 @@ def mixed_rms_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([rms_norm(t) for t in tensors]).max() if tensors else torch.zeros(())
 
 
-class PartsRMS:
-    """``mixed_rms_norm`` over consecutive parts of the given sizes of a flat tensor (a flattened tuple state)."""
-
-    def __init__(self, sizes: Sequence[int]):
-        self.sizes = list(sizes)
-
-    def __call__(self, flat: torch.Tensor) -> torch.Tensor:
-        return mixed_rms_norm(torch.split(flat, self.sizes))
-
-
 class SegmentedRMS:
     """The largest RMS over consecutive pieces of a flat tensor (torchdiffeq's mixed norm), in ~6 ops.
 

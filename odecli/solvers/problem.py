@@ -22,7 +22,7 @@ from torch import nn
 from odecli.errors import closest
 from odecli.registry import SOLVERS, UnknownNameError
 from odecli.solvers.base import CALLBACK_NAMES, output_dtype_accepted
-from odecli.solvers.controllers import PartsRMS
+from odecli.solvers.controllers import SegmentedRMS
 from odecli.solvers.errors import FuncOutputMismatch, InvalidInputError, InvalidTimeGrid, UnknownMethod, UnknownOption
 
 DEFAULT_METHOD = "dopri5"
@@ -222,7 +222,7 @@ def shape_norm_option(options: dict[str, Any], cls: type, layout: StateLayout) -
     if callable(user_norm) and (layout.is_tuple or len(layout.shapes[0]) != 1):
         options["norm"] = lambda flat, _norm=user_norm: _norm(layout.unflatten(flat))
     elif layout.is_tuple and user_norm is None and "norm" in getattr(cls, "options", ()):
-        options["norm"] = PartsRMS(layout.sizes)
+        options["norm"] = SegmentedRMS(layout.sizes)
 
 
 # --------------------------------------------------------------------------------------------
