@@ -111,14 +111,19 @@ def _run_task(task: str, overrides: list[str] | None, multirun: bool, debug: boo
     overrides = list(overrides or [])
 
     def action() -> tuple[Path, bool] | None:
-        from odecli import hydra_bridge
-        from odecli.errors import TaskNotAvailable
+        from odecli import hydra_bridge, torchrun
+        from odecli.errors import ConfigError, TaskNotAvailable
         from odecli.registry import TASKS
 
         _load_plugins(overrides)
         if task not in TASKS or task not in hydra_bridge.primary_configs():
             available = ", ".join(t for t in TASKS.names() if t in hydra_bridge.primary_configs())
             raise TaskNotAvailable(f"`odecli {task}` is not available yet: the {task} task has not been built in this version. Available: {available}.")
+        if torchrun.requested(overrides):
+            if multirun:
+                raise ConfigError("distributed.nproc_per_node / nnodes > 1 trains one run on several processes; run it without -m (one run at a time).")
+            torchrun.run(task, overrides)
+            return
         with hydra_bridge.prepare(task, overrides, multirun=multirun) as launch:
             hydra_bridge.start(launch)
         return launch.directory, launch.multirun

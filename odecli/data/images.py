@@ -140,7 +140,10 @@ def _crop(padded: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch
 class EpochBatches:
     """Shuffled mini-batches of a split: epoch ``e``'s order depends only on ``seed`` and ``e``."""
 
-    def __init__(self, split: Split, batch_size: int, *, seed: int, crop_padding: int = 0, drop_last: bool = False):
+    def __init__(self, split: Split, batch_size: int, *, seed: int, crop_padding: int = 0, drop_last: bool = False,
+                 sampler: Any = None, augment_seed: int | None = None):  # fmt: skip
+        """``sampler``: a ``DistributedSampler`` over ``range(len(split))`` when several processes share the epoch
+        (each then batches its own share); ``augment_seed`` (default ``seed + 1``) seeds the random crops."""
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be a positive integer, got {batch_size}.")
         self.split = split
@@ -148,15 +151,20 @@ class EpochBatches:
         self.seed = seed
         self.crop_padding = int(crop_padding)
         self.drop_last = drop_last
-        self.augment_generator = torch.Generator().manual_seed(seed + 1)
+        self.sampler = sampler
+        self.augment_generator = torch.Generator().manual_seed(seed + 1 if augment_seed is None else augment_seed)
 
     def __len__(self) -> int:
-        n = len(self.split)
+        n = len(self.split) if self.sampler is None else len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``start``, ``start + 1``, ... of ``epoch`` (0-based) as uint8 images and labels."""
-        order = torch.randperm(len(self.split), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        if self.sampler is None:
+            order = torch.randperm(len(self.split), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        else:
+            self.sampler.set_epoch(epoch)
+            order = torch.tensor(list(self.sampler), dtype=torch.long)
         for b in range(start, len(self)):
             index = order[b * self.batch_size : (b + 1) * self.batch_size]
             images = self.split.images[index]

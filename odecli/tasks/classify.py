@@ -39,6 +39,8 @@ from odecli.tasks.common import (
     prepare,
     print_metrics_table,
 )
+from odecli.tasks.distributed import check_settings as check_distributed
+from odecli.tasks.distributed import rank_scalars, world
 from odecli.tasks.loop import TrainingLoop
 from odecli.tracking import Run
 
@@ -154,27 +156,38 @@ def check_config(cfg: DictConfig) -> None:
     """Everything classify can refuse before it starts, its data files included; run before a run directory exists."""
     check_shared_settings(cfg, solver_config(cfg))
     _validate(cfg)
+    check_distributed(cfg, batch_keys=["data.batch_size"])
     build(cfg)  # the model settings it takes and RK-Net's solver rules; the classifier is small (default: 3 ms to build)
     check_mnist(**mnist_source(cfg.data))  # what the loader would refuse without the network
 
 
 @TASKS.register("classify", validate=check_config)
 def classify(cfg: DictConfig, run: Run) -> dict[str, Any]:
-    """Train one classifier on MNIST; return test accuracy, parameters, NFE and timings."""
-    device = prepare(cfg)
+    """Train one classifier on MNIST; return test accuracy, parameters, NFE and timings.
+
+    On several processes (``distributed.nproc_per_node``) each trains on its share of every batch of
+    ``data.batch_size`` under DDP; rank 0 evaluates and writes everything, and returns the metrics.
+    """
+    ranks = world(cfg)
+    device = ranks.device(prepare(cfg))
     _validate(cfg)
     mnist, splits = load_data(cfg, run)
     model, solver = build(cfg)
     model = model.to(device)
+    trained = ranks.wrap(model)  # DDP over several processes; evaluation and checkpoints use the model itself
     params = count_parameters(model)
     model_name = MODELS.canonical(str(cfg.model.name))
     solver_text = "" if solver is None else f", {solver['method']}" + (f" step {solver['step_size']}" if solver.get("step_size") else f" tol {solver['rtol']:g}") + {True: " adjoint", "checkpoint": " checkpoint adjoint"}.get(solver.get("adjoint"), "")
     run.log(
         f"model [bold]{model_name}[/]: {params:,} parameters{solver_text} · data: {len(splits.train)} train, "
         f"{len(splits.val) if splits.val else 0} validation, {len(splits.test)} test ({mnist.source})"
+        + (f" · {ranks.size} processes (DDP), {int(cfg.data.batch_size) // ranks.size} images each per batch" if ranks.distributed else "")
     )
     optimizer = build_optimizer(cfg.optim, model.parameters())
-    batches = EpochBatches(splits.train, int(cfg.data.batch_size), seed=int(cfg.seed), crop_padding=int(cfg.data.random_crop))
+    batches = EpochBatches(
+        splits.train, int(cfg.data.batch_size) // ranks.size, seed=int(cfg.seed), crop_padding=int(cfg.data.random_crop),
+        sampler=ranks.sampler(len(splits.train), int(cfg.seed)), augment_seed=int(cfg.seed) + 1 + ranks.rank,
+    )  # fmt: skip
     normalize = Normalize(float(cfg.data.mean), float(cfg.data.std), device)
     eval_batch = int(cfg.data.eval_batch_size)
     steps_per_epoch = len(batches)
@@ -193,7 +206,7 @@ def classify(cfg: DictConfig, run: Run) -> dict[str, Any]:
                 f"resume: the checkpoint has {state['steps_per_epoch']} batches per epoch, this config {steps_per_epoch}; "
                 "keep data.batch_size, data.subset and data.val_size as they were."
             )
-        batches.load_state_dict(state["batches"])
+        batches.load_state_dict(_own_state(state["batches"], ranks))
         epoch_log = list(state["epoch_log"])
         nfe_trace = list(state.get("nfe_trace", []))
         start = int(state["step"])
@@ -201,7 +214,9 @@ def classify(cfg: DictConfig, run: Run) -> dict[str, Any]:
     run.resume_at(start + 1)  # the parameter count is a final metric (metrics.json, HParams), not a one-point chart among the curves
 
     def checkpoint(step: int) -> None:
-        checkpointer.save(step, batches=batches.state_dict(), epoch_log=epoch_log, nfe_trace=nfe_trace, steps_per_epoch=steps_per_epoch)
+        # several processes: each rank's crop generator, by rank (every rank calls this at the same step)
+        sampler_state = ranks.gather_objects(batches.state_dict()) if ranks.distributed else batches.state_dict()
+        checkpointer.save(step, batches=sampler_state, epoch_log=epoch_log, nfe_trace=nfe_trace, steps_per_epoch=steps_per_epoch)
 
     step = start
     loss_value = float("nan")
@@ -220,28 +235,29 @@ def classify(cfg: DictConfig, run: Run) -> dict[str, Any]:
                     x, y = normalize(images), labels.to(device)
                     optimizer.zero_grad(set_to_none=True)
                     with track_stats() as stats:
-                        loss = F.cross_entropy(model(x), y, label_smoothing=float(cfg.label_smoothing))
+                        loss = F.cross_entropy(trained(x), y, label_smoothing=float(cfg.label_smoothing))
                         loss_value = loop.check_loss(loss)
                         loss.backward()
                     loop.update(step, model.parameters(), optimizer, scheduler)
-                    history.add(stats)
-                    nfe_trace.append((step, stats.nfe_forward, stats.nfe_backward))
+                    nfe, per_rank = ranks.nfe(stats)
+                    history.add(nfe, per_rank)
+                    nfe_trace.append((step, nfe.nfe_forward, nfe.nfe_backward))
                     run.scalars(
-                        {"loss/train": loss_value, "nfe/forward": stats.nfe_forward, "nfe/backward": stats.nfe_backward,
-                         "time/step": time.perf_counter() - began, "charts/learning_rate": learning_rate},
+                        {"loss/train": loss_value, "nfe/forward": nfe.nfe_forward, "nfe/backward": nfe.nfe_backward,
+                         "time/step": time.perf_counter() - began, "charts/learning_rate": learning_rate, **rank_scalars(per_rank)},
                         step,
                     )  # fmt: skip
-                    progress.update(step, loss=loss_value, nfe_fwd=stats.nfe_forward, nfe_bwd=stats.nfe_backward, epoch=epoch + 1)
+                    progress.update(step, loss=loss_value, nfe_fwd=nfe.nfe_forward, nfe_bwd=nfe.nfe_backward, epoch=epoch + 1)
                     if cfg.checkpoint_every and step % int(cfg.checkpoint_every) == 0 and step % steps_per_epoch:
                         checkpoint(step)
             train_time = time.perf_counter() - epoch_started
             record: dict[str, float] = {"epoch": epoch + 1, "step": step, "time_epoch_s": train_time, "full_epoch": float(first == 0)}
             run.scalar("time/epoch", train_time, step)
-            if splits.val is not None:
+            if splits.val is not None and ranks.is_main:
                 val = evaluate(model, splits.val, normalize, eval_batch)
                 record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
                 run.scalars({"loss/val": val["loss"], "metrics/val_accuracy": val["accuracy"]}, step)
-            if epoch + 1 == epochs or (cfg.test_every and (epoch + 1) % int(cfg.test_every) == 0):
+            if ranks.is_main and (epoch + 1 == epochs or (cfg.test_every and (epoch + 1) % int(cfg.test_every) == 0)):
                 test = evaluate(model, splits.test, normalize, eval_batch)
                 record.update(test_loss=test["loss"], test_accuracy=test["accuracy"], nfe_forward_test=test["nfe_forward"])
                 run.scalars({"loss/test": test["loss"], "metrics/test_accuracy": test["accuracy"], "metrics/test_error": 1 - test["accuracy"]}, step)
@@ -249,6 +265,8 @@ def classify(cfg: DictConfig, run: Run) -> dict[str, Any]:
             run.log(_epoch_line(record, epochs))
             checkpoint(step)
 
+    if not ranks.is_main:  # rank 0 evaluates and reports
+        return {}
     if test is None:  # resumed after the last epoch had finished
         test = evaluate(model, splits.test, normalize, eval_batch)
     full_epochs = [r["time_epoch_s"] for r in epoch_log if r.get("full_epoch")]
@@ -265,6 +283,7 @@ def classify(cfg: DictConfig, run: Run) -> dict[str, Any]:
         "steps": step,
         "skipped_batches": loop.skipped,
         "time_per_epoch_s": sum(full_epochs) / len(full_epochs) if full_epochs else float("nan"),
+        "processes": ranks.size,
         "loss_train_last": loss_value,
         "model": model_name,
         "solver": "" if solver is None else str(solver["method"]),
@@ -277,6 +296,14 @@ def classify(cfg: DictConfig, run: Run) -> dict[str, Any]:
         _plot_nfe(run, nfe_trace, epoch_log, title=f"{model_name} · {solver['method']}", step=step)
     _print_summary(run, metrics)
     return metrics
+
+
+def _own_state(saved: Any, ranks: Any) -> Any:
+    """This rank's part of a checkpointed sampler state (by rank when several processes wrote it)."""
+    if isinstance(saved, list) != ranks.distributed or (ranks.distributed and len(saved) != ranks.size):
+        written = f"{len(saved)} processes" if isinstance(saved, list) else "one process"
+        raise ConfigError(f"resume: the checkpoint was written by {written}, this run has {ranks.size}; resume with the same distributed.nproc_per_node × nnodes.")
+    return saved[ranks.rank] if ranks.distributed else saved
 
 
 def _plot_nfe(run: Run, trace: list[tuple[int, int, int]], epoch_log: list[dict[str, float]], *, title: str, step: int) -> None:

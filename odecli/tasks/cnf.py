@@ -37,6 +37,8 @@ from odecli.tasks.common import (
     prepare,
     print_metrics_table,
 )
+from odecli.tasks.distributed import check_settings as check_distributed
+from odecli.tasks.distributed import rank_scalars, world
 from odecli.tasks.loop import TrainingLoop
 from odecli.tracking import Run
 
@@ -71,13 +73,19 @@ def check_config(cfg: DictConfig) -> None:
     """Everything cnf can refuse from its config alone; run before a run directory exists."""
     check_shared_settings(cfg, cfg.solver)
     _validate(cfg)
+    check_distributed(cfg, batch_keys=["batch_size"])
     build_model(cfg.model, dim=2)  # the model's own settings (widths, activation, ...): building it is cheap
 
 
 @TASKS.register("cnf", validate=check_config)
 def cnf(cfg: DictConfig, run: Run) -> dict[str, Any]:
-    """Train a CNF on ``data``; return test NLL, true entropy and gap (when known) and NFE."""
-    device = prepare(cfg)
+    """Train a CNF on ``data``; return test NLL, true entropy and gap (when known) and NFE.
+
+    On several processes every rank draws the same batch and trains on its rows of it under DDP, so the
+    run computes what one process would (up to the order of sums); rank 0 evaluates, plots and writes.
+    """
+    ranks = world(cfg)
+    device = ranks.device(prepare(cfg))
     _validate(cfg)
     seed = int(cfg.seed)
     matching = cfg.objective == "kl"
@@ -99,6 +107,7 @@ def cnf(cfg: DictConfig, run: Run) -> dict[str, Any]:
     scheduler = build_scheduler(cfg.get("scheduler"), optimizer)
     solve = make_solve(cfg.solver)
     t1 = float(cfg.t1)
+    train_terms = ranks.wrap(_TrainTerms(dynamics, field, solve, t1, matching))  # DDP over several processes
     data_generator = torch.Generator().manual_seed(seed + 2)
     noise_generator = torch.Generator().manual_seed(seed + 3)
     history = NFEHistory()
@@ -157,32 +166,37 @@ def cnf(cfg: DictConfig, run: Run) -> dict[str, Any]:
                 else:
                     x = density.sample(int(cfg.batch_size), data_generator).float().to(device)
                 dynamics.sample_noise(x, noise_generator)
+                x, dynamics.noise = ranks.part(x), None if dynamics.noise is None else ranks.part(dynamics.noise)  # this rank's rows
                 optimizer.zero_grad(set_to_none=True)
                 with track_stats() as stats:
                     if matching:
-                        samples, log_q, (kinetic, jacobian) = _sample_with_log_density(dynamics, field, solve, x, t1)
+                        samples, log_q, (kinetic, jacobian) = train_terms(x)
                         nll = (log_q + energy(samples)).mean()  # KL(q‖p) − log Z
                     else:
-                        log_p, (kinetic, jacobian) = _train_terms(dynamics, solve, x, t1)
+                        log_p, (kinetic, jacobian) = train_terms(x)
                         nll = -log_p.mean()
                     loss = nll + float(cfg.regularize.kinetic) * kinetic + float(cfg.regularize.jacobian) * jacobian
                     loss_value = loop.check_loss(loss)
                     loss.backward()
                 loop.update(iteration, field.parameters(), optimizer, scheduler)
-                history.add(stats)
-                scalars = {"loss/train": loss_value, ("loss/kl" if matching else "loss/nll"): nll.item(), "nfe/forward": stats.nfe_forward,
-                           "nfe/backward": stats.nfe_backward, "time/step": time.perf_counter() - began}  # fmt: skip
+                nfe, per_rank = ranks.nfe(stats)
+                history.add(nfe, per_rank)
+                nll_value = ranks.mean(nll.item())
+                scalars = {"loss/train": loss_value, ("loss/kl" if matching else "loss/nll"): nll_value, "nfe/forward": nfe.nfe_forward,
+                           "nfe/backward": nfe.nfe_backward, "time/step": time.perf_counter() - began, **rank_scalars(per_rank)}  # fmt: skip
                 if regularize:
                     scalars |= {"loss/kinetic": float(kinetic), "loss/jacobian": float(jacobian)}
                 run.scalars(scalars, iteration)
-                progress.update(iteration, **{"kl" if matching else "nll": nll.item()}, nfe_fwd=stats.nfe_forward, nfe_bwd=stats.nfe_backward)
-                if iteration % cfg.eval_every == 0 and iteration < iters:
+                progress.update(iteration, **{"kl" if matching else "nll": nll_value}, nfe_fwd=nfe.nfe_forward, nfe_bwd=nfe.nfe_backward)
+                if ranks.is_main and iteration % cfg.eval_every == 0 and iteration < iters:
                     evaluate(iteration)
-                if cfg.plot_every > 0 and iteration % cfg.plot_every == 0 and iteration < iters:
+                if ranks.is_main and cfg.plot_every > 0 and iteration % cfg.plot_every == 0 and iteration < iters:
                     plot(iteration)
             if iteration % cfg.checkpoint_every == 0 or iteration == iters:
                 checkpoint(iteration)
 
+    if not ranks.is_main:  # rank 0 evaluates and reports
+        return {}
     final = evaluate(iters)
     plot(iters)
     metrics: dict[str, Any] = {
@@ -197,11 +211,27 @@ def cnf(cfg: DictConfig, run: Run) -> dict[str, Any]:
         "model": str(cfg.model.name),
         "trace": str(cfg.trace),
         "solver": str(cfg.solver.method),
+        "processes": ranks.size,
     }
     if entropy is not None:
         metrics |= {"true_entropy": entropy, "true_entropy_stderr": entropy_error}
     _print_summary(run, metrics)
     return metrics
+
+
+class _TrainTerms(torch.nn.Module):
+    """One training solve as a module, so DistributedDataParallel can wrap it: ``(log p(x), regularisers)``
+    for maximum likelihood, ``(x, log q(x), regularisers)`` from base samples for density matching."""
+
+    def __init__(self, dynamics: CNFDynamics, field: Any, solve: Any, t1: float, matching: bool):
+        super().__init__()
+        self.dynamics, self.field = dynamics, field
+        self.solve, self.t1, self.matching = solve, t1, matching
+
+    def forward(self, x: torch.Tensor) -> Any:
+        if self.matching:
+            return _sample_with_log_density(self.dynamics, self.field, self.solve, x, self.t1)
+        return _train_terms(self.dynamics, self.solve, x, self.t1)
 
 
 def _train_terms(dynamics: CNFDynamics, solve: Any, x: torch.Tensor, t1: float) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:

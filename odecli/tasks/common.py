@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,7 @@ from odecli.errors import ConfigError, RunFailed
 from odecli.solvers.errors import GridTooLarge, MaxStepsExceeded, StepSizeTooSmall
 from odecli.solvers.grid import check_grid_size
 from odecli.solvers.problem import resolve_method
+from odecli.tasks.distributed import world
 
 Solve = Callable[[Callable, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -280,21 +281,31 @@ class NFEHistory:
         self.backward = 0
         self.last_forward = 0
         self.last_backward = 0
+        self.per_rank: list[list[float]] = []  # [forward, backward] sums of each process (several processes only)
 
-    def add(self, stats: Any) -> None:
+    def add(self, stats: Any, per_rank: Sequence[Sequence[float]] | None = None) -> None:
+        """One iteration's counts; ``per_rank`` ([forward, backward] of each process, several processes
+        only): the history then keeps each rank's sums, and ``stats`` is their mean over the ranks."""
         self.iterations += 1
         self.forward += stats.nfe_forward
         self.backward += stats.nfe_backward
         self.last_forward, self.last_backward = stats.nfe_forward, stats.nfe_backward
+        if per_rank is not None:
+            sums = self.per_rank or [[0.0, 0.0] for _ in per_rank]
+            self.per_rank = [[s[0] + r[0], s[1] + r[1]] for s, r in zip(sums, per_rank, strict=True)]
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, Any]:
         n = max(self.iterations, 1)
-        return {
+        summary: dict[str, Any] = {
             "nfe_forward": self.forward / n,
             "nfe_backward": self.backward / n,
             "nfe_forward_last": self.last_forward,
             "nfe_backward_last": self.last_backward,
         }
+        if self.per_rank:
+            summary["nfe_forward_per_rank"] = [s[0] / n for s in self.per_rank]
+            summary["nfe_backward_per_rank"] = [s[1] / n for s in self.per_rank]
+        return summary
 
     def state_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -337,6 +348,9 @@ class Checkpointer:
         self.model, self.optimizer, self.history, self.scheduler = model, optimizer, history, scheduler
 
     def save(self, step: int, **extra: Any) -> None:
+        """Rank 0 writes the checkpoint (several processes: every rank calls this at the same step)."""
+        if not world().is_main:
+            return
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -352,7 +366,8 @@ class Checkpointer:
         """With ``resume=true``: restore the newest readable checkpoint and return it (extras included)."""
         if not self.cfg.resume:
             return None
-        state = self.run.load_latest_checkpoint()
+        ranks = world()
+        state = ranks.from_main(self.run.load_latest_checkpoint() if ranks.is_main else None)  # rank 0 reads, the others receive
         if state is None:
             self.run.log(f"[yellow]resume:[/] no checkpoint in {self.run.checkpoints_dir}; starting from the beginning")
             return None

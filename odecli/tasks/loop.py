@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from odecli.errors import ConfigError
 from odecli.solvers.errors import MaxStepsExceeded, NonFiniteState, StepSizeTooSmall
 from odecli.tasks.common import SolverGaveUp, TrainingDiverged
+from odecli.tasks.distributed import world
 
 NONFINITE_POLICIES = ("stop", "skip")
 MAX_CONSECUTIVE_SKIPS = 10
@@ -105,8 +106,8 @@ class TrainingLoop:
             self._consecutive_skips = 0
 
     def check_loss(self, loss: torch.Tensor) -> float:
-        """The loss as a float; raises ``NonFiniteLoss`` (handled by ``iteration``) when it is NaN or Inf."""
-        value = loss.item()
+        """The loss as a float (several processes: its mean over the ranks); raises ``NonFiniteLoss`` (handled by ``iteration``) when it is NaN or Inf."""
+        value = world().mean(loss.item())  # several processes: the mean over ranks, so all of them stop (or go on) together
         if not math.isfinite(value):
             raise NonFiniteLoss(value)
         return value
@@ -136,6 +137,9 @@ class TrainingLoop:
         return [sampler.state_dict() for sampler in self.samplers]
 
     def _checkpoint_interrupted(self) -> None:
+        if world().distributed:  # the ranks stop at different points: the last periodic checkpoint is the one they agree on
+            self.run.log(f"[yellow]interrupted:[/] continue from the last checkpoint with resume=true hydra.run.dir={self.run.dir}")
+            return
         for sampler, state in zip(self.samplers, self._after_completed, strict=True):
             sampler.load_state_dict(state)
         if self.completed > self.start and not self.run.checkpoint_path(self.completed).exists():
