@@ -103,20 +103,31 @@ def test_classify_on_two_processes_writes_one_run_and_matches_one_process(tiny_m
 DIFFERENT_NFE = '''
 import json, sys, torch
 import torch.distributed as dist
-from odecli.solvers import odeint, track_stats
+import odecli.solvers
+from odecli.solvers import track_stats
 from odecli.tasks.distributed import world
+
+solve = getattr(odecli.solvers, sys.argv[1])  # odeint, odeint_adjoint or odeint_checkpoint
 
 dist.init_process_group("gloo")
 ranks = world()
 torch.manual_seed(0)
-field = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+
+class Field(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+    def forward(self, t, y):
+        return self.net(y)
+
+field = Field()
 
 class Solve(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.field = field
     def forward(self, y0, t1):
-        return odeint(lambda t, y: self.field(y), y0, torch.tensor([0.0, t1]), rtol=1e-6, atol=1e-6, method="dopri5")[-1]
+        return solve(self.field, y0, torch.tensor([0.0, t1]), rtol=1e-6, atol=1e-6, method="dopri5")[-1]
 
 model = ranks.wrap(Solve())
 optimizer = torch.optim.SGD(field.parameters(), lr=0.01)
@@ -138,15 +149,17 @@ dist.destroy_process_group()
 '''
 
 
-def test_ranks_whose_solves_take_different_steps_stay_in_step(tmp_path: Path) -> None:
-    """DDP syncs gradients only; an adaptive solver that takes more steps on one rank must neither hang nor desynchronise."""
+@pytest.mark.parametrize("front_end", ["odeint", "odeint_adjoint", pytest.param("odeint_checkpoint", marks=pytest.mark.slow)])
+def test_ranks_whose_solves_take_different_steps_stay_in_step(front_end: str, tmp_path: Path) -> None:
+    """DDP syncs gradients only; an adaptive solver that takes more steps on one rank must neither hang nor desynchronise
+    (direct backprop, the continuous adjoint's backward solve, the checkpointed steps' recomputation)."""
     from odecli.torchrun import free_port
 
     script = tmp_path / "different_nfe.py"
     script.write_text(DIFFERENT_NFE)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--rdzv-backend=static", "--master-addr=127.0.0.1",
-                f"--master-port={free_port()}", "--local-addr=127.0.0.1", "--max-restarts=0", str(script)]  # fmt: skip
+                f"--master-port={free_port()}", "--local-addr=127.0.0.1", "--max-restarts=0", str(script), front_end]  # fmt: skip
     done = subprocess.run(launcher, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
