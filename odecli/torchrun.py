@@ -33,6 +33,7 @@ from odecli.tracking import CHECKPOINT_PREFIX, METRICS_FILE, atomic_write_json
 
 RUN_DIR_ENV = "ODECLI_RUN_DIR"  # node 0's run directory, for its rank 0 (the launcher passes the environment on)
 LOOPBACK = "127.0.0.1"
+EXIT_INTERRUPTED = 130
 
 
 def requested(overrides: Sequence[str]) -> bool:
@@ -63,6 +64,7 @@ def run(config_name: str, overrides: Sequence[str]) -> dict[str, Any] | None:
 
 
 def _launch(cfg: DictConfig, config_name: str, overrides: list[str], directory: Path | None) -> dict[str, Any] | None:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args
     from torch.distributed.run import run as elastic_run
@@ -82,6 +84,10 @@ def _launch(cfg: DictConfig, config_name: str, overrides: list[str], directory: 
         elastic_run(parse_args(argv))
     except ChildFailedError as exc:
         raise RunFailed(_failure_message(exc, config_name, overrides, directory, processes(cfg))) from None
+    except SignalException as exc:  # Ctrl-C or a kill of the launcher: it has stopped the workers
+        if directory is not None:
+            _mark_failed(directory, config_name, f"the launcher received {exc.sigval.name}", status="interrupted")
+        raise KeyboardInterrupt from None
     if directory is None:
         return None
     return json.loads((directory / METRICS_FILE).read_text())
@@ -89,12 +95,18 @@ def _launch(cfg: DictConfig, config_name: str, overrides: list[str], directory: 
 
 def _failure_message(exc: Any, config_name: str, overrides: list[str], directory: Path | None, size: int) -> str:
     """Which rank ended the run and how, and where it can be resumed from."""
-    parts = []
-    for rank, failure in sorted(exc.failures.items()):
-        code = failure.exitcode
-        how = f"was killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() else f"exited with code {code}"
-        parts.append(f"rank {rank} (pid {failure.pid}) {how}")
-    text = "; ".join(parts) + f", so the launcher stopped all {size} processes."
+    # The cause is the earliest failure; the launcher times them to the second, so within a second a rank killed by a
+    # signal of its own comes before one that exited (a peer's lost connection), and both before the launcher's SIGTERM.
+    def order(item: tuple[int, Any]) -> tuple[int, int, int]:
+        rank, failure = item
+        stopped = failure.exitcode in (-signal.SIGTERM, -signal.SIGINT)
+        return failure.timestamp, 2 if stopped else 0 if failure.exitcode < 0 else 1, rank
+
+    (rank, cause), *others = sorted(exc.failures.items(), key=order)
+    text = f"rank {rank} (pid {cause.pid}) {_how(cause.exitcode)}, so the launcher stopped the run's other {size - 1} process(es)"
+    if others:
+        text += " (" + "; ".join(f"rank {r} {_how(f.exitcode)}" for r, f in others) + ")"
+    text += "."
     if directory is None:
         return text + " Node 0 holds the run directory and its checkpoints."
     _mark_failed(directory, config_name, text)
@@ -108,12 +120,16 @@ def _failure_message(exc: Any, config_name: str, overrides: list[str], directory
     )
 
 
-def _mark_failed(directory: Path, config_name: str, reason: str) -> None:
-    """Rank 0 killed before it could record the outcome: the launcher, which holds the directory, records it."""
+def _how(code: int) -> str:
+    return f"was killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() else f"exited with code {code}"
+
+
+def _mark_failed(directory: Path, config_name: str, reason: str, *, status: str = "failed") -> None:
+    """Rank 0 stopped before it could record the outcome: the launcher, which holds the directory, records it."""
     path = directory / METRICS_FILE
     if path.exists():
         return
-    atomic_write_json(path, {"status": "failed", "error": f"RunFailed: {reason}", "task": config_name, "run_dir": str(directory)})
+    atomic_write_json(path, {"status": status, "error": f"RunFailed: {reason}", "task": config_name, "run_dir": str(directory)})
 
 
 def worker(argv: Sequence[str]) -> int:
@@ -137,6 +153,14 @@ def worker(argv: Sequence[str]) -> int:
     except (UserError, RunFailed) as exc:
         print(f"rank {rank}: {exc}", file=sys.stderr, flush=True)
         return int(getattr(exc, "exit_code", 1))
+    except KeyboardInterrupt:  # Ctrl-C reaches every worker; the launcher reports it once
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # e.g. gloo's "Connection reset by peer" when another rank died: one line, not a traceback
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"rank {rank}: {type(exc).__name__}: {first}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -85,12 +85,14 @@ def check_settings(cfg: DictConfig, *, batch_keys: Sequence[str] = ()) -> None:
         raise ConfigError(f"distributed.nnodes={nnodes}: every machine needs node 0's address; add distributed.rdzv_endpoint=HOST:PORT (the same on all of them).")
     if node.backend not in BACKENDS:
         raise ConfigError(f"distributed.backend must be one of {', '.join(BACKENDS)}, got {node.backend!r}. Example: distributed.backend=gloo")
-    chosen = backend(cfg)
-    if chosen == "nccl":
-        if not torch.cuda.is_available() or str(cfg.device) == "cpu":
-            raise ConfigError("distributed.backend=nccl needs CUDA devices (and device=auto or cuda); on CPUs use distributed.backend=gloo.")
-        if nproc > torch.cuda.device_count():
-            raise ConfigError(f"distributed.nproc_per_node={nproc} but this machine has {torch.cuda.device_count()} CUDA device(s): one process per device.")
+    if backend(cfg) == "nccl" and (not torch.cuda.is_available() or str(cfg.device) == "cpu"):
+        raise ConfigError("distributed.backend=nccl needs CUDA devices (and device=auto or cuda); on CPUs use distributed.backend=gloo.")
+    uses_cuda = str(cfg.device).startswith("cuda") or (str(cfg.device) == "auto" and torch.cuda.is_available())
+    if uses_cuda and nproc > 1 and nproc > torch.cuda.device_count():
+        raise ConfigError(
+            f"distributed.nproc_per_node={nproc} but this machine has {torch.cuda.device_count()} CUDA device(s): one process per device "
+            f"(or device=cpu with distributed.backend=gloo)."
+        )
     size = nproc * nnodes
     if size == 1:
         return
