@@ -190,6 +190,13 @@ def test_bad_settings_are_refused_before_a_run_directory_exists(override: str, m
     assert not (tmp_path / "run").exists()
 
 
+def test_tasks_that_train_in_one_process_say_so() -> None:
+    from odecli import torchrun
+
+    with pytest.raises(ConfigError, match="odecli fit trains in one process"):
+        torchrun.run("fit", ["distributed.nproc_per_node=2"])
+
+
 def test_a_config_asking_for_processes_outside_the_launcher_is_refused(tmp_path: Path) -> None:
     cfg = hydra_bridge.compose("cnf", ["distributed.nproc_per_node=2"])
     from odecli.tasks.distributed import world
