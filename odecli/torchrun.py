@@ -71,7 +71,7 @@ def _launch(cfg: DictConfig, config_name: str, overrides: list[str], directory: 
 
     node = cfg.distributed
     host, port = endpoint(node) or (LOOPBACK, free_port())
-    if int(node.nnodes) == 1 and host in (LOOPBACK, "localhost"):
+    if host in (LOOPBACK, "localhost"):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's own connections stay on the loopback too
     if directory is not None:
         os.environ[RUN_DIR_ENV] = str(directory)

@@ -273,3 +273,20 @@ def test_classify_on_two_processes_resumes_where_it_stopped(tiny_mnist: tuple[Pa
     a, b = metrics_of(tmp_path / "whole"), metrics_of(tmp_path / "parts")
     assert (b["status"], b["steps"]) == ("completed", a["steps"])
     assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-6) and b["nfe_forward_per_rank"] == a["nfe_forward_per_rank"]
+
+
+@pytest.mark.slow
+def test_two_nodes_on_the_loopback_write_one_run(tiny_mnist: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """nnodes=2 as two machines would run it (here both on 127.0.0.1): node 0 writes the run, node 1 nothing."""
+    from odecli.torchrun import free_port
+
+    data_dir, env = tiny_mnist
+    env = {**env, "ODECLI_OUTPUT_DIR": str(tmp_path / "outputs")}
+    shared = ["classify", "model=mlp", "epochs=1", f"data.dir={data_dir}", *TINY, "distributed.nnodes=2", f"distributed.rdzv_endpoint=127.0.0.1:{free_port()}"]
+    nodes = [subprocess.Popen([sys.executable, "-m", "odecli.cli", *shared, f"distributed.node_rank={rank}", *([f"hydra.run.dir={tmp_path / 'run'}"] if rank == 0 else [])],
+                              env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]  # fmt: skip
+    results = [node.communicate(timeout=180) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], results
+    metrics = metrics_of(tmp_path / "run")
+    assert (metrics["status"], metrics["processes"]) == ("completed", 2)
+    assert not (tmp_path / "outputs").exists()  # node 1 created no run directory of its own
