@@ -232,10 +232,15 @@ def _quote_path_override(override: str) -> str:
 
 @app.command(epilog="Examples:  odecli report outputs/fit/multirun/2026-11-23/14-05-09")
 def report(
-    directory: Path = typer.Argument(..., help="A sweep directory (or any directory of runs)."),
+    directory: Path = typer.Argument(
+        None, help="A sweep directory (or any directory of runs); default: where runs go, $ODECLI_OUTPUT_DIR or ./outputs."
+    ),
     debug: bool = DebugOption,
 ) -> None:
     """Summarise every run under DIRECTORY (status, overrides, metrics); writes summary.csv and summary.json there."""
+
+    if directory is None:  # where paths.output_dir puts runs unless told otherwise
+        directory = Path(os.environ.get("ODECLI_OUTPUT_DIR", "outputs"))
 
     def action() -> None:
         from odecli.report import find_runs, rows, write_summary

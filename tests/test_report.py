@@ -74,3 +74,18 @@ def test_report_on_a_run_that_wrote_its_own_summary_keeps_it(tmp_path: Path) -> 
     assert result.exit_code == 0, result.output
     assert (root / "summary.csv").read_text() == "solver,tol\ndopri5,0.001\n"
     assert (root / "report.csv").exists()
+
+
+def test_report_defaults_to_the_output_directory(tmp_path: Path, monkeypatch) -> None:
+    # `odecli report` with no argument summarises where runs go: $ODECLI_OUTPUT_DIR, else ./outputs.
+    runs = tmp_path / "elsewhere"
+    (runs / "fit" / "a").mkdir(parents=True)
+    (runs / "fit" / "a" / "metrics.json").write_text(json.dumps({"status": "completed", "task": "fit", "val_mse": 0.5}))
+    monkeypatch.setenv("ODECLI_OUTPUT_DIR", str(runs))
+    result = CliRunner().invoke(app, ["report"])
+    assert result.exit_code == 0, result.output
+    assert "1 completed" in result.output and (runs / "summary.csv").exists()
+    monkeypatch.delenv("ODECLI_OUTPUT_DIR")
+    monkeypatch.chdir(tmp_path)
+    nothing = CliRunner().invoke(app, ["report"])
+    assert nothing.exit_code == 2 and "No such directory: outputs" in " ".join(nothing.output.split())
