@@ -165,7 +165,16 @@ def worker(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
+    import logging
+
     from odecli.registry import load_all
 
     load_all()
-    sys.exit(worker(sys.argv[1:]))
+    code = worker(sys.argv[1:])
+    # Leave without the interpreter's teardown: gloo's threads can outlive destroy_process_group, and tearing
+    # down beside them sometimes aborts (SIGABRT, "terminate called without an active exception") a run that
+    # had finished. Everything the run wrote is closed by now; flush what is buffered, then go.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -101,7 +101,7 @@ def test_classify_on_two_processes_writes_one_run_and_matches_one_process(tiny_m
 
 
 DIFFERENT_NFE = '''
-import json, sys, torch
+import json, os, sys, torch
 import torch.distributed as dist
 import odecli.solvers
 from odecli.solvers import track_stats
@@ -146,6 +146,8 @@ if ranks.is_main:
     print(json.dumps({"counts": counts, "weights": weights}))
 dist.barrier()
 dist.destroy_process_group()
+sys.stdout.flush()
+os._exit(0)  # as odecli's workers leave (odecli/torchrun.py): no interpreter teardown beside gloo's threads
 '''
 
 
