@@ -664,6 +664,11 @@ def _job(cfg: DictConfig) -> Any:
         if multirun:
             console.print(f"[red]job {hydra_cfg.job.num} failed:[/] {escape(str(exc))}")
         return JobFailure(exc)
+    except BaseException:
+        # Stopped from outside (SystemExit: a launcher cancelling the sweep, e.g. Ctrl-C on a Ray multirun):
+        # the run is resumable from its checkpoints, not failed.
+        status = "interrupted"
+        raise
     finally:
         metrics.update(status=status, wall_time_s=round(time.time() - started, 3), task=str(cfg.task), run_dir=str(run_dir))
         if status != "completed" and completed_before:

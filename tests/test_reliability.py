@@ -431,3 +431,26 @@ def test_every_task_registers_its_value_checks() -> None:
     load_all()
     for name in TASKS.names():
         assert callable(TASKS.entry(name).meta.get("validate")), f"task {name} has no validate= check in TASKS.register"
+
+
+def test_a_run_stopped_from_outside_is_interrupted_not_failed(tmp_path: Path) -> None:
+    """A launcher cancelling a sweep (Ray on Ctrl-C) stops the job with SystemExit: the run is marked
+    interrupted (resumable from its checkpoints), not failed with no error."""
+    from odecli.registry import TASKS
+
+    entry = TASKS.entry("fit")
+
+    def stopped_mid_run(cfg, run):
+        run.save_checkpoint({"model": {}}, 1)
+        raise SystemExit(1)
+
+    TASKS.remove("fit")
+    TASKS.add(stopped_mid_run, "fit", aliases=entry.aliases, description=entry.description, defaults=entry.defaults, **entry.meta)
+    try:
+        run_dir = tmp_path / "stopped"
+        result = runner.invoke(app, ["fit", *TINY_FIT, f"hydra.run.dir={run_dir}"])
+    finally:
+        TASKS.remove("fit")
+        TASKS.add(entry.obj, "fit", aliases=entry.aliases, description=entry.description, defaults=entry.defaults, **entry.meta)
+    assert result.exit_code != 0
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
