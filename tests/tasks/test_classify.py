@@ -19,33 +19,19 @@ from odecli import hydra_bridge
 from odecli.cli import app
 from odecli.data import mnist as M
 from odecli.registry import load_all
+from tests.tasks.tiny_mnist import N_TEST, bar_digits, idx_bytes
 
 load_all()
 
-N_TRAIN, N_TEST = 96, 40
 # Tiny and quick: 8 channels, 16 images a batch, 5 batches an epoch after 16 are held out.
 TINY = ["width=8", "data.batch_size=16", "data.val_size=16", "data.eval_batch_size=64", "threads=1"]
 
 
-def _idx(array: np.ndarray) -> bytes:
-    magic = M.IMAGES_MAGIC if array.ndim == 3 else M.LABELS_MAGIC
-    return struct.pack(">I", magic) + b"".join(struct.pack(">I", n) for n in array.shape) + array.astype(np.uint8).tobytes()
 
 
 @pytest.fixture(scope="module")
 def tiny_arrays() -> dict[str, np.ndarray]:
-    """Digits 0–9 as bright bars in ten different rows: learnable, and nothing like real MNIST."""
-    generator = np.random.default_rng(0)
-
-    def images(labels: np.ndarray) -> np.ndarray:
-        x = generator.integers(0, 40, (len(labels), 28, 28)).astype(np.uint8)
-        for i, label in enumerate(labels):
-            x[i, 2 + 2 * label : 4 + 2 * label, 4:24] = 255
-        return x
-
-    train_labels, test_labels = np.arange(N_TRAIN) % 10, np.arange(N_TEST) % 10
-    return {"train_images": images(train_labels), "train_labels": train_labels.astype(np.uint8),
-            "test_images": images(test_labels), "test_labels": test_labels.astype(np.uint8)}  # fmt: skip
+    return bar_digits()
 
 
 @pytest.fixture
@@ -58,7 +44,7 @@ def data_dir(tmp_path: Path, tiny_arrays: dict[str, np.ndarray], monkeypatch: py
     specs = {}
     for part, array in tiny_arrays.items():
         official = M.OFFICIAL[part]
-        content = _idx(array)
+        content = idx_bytes(array)
         stored = gzip.compress(content, mtime=0)
         (directory / official.gz_name).write_bytes(stored)
         specs[part] = M.IdxFile(official.name, official.kind, len(array), hashlib.md5(stored).hexdigest(), hashlib.sha256(content).hexdigest())
@@ -252,7 +238,7 @@ def test_bad_data_dir_is_a_clear_error_not_a_traceback(damage: str, message: str
     directory = tmp_path / "bad"
     directory.mkdir()
     for part, array in tiny_arrays.items():
-        (directory / M.OFFICIAL[part].gz_name).write_bytes(gzip.compress(_idx(array)))
+        (directory / M.OFFICIAL[part].gz_name).write_bytes(gzip.compress(idx_bytes(array)))
     if damage == "no_directory":
         directory = tmp_path / "nonexistent"
     elif damage == "missing":
@@ -262,7 +248,7 @@ def test_bad_data_dir_is_a_clear_error_not_a_traceback(damage: str, message: str
         path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
     elif damage == "wrong_magic":
         path = directory / "train-images-idx3-ubyte.gz"  # the first file checked
-        path.write_bytes(gzip.compress(struct.pack(">I", M.LABELS_MAGIC) + _idx(tiny_arrays["train_images"])[4:]))
+        path.write_bytes(gzip.compress(struct.pack(">I", M.LABELS_MAGIC) + idx_bytes(tiny_arrays["train_images"])[4:]))
     outputs = tmp_path / "outputs"
     result = runner.invoke(app, ["classify", "mnist", f"data.dir={directory}", "threads=1", f"paths.output_dir={outputs}"])
     assert result.exit_code == 2, result.output
@@ -277,7 +263,7 @@ def test_bad_data_dir_error_is_one_line_in_a_pipe_however_long_the_path(tmp_path
     directory.mkdir(parents=True)
     for part, array in tiny_arrays.items():
         if part != "test_images":
-            (directory / M.OFFICIAL[part].gz_name).write_bytes(gzip.compress(_idx(array)))
+            (directory / M.OFFICIAL[part].gz_name).write_bytes(gzip.compress(idx_bytes(array)))
     with pytest.raises(M.DataFileMissing) as missing:
         M.read_dir(directory)
     terminal_hints = ("COLUMNS", "FORCE_COLOR", "TTY_COMPATIBLE")

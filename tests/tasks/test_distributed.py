@@ -8,42 +8,24 @@ import hashlib
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from odecli import hydra_bridge
 from odecli.data import mnist as M
 from odecli.errors import ConfigError
+from tests.tasks.tiny_mnist import bar_digits, idx_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
-N_TRAIN, N_TEST = 96, 40
 TINY = ["width=8", "data.batch_size=16", "data.val_size=16", "data.eval_batch_size=64", "data.source=dir"]
 
 
-def _idx(array: np.ndarray) -> bytes:
-    magic = M.IMAGES_MAGIC if array.ndim == 3 else M.LABELS_MAGIC
-    return struct.pack(">I", magic) + b"".join(struct.pack(">I", n) for n in array.shape) + array.astype(np.uint8).tobytes()
 
 
-def _arrays() -> dict[str, np.ndarray]:
-    """Digits 0–9 as bright bars in ten different rows (as in test_classify)."""
-    generator = np.random.default_rng(0)
-
-    def images(labels: np.ndarray) -> np.ndarray:
-        x = generator.integers(0, 40, (len(labels), 28, 28)).astype(np.uint8)
-        for i, label in enumerate(labels):
-            x[i, 2 + 2 * label : 4 + 2 * label, 4:24] = 255
-        return x
-
-    train_labels, test_labels = np.arange(N_TRAIN) % 10, np.arange(N_TEST) % 10
-    return {"train_images": images(train_labels), "train_labels": train_labels.astype(np.uint8),
-            "test_images": images(test_labels), "test_labels": test_labels.astype(np.uint8)}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +40,9 @@ def tiny_mnist(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
     directory.mkdir()
     plugins.mkdir()
     specs = {}
-    for part, array in _arrays().items():
+    for part, array in bar_digits().items():
         official = M.OFFICIAL[part]
-        content = _idx(array)
+        content = idx_bytes(array)
         stored = gzip.compress(content, mtime=0)
         (directory / official.gz_name).write_bytes(stored)
         specs[part] = (official.name, official.kind, len(array), hashlib.md5(stored).hexdigest(), hashlib.sha256(content).hexdigest())
