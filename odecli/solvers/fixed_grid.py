@@ -173,13 +173,12 @@ class AbstractFixedGridSolver(AbstractSolver):
             with torch.no_grad():
                 crossed = bool(torch.sign(event_fn(self.time(t1), y1.view(self.shape))) != sign0)
             if crossed:
-                f1 = self.end_slope(t0, t1, y1) if self.interp == "cubic" else None
+                f1 = self.end_slope(t0, t1, y1) if self.interp == "cubic" else None  # once, not per bisection
 
                 def interpolant(t, t0=t0, t1=t1, y0=y, y1=y1, f0=f0, f1=f1):
-                    s = ((t - t0) / (t1 - t0)).to(self.dtype)
                     if f1 is None:
-                        return (y0 + s * (y1 - y0)).view(self.shape)
-                    return cubic_hermite(0.0, y0, f0 * (t1 - t0), 1.0, y1, f1 * (t1 - t0), s).view(self.shape)
+                        return linear(t0, y0, t1, y1, t).view(self.shape)
+                    return cubic_hermite(t0, y0, f0, t1, y1, f1, t).view(self.shape)
 
                 event_t, y_event = find_event(interpolant, sign0, self.time(t0), self.time(t1), event_fn, atol)
                 return event_t, torch.stack([start, y_event])

@@ -221,7 +221,7 @@ class _IndependentRK:
         if self.first_step is not None:
             return torch.full_like(tau, self.first_step)
         # Hairer's rule per sample: the same function as joint mode's, with one norm per sample and (B,) times.
-        return initial_step_sizes(lambda time, state: self._eval(time, state), direction * tau, direction, y, f, self.order, self.rtol, self.atol, per_sample_rms_norm)
+        return initial_step_sizes(self._eval, direction * tau, direction, y, f, self.order, self.rtol, self.atol, per_sample_rms_norm)
 
     def integrate(self, taus_t: torch.Tensor) -> torch.Tensor:
         batch, n, n_out = self.batch, self.n, taus_t.shape[1]
