@@ -46,7 +46,7 @@ from torch import nn
 
 from odecli.solvers import stats
 from odecli.solvers.errors import InvalidInputError
-from odecli.solvers.interpolation import dense_weights_tensor
+from odecli.solvers.interpolation import dense_values, dense_weights_tensor
 from odecli.solvers.problem import (
     FlatStateFunc,
     check_problem,
@@ -160,14 +160,6 @@ class _Tape:
         return n
 
 
-def _dense_values(dense: np.ndarray, thetas: list[float], y0: torch.Tensor, ks: torch.Tensor, dt: float) -> torch.Tensor:
-    """``y0 + dt · Σ_i b_i(θ_m) k_i`` for every θ: ``[len(thetas), n]`` (as ``DenseOutputs`` computes it)."""
-    theta = np.asarray(thetas, dtype=np.float64)[:, None]
-    powers = theta ** np.arange(1, dense.shape[1] + 1, dtype=np.float64)
-    weights = torch.from_numpy((powers @ dense.T) * dt).to(dtype=y0.dtype, device=y0.device)
-    return torch.addmm(y0.reshape(1, -1), weights, ks)
-
-
 # --------------------------------------------------------------------------------------------
 # Forward: the stepper's own graph-free solve, observed step by step to fill the tape.
 
@@ -241,6 +233,7 @@ class _Backward:
         tab = solver.tableau
         self.carries, self.fsal = tab.carries_last_stage, tab.fsal
         self.coefficients = solver.coefficients
+        self.dense_t = np.ascontiguousarray(self.coefficients.dense.T) if self.adaptive else None
         if self.adaptive and self.t_leaf is not None:
             self.dense_tensor = torch.as_tensor(self.coefficients.dense, dtype=t.dtype, device=t.device)
         if not self.adaptive:
@@ -381,7 +374,7 @@ class _Backward:
         if self.adaptive:
             if self.t_leaf is None:
                 thetas = [theta for _, theta in plan if theta is not None]
-                inside = iter(_dense_values(self.coefficients.dense, thetas, y0, ks, dt)) if thetas else iter(())
+                inside = iter(dense_values(self.dense_t, thetas, y0, ks, dt)) if thetas else iter(())
                 return torch.stack([y1 if theta is None else next(inside) for _, theta in plan])
             values = []
             for m, _ in plan:

@@ -53,6 +53,7 @@ from odecli.solvers.errors import (
     NonFiniteState,
     StepSizeTooSmall,
 )
+from odecli.solvers.interpolation import dense_weights
 from odecli.solvers.problem import check_tolerance, resolve_method
 from odecli.solvers.runge_kutta import AbstractAdaptiveRungeKutta, AbstractRungeKutta
 
@@ -191,7 +192,7 @@ class _IndependentRK:
         self.b = [float(v) for v in tab.b]
         self.b_error = [float(v) for v in tab.b_error]
         self.c = [float(v) for v in tab.c]
-        self.dense = np.asarray(tab.dense, dtype=np.float64)  # [stages, degree]
+        self.dense_t = np.ascontiguousarray(np.asarray(tab.dense, dtype=np.float64).T)  # [degree, stages]
 
     def _tolerance(self, tol, name: str):
         """A checked tolerance (``problem.check_tolerance``): a float, or one value per sample and element ``(B, n)``."""
@@ -241,7 +242,6 @@ class _IndependentRK:
         b = torch.tensor(self.b, dtype=dtype, device=device)
         b_error = torch.tensor(self.b_error, dtype=dtype, device=device)
         columns = torch.arange(n_out, device=device)
-        powers = np.arange(1, self.dense.shape[1] + 1)
         c_column = torch.tensor(self.c, dtype=torch.float64, device=device)[:, None]
         c_is_one = c_column == 1.0
         j = torch.ones(batch, dtype=torch.long, device=device)
@@ -289,8 +289,7 @@ class _IndependentRK:
             if flags[2]:
                 idx, col = hits.nonzero(as_tuple=True)
                 target = taus[idx, col]
-                theta = ((target - tau[idx]) / h[idx]).cpu().numpy()[:, None]
-                weights = torch.from_numpy((theta**powers) @ self.dense.T).to(device=device, dtype=dtype)  # (k, s)
+                weights = dense_weights(self.dense_t, ((target - tau[idx]) / h[idx]).cpu().numpy(), 1.0, dtype, device)  # (k, s)
                 inside = torch.addcmul(y[idx], dt[idx], torch.matmul(weights.unsqueeze(1), stages[idx]).squeeze(1))
                 at_end = (target == tau1[idx])[:, None]
                 rows.append(idx)

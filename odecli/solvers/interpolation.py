@@ -33,7 +33,7 @@ class DenseOutputs:
     def __init__(self, dense: np.ndarray, n_out: int, n: int, dtype: torch.dtype, device: torch.device, in_place: bool = False,
                  budget: int = 2**20, defer_limit: int = 512):
         self.dense_t = np.ascontiguousarray(dense.T)  # [degree, stages]
-        self.degree, stages = dense.shape[1], dense.shape[0]
+        stages = dense.shape[0]
         self.n_out, self.dtype, self.device, self.budget, self.defer_limit = n_out, dtype, device, budget, defer_limit
         self.solution = torch.empty(n_out, n, dtype=dtype, device=device) if in_place and stages * n > defer_limit else None
         self.exact: list[torch.Tensor] = []
@@ -56,11 +56,7 @@ class DenseOutputs:
         self.exact_index.append(index)
 
     def _weights(self, thetas: list[float], scales: list[float] | float) -> torch.Tensor:
-        """``W[m, i] = scale_m · b_i(θ_m)`` as a tensor ``[len(thetas), stages]``."""
-        theta = np.asarray(thetas, dtype=np.float64)[:, None]
-        powers = theta ** np.arange(1, self.degree + 1, dtype=np.float64)
-        weights = (powers @ self.dense_t) * (np.asarray(scales, dtype=np.float64)[:, None] if isinstance(scales, list) else scales)
-        return torch.from_numpy(weights).to(dtype=self.dtype, device=self.device)
+        return dense_weights(self.dense_t, thetas, scales, self.dtype, self.device)
 
     def inside(self, first: int, thetas: list[float], y0: torch.Tensor, stages: torch.Tensor, dt: float, reused: bool = False) -> None:
         """Outputs ``first, first+1, ...`` at fractions ``thetas`` of a step ``y0 → y0 + dt·Σ b_i k_i``.
@@ -112,6 +108,23 @@ class DenseOutputs:
         if any(a > b for a, b in zip(order, order[1:], strict=False)):
             values = values[torch.tensor(np.argsort(order, kind="stable"), device=values.device)]
         return values
+
+
+def dense_weights(dense_t: np.ndarray, thetas, scales, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``W[m, i] = scale_m · b_i(θ_m)`` as a tensor ``[len(thetas), stages]``, computed on the host.
+
+    ``dense_t`` is the tableau's ``dense`` transposed, ``[degree, stages]``; ``scales`` is one number
+    (the step ``dt``) or one per θ.
+    """
+    theta = np.asarray(thetas, dtype=np.float64)[:, None]
+    powers = theta ** np.arange(1, dense_t.shape[0] + 1, dtype=np.float64)
+    weights = (powers @ dense_t) * (np.asarray(scales, dtype=np.float64)[:, None] if isinstance(scales, list) else scales)
+    return torch.from_numpy(weights).to(dtype=dtype, device=device)
+
+
+def dense_values(dense_t: np.ndarray, thetas, y0: torch.Tensor, stages: torch.Tensor, dt: float) -> torch.Tensor:
+    """One step's dense output at fractions ``thetas``: ``y0 + dt · W @ K``, ``[len(thetas), n]`` (as ``DenseOutputs``)."""
+    return torch.addmm(y0.reshape(1, -1), dense_weights(dense_t, thetas, dt, y0.dtype, y0.device), stages)
 
 
 def dense_weights_tensor(dense: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:

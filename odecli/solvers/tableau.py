@@ -175,7 +175,11 @@ class ButcherTableau:
         return len(self.c)
 
     def full_a(self) -> np.ndarray:
-        """The ``[stages, stages]`` Butcher matrix."""
+        """The ``[stages, stages]`` Butcher matrix (a fresh array: callers may modify it)."""
+        return self._butcher_matrix.copy()
+
+    @cached_property
+    def _butcher_matrix(self) -> np.ndarray:
         a = np.zeros((self.stages, self.stages))
         for i, row in enumerate(self.a):
             a[i, : len(row)] = row
@@ -183,7 +187,7 @@ class ButcherTableau:
 
     @cached_property
     def kind(self) -> TableauKind:
-        a = self.full_a()
+        a = self._butcher_matrix
         if np.triu(a, 1).any():
             return TableauKind.FULLY_IMPLICIT
         return TableauKind.DIAGONALLY_IMPLICIT if np.diag(a).any() else TableauKind.EXPLICIT
@@ -196,20 +200,20 @@ class ButcherTableau:
     @cached_property
     def gamma(self) -> float | None:
         """The diagonal shared by every implicit stage (a singly diagonally implicit tableau), else None."""
-        diagonal = {float(self.full_a()[i, i]) for i in range(self.stages)} - {0.0}
+        diagonal = {float(self._butcher_matrix[i, i]) for i in range(self.stages)} - {0.0}
         return diagonal.pop() if self.kind is TableauKind.DIAGONALLY_IMPLICIT and len(diagonal) == 1 else None
 
-    @property
+    @cached_property
     def stiffly_accurate(self) -> bool:
         """The last stage is the solution (``a[-1] = b``)."""
-        return tuple(self.full_a()[-1]) == tuple(self.b)
+        return tuple(self._butcher_matrix[-1]) == tuple(self.b)
 
-    @property
+    @cached_property
     def fsal(self) -> bool:
         """Whether the first stage is ``f(t0, y0)`` and the last ``f(t1, y1)`` (reusable as the next step's first)."""
         return self.c[0] == 0.0 and not any(self.a[0]) and self.c[-1] == 1.0 and self.stiffly_accurate
 
-    @property
+    @cached_property
     def carries_last_stage(self) -> bool:
         """Whether the last stage becomes the next step's first (saving one evaluation per step)."""
         return self.fsal or self.reuse_last_stage
@@ -218,7 +222,7 @@ class ButcherTableau:
     def adaptive(self) -> bool:
         return self.b_error is not None
 
-    @property
+    @cached_property
     def b_embedded(self) -> tuple[float, ...] | None:
         """Weights of the embedded (error-estimating) solution, ``b - b_error``."""
         return None if self.b_error is None else tuple(b - e for b, e in zip(self.b, self.b_error, strict=True))
@@ -226,12 +230,12 @@ class ButcherTableau:
     @cached_property
     def order(self) -> int:
         """The order of the solution, from the order conditions."""
-        return order_of(self.full_a(), np.array(self.b))
+        return order_of(self._butcher_matrix, np.array(self.b))
 
     @cached_property
     def embedded_order(self) -> int | None:
         """The order of the embedded solution the error estimate compares with, or None."""
-        return None if self.b_error is None else order_of(self.full_a(), np.array(self.b_embedded))
+        return None if self.b_error is None else order_of(self._butcher_matrix, np.array(self.b_embedded))
 
 
 @dataclass(frozen=True)
