@@ -41,7 +41,7 @@ from odecli.solvers.controllers import (
     select_initial_step,
 )
 from odecli.solvers.errors import InvalidInputError, MaxStepsExceeded, NonFiniteState, StepSizeTooSmall
-from odecli.solvers.events import find_event
+from odecli.solvers.events import EventWatch
 from odecli.solvers.grid import nudge
 from odecli.solvers.interpolation import DenseOutputs, dense_weights_tensor
 
@@ -303,20 +303,14 @@ class AbstractAdaptiveSolver(AbstractSolver):
         t0 = float(t0.detach())
         y, f, h = self.start(t0, direction)
         grad = self._needs_graph(y, f)
-        start = self.y0
-        with torch.no_grad():
-            value0 = event_fn(self.time(t0), start)
-        if bool(value0 == 0):
-            return self.time(t0), torch.stack([start, start])
-        sign0 = torch.sign(value0)
+        watch = EventWatch(event_fn, self.time(t0), self.y0, self.atol)
+        if watch.on_start:
+            return watch.at_start(self.time(t0))
         dense = torch.as_tensor(self.dense, dtype=self.dtype, device=self.device)
-        atol = self.atol if isinstance(self.atol, float) else float(self.atol.max())
         self.steps_since_output = 0
         for tau0, step, y0, y1, stages in self.march(direction * t0, direction, y, f, h, grad):
             t_end = direction * (tau0 + step)
-            with torch.no_grad():
-                crossed = bool(torch.sign(event_fn(self.time(t_end), y1.view(self.shape))) != sign0)
-            if not crossed:
+            if not watch.crossed(self.time(t_end), y1.view(self.shape)):
                 continue
             t_start, dt = direction * tau0, direction * step
             stages_now = stages.clone() if self.reuses_stage_buffer and not grad else stages
@@ -326,6 +320,5 @@ class AbstractAdaptiveSolver(AbstractSolver):
                 weights = dense_weights_tensor(dense, theta)
                 return torch.addmv(y0, stages_now.T, weights, alpha=dt).view(self.shape)
 
-            event_t, y_event = find_event(interp, sign0, self.time(t_start), self.time(t_end), event_fn, atol)
-            return event_t, torch.stack([start, y_event])
+            return watch.locate(interp, self.time(t_start), self.time(t_end))
         raise AssertionError("unreachable: the step loop only ends by raising")

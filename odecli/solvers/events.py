@@ -43,6 +43,32 @@ def find_event(
     return event_t, interp_fn(event_t)
 
 
+class EventWatch:
+    """One event search over a solver's accepted steps: the sign at the start, each step's end checked,
+    the crossing located on the step's dense output (``find_event``) to ``atol`` in time."""
+
+    def __init__(self, event_fn: Callable, t0: torch.Tensor, y0: torch.Tensor, atol: float | torch.Tensor):
+        self.event_fn, self.y0 = event_fn, y0
+        self.tol = float(atol.max()) if isinstance(atol, torch.Tensor) else float(atol)
+        with torch.no_grad():
+            value0 = event_fn(t0, y0)
+        self.on_start = bool(value0 == 0)  # the event holds at t0 already: it is found there, with no step
+        self.sign0 = torch.sign(value0)
+
+    def at_start(self, t0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return t0, torch.stack([self.y0, self.y0])
+
+    def crossed(self, t1: torch.Tensor, y1: torch.Tensor) -> bool:
+        """Whether the event function has left its starting sign at a step's end ``(t1, y1)``."""
+        with torch.no_grad():
+            return bool(torch.sign(self.event_fn(t1, y1)) != self.sign0)
+
+    def locate(self, interpolant: Callable[[torch.Tensor], torch.Tensor], t_start: torch.Tensor, t_end: torch.Tensor):
+        """``(event_t, [y0, y(event_t)])`` for the step ``[t_start, t_end]`` whose end ``crossed``."""
+        event_t, y_event = find_event(interpolant, self.sign0, t_start, t_end, self.event_fn, self.tol)
+        return event_t, torch.stack([self.y0, y_event])
+
+
 def combine_event_functions(event_fn: Callable, t0: torch.Tensor, y0: Any) -> Callable:
     """One scalar event function that crosses zero when any component of ``event_fn`` does.
 
@@ -58,4 +84,4 @@ def combine_event_functions(event_fn: Callable, t0: torch.Tensor, y0: Any) -> Ca
     return combined_event_fn
 
 
-__all__ = ["find_event", "combine_event_functions"]
+__all__ = ["find_event", "EventWatch", "combine_event_functions"]

@@ -32,7 +32,7 @@ import torch
 from odecli.solvers.base import AbstractSolver, raise_if_not_finite
 from odecli.solvers.controllers import DEFAULT_MAX_NUM_STEPS, parse_max_num_steps
 from odecli.solvers.errors import InvalidInputError, MaxStepsExceeded
-from odecli.solvers.events import find_event
+from odecli.solvers.events import EventWatch
 from odecli.solvers.grid import grid_from_step_size, nudge_time
 from odecli.solvers.interpolation import cubic_hermite, linear
 
@@ -155,24 +155,21 @@ class AbstractFixedGridSolver(AbstractSolver):
             raise InvalidInputError("event handling with a fixed-grid method needs options={'step_size': h}.")
         t0_value = float(t0.detach())
         self.check_initial_state(t0_value)
-        start = self.y0
-        y = start.reshape(self.n)
-        with torch.no_grad():
-            sign0 = torch.sign(event_fn(self.time(t0_value), start))
+        y = self.y0.reshape(self.n)
+        watch = EventWatch(event_fn, self.time(t0_value), self.y0, self.atol)
+        if watch.on_start:
+            return watch.at_start(self.time(t0_value))
         dt_value = direction * self.step_size
         if self.tensor_times:
             t0, dt = t0.detach(), torch.as_tensor(dt_value, dtype=t0.dtype, device=t0.device)
         else:
             t0, dt = t0_value, dt_value
         f0 = self.first_slope(t0, t0 + dt, y)
-        atol = float(self.atol.max()) if isinstance(self.atol, torch.Tensor) else float(self.atol)
         for _ in range(MAX_EVENT_STEPS):
             t1 = t0 + dt
             y1, f0 = self.step(t0, t1, y, f0)
             self.steps_accepted += 1
-            with torch.no_grad():
-                crossed = bool(torch.sign(event_fn(self.time(t1), y1.view(self.shape))) != sign0)
-            if crossed:
+            if watch.crossed(self.time(t1), y1.view(self.shape)):
                 f1 = self.end_slope(t0, t1, y1) if self.interp == "cubic" else None  # once, not per bisection
 
                 def interpolant(t, t0=t0, t1=t1, y0=y, y1=y1, f0=f0, f1=f1):
@@ -180,7 +177,6 @@ class AbstractFixedGridSolver(AbstractSolver):
                         return linear(t0, y0, t1, y1, t).view(self.shape)
                     return cubic_hermite(t0, y0, f0, t1, y1, f1, t).view(self.shape)
 
-                event_t, y_event = find_event(interpolant, sign0, self.time(t0), self.time(t1), event_fn, atol)
-                return event_t, torch.stack([start, y_event])
+                return watch.locate(interpolant, self.time(t0), self.time(t1))
             t0, y, f0 = t1, y1, None
         raise MaxStepsExceeded(float(t0), MAX_EVENT_STEPS)
