@@ -179,3 +179,14 @@ def test_every_adaptive_method_with_jump_t_restarts_at_the_jump(method):
     t = torch.tensor([0.0, 2.0], dtype=F64)
     y = odeint(field, torch.zeros(1, dtype=F64), t, method=method, rtol=1e-8, atol=1e-10, options={"jump_t": torch.tensor([1.0], dtype=F64)})
     assert abs(y[-1].item()) < 1e-9
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rk4", "implicit_adams", "kvaerno5"])
+def test_an_event_holding_at_t0_is_found_there_without_a_step(method):
+    # The event watch is the loops' shared one: fixed-grid and adaptive methods answer alike.
+    options = {"step_size": 0.1} if not SOLVERS.get(method).adaptive else None
+    y0 = torch.tensor([0.0, 2.0], dtype=F64)
+    t0 = torch.tensor(0.5, dtype=F64)
+    event_t, solution = odeint_event(FallingBall(), y0, t0, event_fn=hits_ground, method=method, options=options)
+    assert float(event_t) == 0.5
+    assert torch.equal(solution, torch.stack([y0, y0]))
