@@ -1,14 +1,16 @@
 """Fixed-step Adams methods: ``explicit_adams`` (Adams–Bashforth) and ``implicit_adams`` (ABM).
 
 These mean what torchdiffeq's main branch means by the same names (``fixed_adams`` is its old
-alias of ``implicit_adams``): on a fixed grid, the first steps are taken with RK4 (3/8 rule) until
+alias of ``implicit_adams``): on a fixed grid, the first steps are taken with RK4 (3/8 rule: the ``rk4``
+method's own stepper) until
 three past derivatives are known, then the order rises by one per step up to ``max_order - 1``
 (default 11) as the history fills. ``explicit_adams`` uses the Adams–Bashforth formula alone;
 ``implicit_adams`` uses it as predictor and corrects with Adams–Moulton by functional iteration
 (PECE repeated up to ``max_iters`` = 4 times) until successive corrections agree to ``rtol``/``atol``
 in the max norm. A corrector that has not converged warns (``CorrectorDidNotConverge``) and drops
 the oldest derivative from the history, exactly as torchdiffeq does. On an evenly spaced grid results match
-torchdiffeq bit for bit; where the step changes (an uneven ``grid_constructor`` grid, the short last step of
+torchdiffeq to rounding (the Adams steps bit for bit; the RK4 start sums its stages as every Runge–Kutta
+step here does, where torchdiffeq writes the 3/8 rule out by hand); where the step changes (an uneven ``grid_constructor`` grid, the short last step of
 a ``step_size`` that does not divide the span) the history restarts from RK4, where torchdiffeq reuses it at
 the wrong nodes and loses two orders of accuracy.
 
@@ -31,6 +33,7 @@ import torch
 from odecli.registry import SOLVERS
 from odecli.solvers.errors import InvalidInputError
 from odecli.solvers.fixed_grid import FIXED_GRID_OPTIONS, AbstractFixedGridSolver
+from odecli.solvers.runge_kutta import RK4
 
 MIN_ORDER = 4  # below this many history terms (+1), steps are taken with RK4
 MAX_ORDER = 12
@@ -70,15 +73,11 @@ def _coefficient_tensors(implicit: bool, device: torch.device) -> list[torch.Ten
     return table
 
 
-_ONE_THIRD = 1 / 3
-_TWO_THIRDS = 2 / 3
-
-
 class AbstractAdams(AbstractFixedGridSolver):
     """Adams–Bashforth, optionally corrected by Adams–Moulton, with an RK4 start."""
 
     order: ClassVar[int] = 4  # the RK4 start and the first AB3 step limit the global order
-    tensor_times: ClassVar[bool] = True  # times computed as torchdiffeq computes them: results equal bit for bit
+    tensor_times: ClassVar[bool] = True  # times computed as torchdiffeq computes them: Adams steps equal bit for bit
     correct: ClassVar[bool]
     options: ClassVar[frozenset[str]] = FIXED_GRID_OPTIONS | {"max_iters", "max_order"}
 
@@ -98,6 +97,9 @@ class AbstractAdams(AbstractFixedGridSolver):
         self._warned = False
         self.bashforth = _coefficient_tensors(False, y0.device)
         self.moulton = _coefficient_tensors(True, y0.device)
+        # The start steps are the rk4 method's (RK4_THREE_EIGHTHS through the explicit Runge–Kutta stepper).
+        self.starter = RK4(func, y0, rtol, atol, **options)
+        self.starter_ready = False
 
     def _remember(self, t: torch.Tensor, f: torch.Tensor) -> None:
         if self.history_t is None or self.history_t != t:
@@ -108,12 +110,17 @@ class AbstractAdams(AbstractFixedGridSolver):
         tolerance = self.atol_t + self.rtol_t * torch.max(previous.abs(), current.abs())
         return bool((torch.abs(previous - current) / tolerance).abs().max() < 1)
 
-    def _rk4_step(self, t0, dt, t1, y0, k1):
-        # RK4 with the 3/8 rule (torchdiffeq's rk4_alt_step_func): smaller error constant than classic RK4.
-        k2 = self.evaluate(t0 + dt * _ONE_THIRD, y0 + dt * k1 * _ONE_THIRD)
-        k3 = self.evaluate(t0 + dt * _TWO_THIRDS, y0 + dt * (k2 - k1 * _ONE_THIRD))
-        k4 = self.evaluate(self.inside(t1, t0), y0 + dt * (k1 - k2 + k3))
-        return (k1 + 3 * (k2 + k3) + k4) * dt * 0.125
+    def _start_step(self, t0, t1, y0: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
+        """``y1`` of one RK4 step (while the history is too short for an Adams formula)."""
+        starter = self.starter
+        if not self.starter_ready:
+            starter.func = self.func  # the func this solve evaluates (cast to the state's dtype if it had to be)
+            starter.prepare(t0, y0, f0)
+            self.starter_ready = True
+        before = starter.nfe
+        y1, _ = starter.step(t0, t1, y0, f0)
+        self.nfe += starter.nfe - before
+        return y1
 
     def grid(self, t: torch.Tensor, keep_graph: bool = False) -> torch.Tensor:
         # The weights assume equally spaced history; a step of another size (a grid_constructor's uneven
@@ -135,11 +142,6 @@ class AbstractAdams(AbstractFixedGridSolver):
         return self.evaluate(self.inside(t0, t1), y)
 
     def step(self, t0, t1, y0: torch.Tensor, f0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        dy, f0 = self._increment(t0, t1, y0, f0)
-        return y0 + dy, f0
-
-    def _increment(self, t0, t1, y0, f0):
-        """``(y1 - y0, f0)``: the Adams formulas are written for the increment, as torchdiffeq's."""
         dt = t1 - t0
         if self.steps_accepted in self.restart_steps:
             self.history.clear()
@@ -149,7 +151,11 @@ class AbstractAdams(AbstractFixedGridSolver):
         self._remember(t0, f0)
         order = min(len(self.history), self.max_order - 1)
         if order < MIN_ORDER - 1:
-            return self._rk4_step(t0, dt, t1, y0, self.history[0]), f0
+            return self._start_step(t0, t1, y0, f0), f0
+        return y0 + self._adams_increment(t0, t1, dt, y0, order), f0
+
+    def _adams_increment(self, t0, t1, dt, y0: torch.Tensor, order: int) -> torch.Tensor:
+        """``y1 - y0`` by the Adams formulas, written for the increment as torchdiffeq's."""
         # Predictor (Adams–Bashforth with `order` past derivatives).
         dy = _dot(dt * self.bashforth[order], self.history).type_as(y0)
         if self.correct:
@@ -174,7 +180,7 @@ class AbstractAdams(AbstractFixedGridSolver):
                         stacklevel=2,
                     )
                 self.history.pop()  # forget the oldest derivative, lowering the order (as torchdiffeq)
-        return dy, f0
+        return dy
 
 
 def _dot(weights: torch.Tensor, values) -> torch.Tensor:

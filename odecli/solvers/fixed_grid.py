@@ -18,7 +18,7 @@ A method supplies one step behind two hooks (the fixed-grid part of the stepper 
 Times reach the hooks as Python floats (cheap arithmetic), or as 0-d tensors taken from the grid when
 ``t`` requires grad (so each step and output is a function of ``t``, as torchdiffeq differentiates it) or
 when the method declares ``tensor_times`` (its stage times are then computed in the time dtype exactly as
-torchdiffeq computes them, which keeps the Adams methods bit-for-bit equal to torchdiffeq's).
+torchdiffeq computes them, which keeps the Adams steps bit-for-bit equal to torchdiffeq's).
 """
 
 from __future__ import annotations

@@ -294,7 +294,7 @@ class AbstractFixedGridRungeKutta(AbstractFixedGridSolver, AbstractRungeKutta):
 
     def __init__(self, func, y0, rtol, atol, **options: Any):
         super().__init__(func, y0, rtol, atol, **options)
-        self.grad = False
+        self.grad = self.force_graph = False
         self.stage_buffers = None
 
     def integrate(self, t: torch.Tensor) -> torch.Tensor:
@@ -305,9 +305,13 @@ class AbstractFixedGridRungeKutta(AbstractFixedGridSolver, AbstractRungeKutta):
 
     def first_slope(self, t0, t1, y: torch.Tensor) -> torch.Tensor:
         f0 = self._eval_first(self.inside(t0, t1), y)
+        self.prepare(t0, y, f0)
+        return f0
+
+    def prepare(self, t0, y: torch.Tensor, f0: torch.Tensor) -> None:
+        """Choose this solve's stage path (with a graph, or in place into reused buffers) from its first state and slope."""
         self.grad = self.force_graph or isinstance(t0, torch.Tensor) or (torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad))
         self.stage_buffers = None if self.grad else self._buffers()
-        return f0
 
     def step(self, t0, t1, y: torch.Tensor, f0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         dt = t1 - t0

@@ -8,7 +8,7 @@ import torch
 from odecli.registry import SOLVERS
 
 # torchdiffeq's explicit_adams lets the Bashforth order climb to 11 by default, whose stability region is too
-# small for a damped rotation at the steps these tests take: it diverges there, as torchdiffeq's does bit for bit.
+# small for a damped rotation at the steps these tests take: it diverges there, as torchdiffeq's does.
 DIVERGES_WITH_DEFAULTS = {"explicit_adams": "Adams-Bashforth at order 11 (torchdiffeq's default) is unstable on this problem"}
 
 

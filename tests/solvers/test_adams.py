@@ -1,4 +1,4 @@
-"""Fixed-step Adams methods: derived coefficients, order, and bit-for-bit parity with torchdiffeq."""
+"""Fixed-step Adams methods: derived coefficients, order, parity with torchdiffeq, and the RK4 start being rk4's own steps."""
 
 from __future__ import annotations
 
@@ -51,8 +51,11 @@ def test_coefficients_integrate_polynomials_exactly(n_terms, implicit, degree):
 
 @pytest.mark.parametrize("name", ADAMS)
 @pytest.mark.parametrize("options", [{"step_size": 0.05}, {"step_size": 0.075, "interp": "cubic"}, {}, {"step_size": 0.1, "max_order": 6}])
-def test_bit_identical_to_torchdiffeq(name, options):
-    # Evenly spaced grids (each step divides [0, 3]); see the next test for uneven ones.
+def test_matches_torchdiffeq_to_rounding(name, options):
+    # Evenly spaced grids (each step divides [0, 3]); see the next test for uneven ones. The Adams steps are
+    # torchdiffeq's arithmetic; the RK4 start sums its stages as every Runge-Kutta step here does
+    # (y0 + dt·Σ b_i k_i, where torchdiffeq writes the 3/8 rule out by hand), which differs in the last bits
+    # on some steps: measured at most 6 units in the last place (1.35e-15 relative) on these cases.
     torchdiffeq = pytest.importorskip("torchdiffeq")
     y0 = torch.tensor([1.0, 0.5], dtype=F64)
     t = torch.linspace(0, 3, 7, dtype=F64)
@@ -61,7 +64,23 @@ def test_bit_identical_to_torchdiffeq(name, options):
         expected = torchdiffeq.odeint(van_der_pol, y0, t, method=name, options=options)
         solver = SOLVERS.get(name)(van_der_pol, y0, 1e-7, 1e-9, **options)
         got = solver.integrate(t)
-    assert torch.equal(got, expected)
+    ulps = (got - expected).abs() / torch.finfo(F64).eps / expected.abs().clamp_min(torch.finfo(F64).tiny)
+    assert float(ulps.max()) <= 8
+
+
+@pytest.mark.parametrize("name", ADAMS)
+def test_the_start_steps_are_rk4s_own(name):
+    # max_order below 4: every step is a start step, so the solution is the rk4 method's (Kutta's 3/8 rule, not
+    # classic RK4, which differs here by ~1e-7), up to the rounding of Adams' tensor times.
+    y0 = torch.tensor([1.0, 0.5], dtype=F64)
+    t = torch.linspace(0, 3, 7, dtype=F64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adams = SOLVERS.get(name)(van_der_pol, y0, 1e-7, 1e-9, step_size=0.05, max_order=3)
+        got = adams.integrate(t)
+    rk4 = SOLVERS.get("rk4")(van_der_pol, y0, 1e-7, 1e-9, step_size=0.05)
+    torch.testing.assert_close(got, rk4.integrate(t), rtol=1e-14, atol=1e-15)
+    assert adams.nfe == rk4.nfe
 
 
 def _grid_whose_step_grows_by_half(h: float):

@@ -15,7 +15,7 @@ from torchdiffeq._impl.odeint import SOLVERS as TORCHDIFFEQ_SOLVERS  # noqa: E40
 # first-order midpoint (a slope O(h) wrong): the outputs differ by up to 6e-4 here, each about 5e-3 from the
 # exact solution at rtol 1e-5, so the check is "as accurate as torchdiffeq" against a dopri8 reference.
 OWN_DENSE_OUTPUT = {"fehlberg2"}
-BROKEN_IN_TORCHDIFFEQ = {"explicit_adams": "torchdiffeq 0.2.5's explicit_adams diverges (NaN) here; ours matches it bit for bit"}
+BROKEN_IN_TORCHDIFFEQ = {"explicit_adams": "torchdiffeq 0.2.5's explicit_adams diverges (NaN) here; ours diverges with it"}
 SHARED = [
     pytest.param(name, marks=[pytest.mark.xfail(reason=BROKEN_IN_TORCHDIFFEQ[name])] if name in BROKEN_IN_TORCHDIFFEQ else [])
     for name in sorted(set(TORCHDIFFEQ_SOLVERS) & set(SOLVERS.all_names()) - {"scipy_solver"})
