@@ -18,7 +18,9 @@ part of the stepper protocol):
 * ``next_slope(t1, y1, stages, f1, jumped, direction)`` — after an accepted step: ``f(t1, y1)`` for the next
   one (FSAL, a jump), and the method's own bookkeeping (a Jacobian to refresh).
 
-Times in the loop are ``tau = direction·t`` (increasing) and Python floats: one number per step.
+Times in the loop are ``tau = direction·t`` (increasing) and Python floats: one number per step. The
+loop's step-size arithmetic comes from ``step_rules`` (limit, judge, propose, advance); per-sample
+control (``independent.py``) gives the same rules on ``(B,)`` tensors and runs through this loop too.
 """
 
 from __future__ import annotations
@@ -146,25 +148,24 @@ class AbstractAdaptiveSolver(AbstractSolver):
         norm = self.norm if self.norm is not None else rms_norm
         return y, f, select_initial_step(self.evaluate, t0, direction, y, f, self.order, self.rtol, self.atol, norm)
 
-    def march(self, tau: float, direction: float, y: torch.Tensor, f: torch.Tensor, h: float, grad: bool, end: float | None = None) -> Iterator[tuple]:
-        """Take adaptive steps from ``tau = direction·t``; yield each accepted step ``(tau0, h, y0, y1, stages)``.
+    def step_rules(self, direction: float, end: float | None) -> tuple[Callable, Callable, Callable, Callable]:
+        """This solve's ``(limit, judge, propose, advance)``: the loop's step-size arithmetic, as closures.
 
-        ``end`` (in tau) is the last output, for the step budget's message and for methods that land on it.
-        ``stages`` is only valid until the generator resumes when the method reuses its buffer.
+        One problem (here): floats, one decision per attempt. Per-sample control (``independent.py``) gives the
+        same four on tensors of one step size per sample, so both run through ``march``:
+
+        * ``limit(tau, h)`` -> ``(h, forced, landed)``: ``h`` clamped to the step limits (and onto the last
+          output for methods that land there); ``forced``: a step of ``min_step``, accepted whatever its error;
+        * ``judge(t0, tau, tau1, h, y1, ratio, forced)`` -> ``(accept, ratio, go_on)``: acceptance, counted;
+          ``go_on`` when some step was accepted (the loop then yields it);
+        * ``propose(h, ratio, accept)``: the controller's next step size;
+        * ``advance(tau, tau1, y, y1, h, proposal)`` -> ``(tau, y, h)`` after an accepted step.
         """
-        min_step, max_step, max_num_steps = self.min_step, self.max_step, self.max_num_steps
-        controller = self.controller
-        step_taus = sorted(direction * v for v in self.step_t)
-        jump_taus = sorted(direction * v for v in self.jump_t)
-        next_step = min(bisect.bisect(step_taus, tau), len(step_taus) - 1)
-        next_jump = min(bisect.bisect(jump_taus, tau), len(jump_taus) - 1)
-        has_jumps = bool(jump_taus)
+        min_step, max_step = self.min_step, self.max_step
         landing = self.lands_on_last_time and end is not None
         keep_step_ratio = self.keep_step_ratio
-        callback_step, callback_accept, callback_reject = self.callback_step, self.callback_accept_step, self.callback_reject_step
-        attempt, next_slope = self.begin(y, f, grad)
-        self.previous_rejected = True
-        while True:
+
+        def limit(tau: float, h: float) -> tuple[float, bool, bool]:
             h = min(max(h, min_step), max_step)
             if not math.isfinite(h):
                 h = max_step if math.isfinite(max_step) else (end - tau if landing else min_step)
@@ -174,18 +175,63 @@ class AbstractAdaptiveSolver(AbstractSolver):
                 remaining = end - tau
                 if h >= remaining or (1.01 * h > remaining and remaining <= max_step):
                     h, landed = remaining, True
-            t0 = direction * tau
             # Below ~10 ulps of t a step makes no progress the error estimate can see (10 ulps < 2.3e-15·|t|).
-            smallest = min_step
             if h < 2.3e-15 * abs(tau) or h <= min_step:
                 smallest = max(min_step, 10 * (math.nextafter(abs(tau), math.inf) - abs(tau)))
                 if h < smallest and not landed:
-                    raise StepSizeTooSmall(t0, h, smallest)
+                    raise StepSizeTooSmall(direction * tau, h, smallest)
+            return h, forced, landed
+
+        def judge(t0: float, tau: float, tau1: float, h: float, y1: torch.Tensor, ratio: float, forced: bool) -> tuple[bool, float, bool]:
+            if math.isfinite(ratio):
+                accept = ratio <= 1 or forced
+            else:
+                if not bool(torch.isfinite(y1.detach()).all()):
+                    if forced:
+                        raise NonFiniteState(t0)
+                    accept = False
+                else:
+                    accept = forced
+                ratio = math.nan
+            if accept:
+                self.steps_accepted += 1
+            else:
+                self.steps_rejected += 1
+            return accept, ratio, accept
+
+        def advance(tau: float, tau1: float, y: torch.Tensor, y1: torch.Tensor, h: float, proposal: float):
+            return tau1, y1, (h if 1.0 <= proposal / h <= keep_step_ratio else proposal)
+
+        return limit, judge, self.controller.propose, advance
+
+    def budget_exceeded(self, tau, direction, end) -> MaxStepsExceeded:
+        """The error for a step budget spent between two outputs, at the time the loop reached."""
+        return MaxStepsExceeded(direction * tau, self.max_num_steps, None if end is None else direction * end)
+
+    def march(self, tau: float, direction: float, y: torch.Tensor, f: torch.Tensor, h: float, grad: bool, end: float | None = None) -> Iterator[tuple]:
+        """Take adaptive steps from ``tau = direction·t``; yield each accepted step ``(tau0, h, y0, y1, stages)``.
+
+        ``end`` (in tau) is the last output, for the step budget's message and for methods that land on it.
+        ``stages`` is only valid until the generator resumes when the method reuses its buffer.
+        """
+        min_step, max_num_steps = self.min_step, self.max_num_steps
+        step_taus = sorted(direction * v for v in self.step_t)
+        jump_taus = sorted(direction * v for v in self.jump_t)
+        next_step = min(bisect.bisect(step_taus, tau), len(step_taus) - 1) if step_taus else 0
+        next_jump = min(bisect.bisect(jump_taus, tau), len(jump_taus) - 1) if jump_taus else 0
+        has_jumps = bool(jump_taus)
+        callback_step, callback_accept, callback_reject = self.callback_step, self.callback_accept_step, self.callback_reject_step
+        attempt, next_slope = self.begin(y, f, grad)
+        limit, judge, propose, advance = self.step_rules(direction, end)
+        self.previous_rejected = True
+        while True:
+            h, forced, landed = limit(tau, h)
+            t0 = direction * tau
             if callback_step is not None:
                 callback_step(self.time(t0), y.view(self.shape), self.time(h))
             self.steps_since_output += 1
             if self.steps_since_output > max_num_steps:
-                raise MaxStepsExceeded(t0, max_num_steps, None if end is None else direction * end)
+                raise self.budget_exceeded(tau, direction, end)
             tau1 = end if landed else tau + h
             on_step = on_jump = False
             if step_taus and tau < step_taus[next_step] < tau1:
@@ -205,19 +251,9 @@ class AbstractAdaptiveSolver(AbstractSolver):
                 smallest = max(min_step, 10 * (math.nextafter(abs(tau), math.inf) - abs(tau)))
                 h = self.after_failure(t0, h, forced, smallest, failure)
                 continue
-            if math.isfinite(ratio):
-                accept = ratio <= 1 or forced
-            else:
-                if not bool(torch.isfinite(y1.detach()).all()):
-                    if forced:
-                        raise NonFiniteState(t0)
-                    accept = False
-                else:
-                    accept = forced
-                ratio = math.nan
-            proposal = controller.propose(h, ratio, accept)
-            if not accept:
-                self.steps_rejected += 1
+            accept, ratio, go_on = judge(t0, tau, tau1, h, y1, ratio, forced)
+            proposal = propose(h, ratio, accept)
+            if not go_on:
                 self.previous_rejected = True
                 if callback_reject is not None:
                     callback_reject(self.time(t0), y.view(self.shape), self.time(h))
@@ -225,7 +261,6 @@ class AbstractAdaptiveSolver(AbstractSolver):
                 continue
             if callback_accept is not None:
                 callback_accept(self.time(t0), y.view(self.shape), self.time(h))
-            self.steps_accepted += 1
             self.previous_rejected = False
             yield tau, h, y, y1, stages
             if on_step and next_step != len(step_taus) - 1:
@@ -233,8 +268,7 @@ class AbstractAdaptiveSolver(AbstractSolver):
             if on_jump and next_jump != len(jump_taus) - 1:
                 next_jump += 1
             f = next_slope(t1, y1, stages, f1, on_jump, direction)
-            tau, y = tau1, y1
-            h = h if 1.0 <= proposal / h <= keep_step_ratio else proposal
+            tau, y, h = advance(tau, tau1, y, y1, h, proposal)
 
     def _needs_graph(self, y: torch.Tensor, f: torch.Tensor) -> bool:
         return self.force_graph or (torch.is_grad_enabled() and (y.requires_grad or f.requires_grad))

@@ -8,9 +8,13 @@ dimension of ``y0``) has its own current time, step size, error norm (RMS over i
 and acceptance; the vector field is still called once per stage on the whole batch. Samples that
 have produced all their outputs are masked (step size 0) until the slowest one finishes.
 
-The step-size rules are the joint solver's (``odecli.solvers.controllers``: Hairer's initial step,
-torchdiffeq's I controller and defaults), applied per sample, so sample ``b`` takes the same steps
-as ``odeint(func_b, y0[b:b+1], t)`` solving it alone, up to rounding in accept/reject ties.
+The loop is the joint solver's (``adaptive.march``: step budget, attempt, acceptance, controller,
+yielding accepted steps); per-sample control enters through its step rules (``step_rules``: limits,
+acceptance and advance on ``(B,)`` tensors of times and step sizes, with one host read per attempt)
+and the controllers' per-sample rules (``controllers``: Hairer's initial step, I or PI control with
+torchdiffeq's defaults). Sample ``b`` therefore takes the same steps as ``odeint(func_b, y0[b:b+1], t)``
+solving it alone, up to rounding in accept/reject ties. The step budget ``max_num_steps`` counts
+attempts between two attempts that produced an output of any sample, as in joint mode.
 
 Conventions:
 
@@ -29,7 +33,6 @@ Conventions:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,13 +41,8 @@ import numpy as np
 import torch
 
 from odecli.solvers import stats
-from odecli.solvers.controllers import (
-    DEFAULT_MAX_NUM_STEPS,
-    StepLimits,
-    initial_step_sizes,
-    make_controller,
-    per_sample_rms_norm,
-)
+from odecli.solvers.adaptive import AbstractAdaptiveSolver
+from odecli.solvers.controllers import initial_step_sizes, per_sample_rms_norm
 from odecli.solvers.errors import (
     FuncOutputMismatch,
     InvalidInputError,
@@ -55,7 +53,7 @@ from odecli.solvers.errors import (
 )
 from odecli.solvers.interpolation import dense_weights
 from odecli.solvers.problem import check_tolerance, resolve_method
-from odecli.solvers.runge_kutta import AbstractAdaptiveRungeKutta, AbstractRungeKutta
+from odecli.solvers.runge_kutta import AbstractAdaptiveRungeKutta, AbstractRungeKutta, combine
 
 BATCH_MODES = ("joint", "independent")
 SUPPORTED_OPTIONS = frozenset({"first_step", "min_step", "max_step", "safety", "ifactor", "dfactor", "max_num_steps", "controller"})
@@ -162,7 +160,7 @@ def odeint_independent(
     times = _check_times(t, batch, y0)
     if stats.tracking() and torch.is_grad_enabled():
         func = stats.count_direct_backward(func)  # one backward NFE per batched evaluation in the graph
-    solver = _IndependentRK(cls, func, y0, rtol, atol, **options)
+    solver = IndependentRungeKutta(cls, func, y0, rtol, atol, **options)
     solution = solver.integrate(times)
     stats.record_forward(solver.nfe, int(solver.steps_accepted.sum()), int(solver.steps_rejected.sum()))
     if return_stats:
@@ -170,143 +168,189 @@ def odeint_independent(
     return solution
 
 
-class _IndependentRK:
-    """The vectorised step loop: per-sample ``tau = direction·t``, ``h``, error ratio and acceptance."""
+def per_sample_tolerance(tol, name: str, y0: torch.Tensor) -> float | torch.Tensor:
+    """A checked tolerance (``problem.check_tolerance``): a float, or one value per sample and element ``(B, n)``."""
+    tol = check_tolerance(name, tol, [y0.shape], False, y0.device, y0.dtype)
+    if isinstance(tol, float):
+        return tol
+    try:
+        return torch.broadcast_to(tol, y0.shape).reshape(y0.shape[0], -1)
+    except RuntimeError:
+        raise InvalidInputError(f"{name} of shape {tuple(tol.shape)} does not broadcast to y0's shape {tuple(y0.shape)}.") from None
 
-    def __init__(self, cls, func, y0: torch.Tensor, rtol, atol, first_step=None, min_step=0.0, max_step=math.inf,
-                 safety=0.9, ifactor=10.0, dfactor=0.2, max_num_steps=DEFAULT_MAX_NUM_STEPS, controller="i"):
+
+class PerSampleProgress:
+    """Which outputs each sample has produced; shared by the per-sample step rules and ``integrate``."""
+
+    def __init__(self, taus: torch.Tensor):
+        batch, n_out = taus.shape
+        self.taus = taus  # (B, T) increasing per row (tau = direction·t)
+        self.columns = torch.arange(n_out, device=taus.device)
+        self.next_output = torch.ones(batch, dtype=torch.long, device=taus.device)  # per sample: the first output not yet produced
+        self.done = torch.zeros(batch, dtype=torch.bool, device=taus.device)
+        self.accept = self.done  # the last attempt's acceptance, (B,)
+        self.hits = None  # (B, T): the outputs the last accepted attempt produced
+        self.reached = self.next_output
+        self.any_hits = False
+
+
+class IndependentRungeKutta(AbstractAdaptiveSolver):
+    """An explicit pair with one step size per sample, on the one adaptive loop (``adaptive.march``).
+
+    The loop's times, step sizes and acceptance are ``(B,)`` tensors here: ``step_rules`` gives the
+    vectorised limit/judge/propose/advance (one host read per attempt: whether any sample is stuck,
+    failed, produced an output or was accepted). A step's stages are the method's own stepper's
+    (``AbstractRungeKutta.stages`` with one step per sample), the state flat ``[B·n]`` as in joint mode.
+    """
+
+    lands_on_last_time = False
+
+    def __init__(self, cls, func, y0: torch.Tensor, rtol, atol, **options: Any):
         self.tableau, self.order = cls.tableau, cls.order
-        self.func, self.y0 = func, y0
-        self.batch, self.shape = y0.shape[0], y0.shape
-        self.n = y0[0].numel()
-        self.dtype, self.device = y0.dtype, y0.device
-        self.rtol, self.atol = self._tolerance(rtol, "rtol"), self._tolerance(atol, "atol")
-        self.first_step, self.min_step, self.max_step, self.max_num_steps = StepLimits.parse(first_step, min_step, max_step, max_num_steps)
-        self.controller = make_controller(controller, self.order, safety, ifactor, dfactor)
+        self.batch, self.n_sample = y0.shape[0], y0[0].numel()
+        rtol, atol = per_sample_tolerance(rtol, "rtol", y0), per_sample_tolerance(atol, "atol", y0)
+        super().__init__(func, y0, rtol, atol, **options)
+        self.rtol, self.atol = rtol, atol  # (B, n) where given per element: one row per sample
+        self.callback_step = self.callback_accept_step = self.callback_reject_step = None  # a joint-mode feature
         self.time_view = (self.batch,) + (1,) * (y0.ndim - 1)
-        self.nfe = 0
+        time_view = self.time_view
+        # The method's stepper computes the stages; its func sees each sample's time in the batch's time shape.
+        self.stepper = cls(lambda t, y: func(t.view(time_view), y), y0, 0.0, 0.0)
         self.steps_accepted = torch.zeros(self.batch, dtype=torch.long, device=self.device)
         self.steps_rejected = torch.zeros(self.batch, dtype=torch.long, device=self.device)
-        tab = self.tableau
-        self.a = [[float(v) for v in row] for row in tab.a]
-        self.b = [float(v) for v in tab.b]
-        self.b_error = [float(v) for v in tab.b_error]
-        self.c = [float(v) for v in tab.c]
-        self.dense_t = np.ascontiguousarray(np.asarray(tab.dense, dtype=np.float64).T)  # [degree, stages]
+        self.dense_t = np.ascontiguousarray(np.asarray(self.tableau.dense, dtype=np.float64).T)  # [degree, stages]
+        self.progress: PerSampleProgress | None = None
 
-    def _tolerance(self, tol, name: str):
-        """A checked tolerance (``problem.check_tolerance``): a float, or one value per sample and element ``(B, n)``."""
-        tol = check_tolerance(name, tol, [self.shape], False, self.device, self.dtype)
-        if isinstance(tol, float):
-            return tol
-        try:
-            return torch.broadcast_to(tol, self.shape).reshape(self.batch, self.n)
-        except RuntimeError:
-            raise InvalidInputError(f"{name} of shape {tuple(tol.shape)} does not broadcast to y0's shape {tuple(self.shape)}.") from None
-
-    def _eval(self, time: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``func`` on the batch at per-sample times ``time`` (B,) float64; returns ``(B, n)``."""
+    def evaluate(self, time: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``func`` on the batch at per-sample times ``time`` (B,) for a flat ``y``; flat, its shape checked."""
         self.nfe += 1
         out = self.func(time.to(self.dtype).view(self.time_view), y.view(self.shape))
         if not isinstance(out, torch.Tensor) or out.shape != self.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise FuncOutputMismatch(f"func(t, y) returned {got}, but the state y has shape {tuple(self.shape)}; they must match.")
-        return out.reshape(self.batch, self.n)
+        return out.reshape(self.n)
 
-    def _eval_at(self, time: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``func`` at per-sample times already in the state's dtype; the output was checked by ``_eval``."""
-        self.nfe += 1
-        return self.func(time.view(self.time_view), y.view(self.shape)).reshape(self.batch, self.n)
-
-    def _initial_step(self, tau: torch.Tensor, direction: torch.Tensor, y: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        if self.first_step is not None:
-            return torch.full_like(tau, self.first_step)
-        # Hairer's rule per sample: the same function as joint mode's, with one norm per sample and (B,) times.
-        return initial_step_sizes(self._eval, direction * tau, direction, y, f, self.order, self.rtol, self.atol, per_sample_rms_norm)
-
-    def integrate(self, taus_t: torch.Tensor) -> torch.Tensor:
-        batch, n, n_out = self.batch, self.n, taus_t.shape[1]
-        y = self.y0.reshape(batch, n)
-        if n_out == 1:
-            return self.y0.unsqueeze(0)
-        device, dtype = self.device, self.dtype
-        direction = torch.sign(taus_t[:, 1] - taus_t[:, 0])  # float64 (B,)
-        taus = (taus_t * direction[:, None]).contiguous()  # increasing per row
-        tau = taus[:, 0].clone()
+    def start(self, t0: torch.Tensor, direction: torch.Tensor):
+        """``(y0 flat, f(t0, y0), first step sizes (B,))``."""
+        y = self.y0.reshape(self.n)
         if not bool(torch.isfinite(y.detach()).all()):
-            raise NonFiniteState(float(taus_t[0, 0]), "initial state y0")
-        f = self._eval(direction * tau, y)
-        h = self._initial_step(tau, direction, y, f)
-        tab, carries, fsal = self.tableau, self.tableau.carries_last_stage, self.tableau.fsal
-        a_rows = [torch.tensor(row, dtype=dtype, device=device) for row in self.a]
-        b = torch.tensor(self.b, dtype=dtype, device=device)
-        b_error = torch.tensor(self.b_error, dtype=dtype, device=device)
-        columns = torch.arange(n_out, device=device)
-        c_column = torch.tensor(self.c, dtype=torch.float64, device=device)[:, None]
-        c_is_one = c_column == 1.0
-        j = torch.ones(batch, dtype=torch.long, device=device)
-        done = torch.zeros(batch, dtype=torch.bool, device=device)
-        rows, cols, values = [torch.arange(batch, device=device)], [torch.zeros(batch, dtype=torch.long, device=device)], [y]
-        attempts = 0
-        while True:
-            h = torch.where(torch.isfinite(h), h, torch.full_like(h, self.min_step)).clamp(self.min_step, self.max_step)
-            h = torch.where(done, torch.zeros_like(h), h)
-            attempts += 1
-            if attempts > self.max_num_steps:
-                worst = int(torch.where(done, -1, self.steps_accepted + self.steps_rejected).argmax())
-                raise MaxStepsExceeded(float(direction[worst] * tau[worst]), self.max_num_steps)
-            tau1 = tau + h
-            dt = (direction * h).to(dtype)[:, None]
-            # Every stage's time at once, (s, B): direction·(tau + c_i h), with tau1 itself where c_i = 1.
-            stage_times = torch.where(c_is_one, tau1, torch.addcmul(tau, c_column, h)).mul_(direction).to(dtype)
-            ks, yi = [f], y
-            for i in range(1, tab.stages):
-                # y + dt · Σ_j a_ij k_j for the whole batch: one stack, one matmul, one addcmul.
-                yi = torch.addcmul(y, dt, torch.matmul(a_rows[i], torch.stack(ks, dim=1)))
-                ks.append(self._eval_at(stage_times[i], yi))
-            stages = torch.stack(ks, dim=1)  # (B, s, n)
-            y1 = yi if fsal else torch.addcmul(y, dt, torch.matmul(b, stages))
+            raise NonFiniteState(float(t0[0]), "initial state y0")
+        f = self.evaluate(t0, y)
+        if self.first_step is not None:
+            return y, f, torch.full_like(t0, self.first_step)
+        rows = (self.batch, self.n_sample)
+
+        def evaluate_rows(time: torch.Tensor, y_rows: torch.Tensor) -> torch.Tensor:
+            return self.evaluate(time, y_rows.reshape(self.n)).view(rows)
+
+        # Hairer's rule per sample: the same function as joint mode's, with one norm per sample and (B,) times.
+        return y, f, initial_step_sizes(evaluate_rows, t0, direction, y.view(rows), f.view(rows), self.order, self.rtol, self.atol, per_sample_rms_norm)
+
+    def begin(self, y: torch.Tensor, f: torch.Tensor, grad: bool):
+        """The batched ``attempt`` (the stepper's stages, one error ratio per sample) and ``next_slope``."""
+        tab, dtype, rows, n_sample = self.tableau, self.dtype, (self.batch, self.n_sample), self.n_sample
+        rtol, atol, progress, stepper = self.rtol, self.atol, self.progress, self.stepper
+        carries, fsal = tab.carries_last_stage, tab.fsal
+        b, b_error = stepper.coefficients.b, stepper.coefficients.b_error
+        slope = f
+
+        def attempt(t0: torch.Tensor, dt: torch.Tensor, t1: torch.Tensor, h: torch.Tensor, y: torch.Tensor, f: torch.Tensor, grad: bool, nudge_end: bool):
+            state_dt = dt.to(dtype).repeat_interleave(n_sample)  # each sample's step over its elements
+            before = stepper.nfe
+            y_last, stages = stepper.stages(t0, dt, t1, y, f, False, state_dt)
+            self.nfe += stepper.nfe - before
+            y1 = y_last if fsal else combine(y, stages, b, state_dt)
             with torch.no_grad():
-                error = dt * torch.matmul(b_error, stages.detach())
-                tolerance = torch.maximum(y.detach().abs(), y1.detach().abs()).mul_(self.rtol).add_(self.atol)
+                error = torch.mv(stages.detach().T, b_error).mul_(state_dt).view(rows)
+                tolerance = torch.maximum(y.detach().abs(), y1.detach().abs()).view(rows).mul(rtol).add_(atol)
                 ratio = per_sample_rms_norm(error.div_(tolerance)).double()
-                accept = ((ratio <= 1) | (h <= self.min_step)) & ~done
-                # Outputs this step reaches, per sample: columns j .. reached-1 of its time row.
-                reached = torch.searchsorted(taus, tau1[:, None], right=True)[:, 0]
-                hits = (columns >= j[:, None]) & (columns < reached[:, None]) & accept[:, None]
+            return y1, stages, ratio, None
+
+        def next_slope(t1: torch.Tensor, y1: torch.Tensor, stages: torch.Tensor, f1, jumped: bool, direction) -> torch.Tensor:
+            nonlocal slope
+            following = stages[-1] if carries else self.evaluate(t1, y1)
+            slope = torch.where(progress.accept[:, None], following.view(rows), slope.view(rows)).view(-1)
+            return slope
+
+        return attempt, next_slope
+
+    def step_rules(self, direction: torch.Tensor, end):
+        """The loop's arithmetic per sample: masks instead of branches, one host read per attempt."""
+        min_step, max_step, progress = self.min_step, self.max_step, self.progress
+        propose_per_sample, rows = self.controller.propose_per_sample, (self.batch, self.n_sample)
+
+        def limit(tau: torch.Tensor, h: torch.Tensor):
+            h = torch.where(torch.isfinite(h), h, torch.full_like(h, min_step)).clamp(min_step, max_step)
+            h = torch.where(progress.done, torch.zeros_like(h), h)  # finished samples stand still
+            return h, h <= min_step, False
+
+        def judge(t0, tau, tau1, h, y1, ratio, forced):
+            done = progress.done
+            with torch.no_grad():
+                accept = ((ratio <= 1) | forced) & ~done
+                # Outputs this step reaches, per sample: columns next_output .. reached-1 of its time row.
+                reached = torch.searchsorted(progress.taus, tau1[:, None], right=True)[:, 0]
+                hits = (progress.columns >= progress.next_output[:, None]) & (progress.columns < reached[:, None]) & accept[:, None]
                 stuck = (tau1 <= tau) & ~done
                 trouble = ~torch.isfinite(ratio) & ~done
-                flags = torch.stack([stuck.any(), trouble.any(), hits.any(), accept.any()]).tolist()
-            if flags[0]:
+                is_stuck, in_trouble, any_hits, any_accepted = torch.stack([stuck.any(), trouble.any(), hits.any(), accept.any()]).tolist()
+            if is_stuck:
                 bad = int(stuck.nonzero()[0])
-                raise StepSizeTooSmall(float(direction[bad] * tau[bad]), float(h[bad]), self.min_step)
-            if flags[1]:
+                raise StepSizeTooSmall(float(t0[bad]), float(h[bad]), min_step)
+            if in_trouble:
                 bad = trouble.nonzero()[:, 0]
-                if not bool(torch.isfinite(y1.detach()[bad]).all()):
-                    raise NonFiniteState(float(direction[bad[0]] * tau[bad[0]]))
+                if not bool(torch.isfinite(y1.detach().view(rows)[bad]).all()):
+                    raise NonFiniteState(float(t0[bad[0]]))
             self.steps_accepted += accept
             self.steps_rejected += ~accept & ~done
-            if flags[2]:
-                idx, col = hits.nonzero(as_tuple=True)
-                target = taus[idx, col]
-                weights = dense_weights(self.dense_t, ((target - tau[idx]) / h[idx]).cpu().numpy(), 1.0, dtype, device)  # (k, s)
-                inside = torch.addcmul(y[idx], dt[idx], torch.matmul(weights.unsqueeze(1), stages[idx]).squeeze(1))
-                at_end = (target == tau1[idx])[:, None]
-                rows.append(idx)
-                cols.append(col)
-                values.append(torch.where(at_end, y1[idx], inside))
-                j = torch.maximum(j, torch.where(accept, reached, j))
-            if flags[3]:
-                keep = accept[:, None]
-                y = torch.where(keep, y1, y)
-                f_next = ks[-1] if carries else self._eval(direction * tau1, y1)
-                f = torch.where(keep, f_next, f)
-                tau = torch.where(accept, tau1, tau)
-                done = j >= n_out
-                if flags[2] and bool(done.all()):
-                    break
+            progress.accept, progress.hits, progress.reached, progress.any_hits = accept, hits, reached, any_hits
+            return accept, ratio, any_accepted
+
+        def propose(h, ratio, accept):
             with torch.no_grad():
-                h = self.controller.propose_per_sample(h, ratio, accept).clamp(self.min_step, self.max_step)
+                return propose_per_sample(h, ratio, accept)
+
+        def advance(tau, tau1, y, y1, h, proposal):
+            accept = progress.accept
+            return torch.where(accept, tau1, tau), torch.where(accept[:, None], y1.view(rows), y.view(rows)).view(-1), proposal
+
+        return limit, judge, propose, advance
+
+    def budget_exceeded(self, tau, direction, end) -> MaxStepsExceeded:
+        steps = torch.where(self.progress.done, -1, self.steps_accepted + self.steps_rejected)
+        worst = int(steps.argmax())
+        return MaxStepsExceeded(float(direction[worst] * tau[worst]), self.max_num_steps)
+
+    def integrate(self, taus_t: torch.Tensor) -> torch.Tensor:
+        batch, n, n_out = self.batch, self.n_sample, taus_t.shape[1]
+        if n_out == 1:
+            return self.y0.unsqueeze(0)
+        dtype, device = self.dtype, self.device
+        direction = torch.sign(taus_t[:, 1] - taus_t[:, 0])  # float64 (B,)
+        taus = (taus_t * direction[:, None]).contiguous()  # increasing per row
+        progress = self.progress = PerSampleProgress(taus)
+        y, f, h = self.start(taus_t[:, 0], direction)
+        grad = self._needs_graph(y, f)
+        rows, cols, values = [torch.arange(batch, device=device)], [torch.zeros(batch, dtype=torch.long, device=device)], [y.view(batch, n)]
+        self.steps_since_output = 0
+        for tau0, step, y0, y1, stages in self.march(taus[:, 0].clone(), direction, y, f, h, grad):
+            if not progress.any_hits:
+                continue
+            idx, col = progress.hits.nonzero(as_tuple=True)
+            target = taus[idx, col]
+            weights = dense_weights(self.dense_t, ((target - tau0[idx]) / step[idx]).cpu().numpy(), 1.0, dtype, device)  # (k, s)
+            dt = (direction[idx] * step[idx]).to(dtype)[:, None]
+            sample_stages = stages.view(-1, batch, n)[:, idx].transpose(0, 1)  # (k, s, n)
+            inside = torch.addcmul(y0.view(batch, n)[idx], dt, torch.bmm(weights.unsqueeze(1), sample_stages).squeeze(1))
+            at_end = (target == (tau0 + step)[idx])[:, None]
+            rows.append(idx)
+            cols.append(col)
+            values.append(torch.where(at_end, y1.view(batch, n)[idx], inside))
+            progress.next_output = torch.maximum(progress.next_output, torch.where(progress.accept, progress.reached, progress.next_output))
+            progress.done = progress.next_output >= n_out
+            self.steps_since_output = 0
+            if bool(progress.done.all()):
+                break
         flat = torch.cat(values)
         solution = flat.new_zeros(batch, n_out, n).index_put((torch.cat(rows), torch.cat(cols)), flat)
         return solution.transpose(0, 1).reshape(n_out, *self.shape)

@@ -128,17 +128,20 @@ class AbstractRungeKutta(AbstractSolver):
             self.force_graph = True
             return loop(self, *args)
 
-    def stages(self, t0, dt, t1, y: torch.Tensor, k1: torch.Tensor, nudge_end: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def stages(self, t0, dt, t1, y: torch.Tensor, k1: torch.Tensor, nudge_end: bool = False, state_dt=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The stages ``[s, n]`` of one step from ``y`` with first stage ``k1``, and the last stage's input, with a graph.
 
-        Times are floats, or 0-d tensors (from a ``t`` that requires grad): every stage time and input is
-        then a function of t. ``nudge_end``: a ``c = 1`` stage sees ``t1`` one ulp inside the step.
+        Times are floats, or tensors (from a ``t`` that requires grad: every stage time and input is then a
+        function of t; or one time per sample, ``(B,)``, in per-sample mode). ``nudge_end``: a ``c = 1`` stage
+        sees ``t1`` one ulp inside the step. ``state_dt``: the step per state element where it is not ``dt``
+        itself (per-sample mode: each sample's step repeated over its elements).
         """
         tab, a_rows, c, dtype = self.tableau, self.coefficients.a_rows, self.tableau.c, self.time_dtype
+        state_dt = dt if state_dt is None else state_dt
         ks, yi = [k1], y
         for i in range(1, tab.stages):
             ti = (nudge_time(t1, t0, dtype) if nudge_end else t1) if c[i] == 1.0 else t0 + c[i] * dt
-            yi = combine(y, torch.stack(ks), a_rows[i], dt)
+            yi = combine(y, torch.stack(ks), a_rows[i], state_dt)
             ks.append(self.func(self.time(ti), yi.view(self.shape)).reshape(self.n))
         self.nfe += tab.stages - 1
         return yi, torch.stack(ks)
