@@ -14,7 +14,13 @@ from torchdiffeq._impl.odeint import SOLVERS as TORCHDIFFEQ_SOLVERS  # noqa: E40
 # Between steps fehlberg2 reads a cubic Hermite dense output where torchdiffeq fits a quartic through a
 # first-order midpoint (a slope O(h) wrong): the outputs differ by up to 6e-4 here, each about 5e-3 from the
 # exact solution at rtol 1e-5, so the check is "as accurate as torchdiffeq" against a dopri8 reference.
-OWN_DENSE_OUTPUT = {"fehlberg2"}
+# bosh3 reads Bogacki & Shampine's own cubic Hermite where torchdiffeq fits a quartic: same steps and NFE, the
+# outputs differ by up to 8.5e-4 (42x the tolerance), ours 6.0e-4 from the exact solution, torchdiffeq's 1.1e-3.
+OWN_DENSE_OUTPUT = {"fehlberg2", "bosh3"}
+# Every other adaptive method takes torchdiffeq's steps with its tableau and its interpolant: the outputs agree
+# to round-off (1.9e-12 at most, measured), except dopri8 read between steps backwards in time (9.9e-9).
+SAME_OUTPUT_ATOL = 1e-10
+SAME_OUTPUT_ATOL_OF = {"dopri8": 3e-8}
 BROKEN_IN_TORCHDIFFEQ = {"explicit_adams": "torchdiffeq 0.2.5's explicit_adams diverges (NaN) here; ours diverges with it"}
 SHARED = [
     pytest.param(name, marks=[pytest.mark.xfail(reason=BROKEN_IN_TORCHDIFFEQ[name])] if name in BROKEN_IN_TORCHDIFFEQ else [])
@@ -56,7 +62,7 @@ def test_same_solution_and_work_as_torchdiffeq(method, reverse):
             exact = torchdiffeq.odeint(Spiral(), y0, t, rtol=1e-13, atol=1e-13, method="dopri8")
             assert float((ours - exact).abs().max()) <= 1.05 * float((theirs - exact).abs().max())
         else:
-            torch.testing.assert_close(ours, theirs, rtol=0, atol=50 * (atol + rtol * float(theirs.abs().max())))
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=SAME_OUTPUT_ATOL_OF.get(method, SAME_OUTPUT_ATOL))
     else:
         assert ours_f.calls == theirs_f.calls
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
@@ -85,4 +91,4 @@ def test_float32_spiral_matches_within_float32_accuracy():
     ours = odeint(spiral, y0, t, rtol=1e-5, atol=1e-7)
     ours_calls = spiral.calls - calls_before - theirs_calls
     assert abs(ours_calls - theirs_calls) <= 0.1 * theirs_calls
-    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-3)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)  # 2.6e-5 measured over 25 time units (|y| <= 2)
