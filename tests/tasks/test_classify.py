@@ -27,8 +27,6 @@ load_all()
 TINY = ["width=8", "data.batch_size=16", "data.val_size=16", "data.eval_batch_size=64", "threads=1"]
 
 
-
-
 @pytest.fixture(scope="module")
 def tiny_arrays() -> dict[str, np.ndarray]:
     return bar_digits()
@@ -72,7 +70,7 @@ def test_each_model_trains_logs_and_checkpoints(model: str, data_dir: Path, tmp_
     assert metrics["status"] == "completed"
     for key in ("test_accuracy", "test_error", "params", "nfe_forward", "nfe_backward", "epochs", "wall_time_s", "time_per_epoch_s"):
         assert key in metrics, key
-    assert 0 <= metrics["test_accuracy"] <= 1 and metrics["test_error"] == pytest.approx(1 - metrics["test_accuracy"])
+    assert_a_share_of_the_test_set(metrics)
     assert metrics["epochs"] == 1 and metrics["steps"] == 5 and metrics["test_size"] == N_TEST
     assert metrics["data_source"] == "dir"
     if model in ("odenet", "rknet"):
@@ -90,9 +88,17 @@ def test_each_model_trains_logs_and_checkpoints(model: str, data_dir: Path, tmp_
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["ckpt_000000005.pt"]
 
 
+def assert_a_share_of_the_test_set(metrics: dict) -> None:
+    """Test accuracy is k/N_TEST for a whole number k of the N_TEST images, and test error the other (N_TEST − k)/N_TEST."""
+    correct, wrong = metrics["test_accuracy"] * N_TEST, metrics["test_error"] * N_TEST
+    assert correct == pytest.approx(round(correct), abs=1e-9) and wrong == pytest.approx(round(wrong), abs=1e-9), metrics
+    assert round(correct) + round(wrong) == N_TEST, metrics
+
+
 def test_it_learns_the_tiny_task(data_dir: Path, tmp_path: Path) -> None:
     metrics = classify(tmp_path / "run", f"data.dir={data_dir}", "classifier@model=mlp", "epochs=6", "optim.lr=0.01", *TINY)
     assert metrics["test_accuracy"] > 0.9, metrics
+    assert_a_share_of_the_test_set(metrics)
 
 
 def test_odenet_with_the_adjoint_and_another_solver(data_dir: Path, tmp_path: Path) -> None:

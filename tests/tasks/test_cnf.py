@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -28,17 +29,32 @@ def _densities() -> list[str]:
 def test_every_density_trains_and_plots(data: str, tmp_path: Path) -> None:
     metrics = cnf(tmp_path / data, f"data={data}", *TINY)
     assert metrics["status"] == "completed" and metrics["data"] == data
-    assert metrics["nll_test"] == pytest.approx(metrics["nll_test"])  # finite
+    assert math.isfinite(metrics["nll_test"]), metrics["nll_test"]
     assert metrics["nfe_forward"] > 0 and metrics["nfe_backward"] > 0
     assert ("nll_gap" in metrics) == (data == "8gaussians")
     for name in ("density.png", "flow.png"):
         assert (tmp_path / data / "plots" / name).stat().st_size > 5_000
 
 
+def _eight_gaussians_entropy_by_quadrature() -> float:
+    """−∫ p log p over [−5, 5]² on an 801² grid (the mixture's mass outside is below 1e-9): 2.8319 nats."""
+    import torch
+
+    from odecli.data.toy2d import eight_gaussians_log_prob
+
+    x = torch.linspace(-5.0, 5.0, 801, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(x, x, indexing="ij"), -1).reshape(-1, 2)
+    log_p = eight_gaussians_log_prob(grid)
+    return float(-(log_p.exp() * log_p).sum() * (x[1] - x[0]) ** 2)
+
+
 def test_known_density_reports_entropy_and_gap(tmp_path: Path) -> None:
+    """The true entropy (a Monte Carlo mean of −log p) agrees with quadrature within its standard error, and
+    the test NLL (a cross-entropy) lies above it (Gibbs' inequality; 4 iterations leave the model far from p)."""
     metrics = cnf(tmp_path / "run", "data=8gaussians", *TINY)
-    assert metrics["true_entropy"] == pytest.approx(2.83, abs=0.1)
-    assert metrics["nll_gap"] == pytest.approx(metrics["nll_test"] - metrics["true_entropy"])
+    assert 0 < metrics["true_entropy_stderr"] < 0.05  # 2000 samples
+    assert abs(metrics["true_entropy"] - _eight_gaussians_entropy_by_quadrature()) < 4 * metrics["true_entropy_stderr"], metrics
+    assert metrics["nll_gap"] > 0.5, metrics
 
 
 @pytest.mark.parametrize(
@@ -91,8 +107,6 @@ def test_planar_nf_needs_the_kl_objective() -> None:
 
 
 def test_log_normalizer_of_a_gaussian_energy(monkeypatch: pytest.MonkeyPatch) -> None:
-    import math
-
     from odecli.data import targets
 
     monkeypatch.setitem(targets.TARGETS, "gauss", lambda z: 0.5 * (z**2).sum(1))
