@@ -113,6 +113,7 @@ def test_bad_override_in_a_real_process_has_no_traceback(tmp_path: Path) -> None
 def test_debug_flag_shows_traceback() -> None:
     result = invoke("fit", "dynamics=nope", "--debug")
     assert result.exit_code == 2
+    assert "Traceback" in result.output and "Unknown dynamics 'nope'" in result.output, result.output
 
 
 def test_board_refuses_missing_logdir(tmp_path: Path) -> None:
