@@ -39,8 +39,8 @@ class Case:
 
 
 CASES = [
-    Case("fit", ("dynamics=lotka_volterra", "iters=40", "eval_every=10", "plot_every=0", "checkpoint_every=4", "threads=1", "data.noise=0.02"),
-         40, ("val_mse", "loss_train_last", "nfe_forward", "nfe_backward")),
+    Case("fit", ("dynamics=lotka_volterra", "iters=16", "eval_every=4", "plot_every=0", "checkpoint_every=4", "threads=1", "data.noise=0.02"),
+         16, ("val_mse", "loss_train_last", "nfe_forward", "nfe_backward")),
     Case("cnf", ("iters=30", "batch_size=64", "eval_every=10", "plot_every=0", "checkpoint_every=3", "test_samples=300",
                  "entropy_samples=2000", "grid_points=12", "flow_frames=3", "threads=1", "solver.tol=1e-3", "trace=hutchinson"),
          30, ("nll_test", "loss_train_last", "nfe_forward", "nfe_backward")),
