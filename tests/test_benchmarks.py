@@ -30,11 +30,14 @@ def _run(tmp_path: Path, *args: str, block_imports: tuple[str, ...] = ()) -> tup
     return json.loads(raw.read_text()), output.read_text()
 
 
+# The whole quick benchmark (~75 s on a shared 2-core machine) is slow tier; the fast tier runs the script on one
+# problem (test_a_missing_peer_is_skipped_with_a_note).
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     return _run(tmp_path_factory.mktemp("bench"))
 
 
+@pytest.mark.slow
 def test_quick_mode_reports_every_peer_with_sane_numbers(quick):
     report, markdown = quick
     assert report["peers"] == list(PEERS)
@@ -68,6 +71,7 @@ def test_quick_mode_reports_every_peer_with_sane_numbers(quick):
     assert any(word in markdown for word in ("PASS", "MISS"))
 
 
+@pytest.mark.slow
 def test_fixed_step_memory_rows_compare_direct_and_adjoint(quick):
     report, markdown = quick
     memory = [row for row in report["rows"] if row["group"] == "memory"]

