@@ -213,9 +213,8 @@ class IndependentRungeKutta(AbstractAdaptiveSolver):
         self.rtol, self.atol = rtol, atol  # (B, n) where given per element: one row per sample
         self.callback_step = self.callback_accept_step = self.callback_reject_step = None  # a joint-mode feature
         self.time_view = (self.batch,) + (1,) * (y0.ndim - 1)
-        time_view = self.time_view
-        # The method's stepper computes the stages; its func sees each sample's time in the batch's time shape.
-        self.stepper = cls(lambda t, y: func(t.view(time_view), y), y0, 0.0, 0.0)
+        # The method's stepper computes the stages (of each step rescaled to θ ∈ [0, 1]: see ``begin``).
+        self.stepper = cls(func, y0, 0.0, 0.0)
         self.steps_accepted = torch.zeros(self.batch, dtype=torch.long, device=self.device)
         self.steps_rejected = torch.zeros(self.batch, dtype=torch.long, device=self.device)
         self.dense_t = np.ascontiguousarray(np.asarray(self.tableau.dense, dtype=np.float64).T)  # [degree, stages]
@@ -247,28 +246,57 @@ class IndependentRungeKutta(AbstractAdaptiveSolver):
         return y, f, initial_step_sizes(evaluate_rows, t0, direction, y.view(rows), f.view(rows), self.order, self.rtol, self.atol, per_sample_rms_norm)
 
     def begin(self, y: torch.Tensor, f: torch.Tensor, grad: bool):
-        """The batched ``attempt`` (the stepper's stages, one error ratio per sample) and ``next_slope``."""
-        tab, dtype, rows, n_sample = self.tableau, self.dtype, (self.batch, self.n_sample), self.n_sample
-        rtol, atol, progress, stepper = self.rtol, self.atol, self.progress, self.stepper
-        carries, fsal = tab.carries_last_stage, tab.fsal
+        """The batched ``attempt`` and ``next_slope``.
+
+        Each sample's step ``t0_b → t0_b + dt_b`` is one step of size 1 of the method's own stepper on
+        ``z(θ) = y(t0 + θ·dt)``, ``dz/dθ = dt ⊙ f(t0 + θ·dt, z)``, θ ∈ [0, 1]: the stages it computes are
+        ``dt ⊙ k_i``, so its in-place fast path (one ``addmv`` per stage, reused buffers) serves every
+        sample at once, and the solution, error estimate and dense output need no further ``dt``.
+        """
+        tab, dtype, rows, shape = self.tableau, self.dtype, (self.batch, self.n_sample), self.shape
+        rtol, atol, progress, stepper, func = self.rtol, self.atol, self.progress, self.stepper, self.func
+        carries, fsal, count = tab.carries_last_stage, tab.fsal, tab.stages - 1
         b, b_error = stepper.coefficients.b, stepper.coefficients.b_error
-        slope = f
+        c_column = torch.tensor(tab.c[1:], dtype=torch.float64, device=self.device)[:, None]
+        c_is_one = c_column == 1.0
+        stage_view = (count, *self.time_view)
+        buffers = None if grad else stepper.stage_buffers_for_solve()
+        slope, last_slope = f, None
+        stage_times: tuple[torch.Tensor, ...] = ()
+        scale: torch.Tensor | None = None  # dt per sample, in the state's dtype and the batch's time shape
+        calls = 0
+
+        def scaled_field(theta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+            # Stage i of the θ-problem: f at sample times t0 + c_i dt (precomputed per attempt), scaled by dt.
+            nonlocal calls, last_slope
+            last_slope = func(stage_times[calls], z.view(shape))
+            calls += 1
+            return last_slope * scale
+
+        stepper.func = scaled_field
 
         def attempt(t0: torch.Tensor, dt: torch.Tensor, t1: torch.Tensor, h: torch.Tensor, y: torch.Tensor, f: torch.Tensor, grad: bool, nudge_end: bool):
-            state_dt = dt.to(dtype).repeat_interleave(n_sample)  # each sample's step over its elements
+            nonlocal stage_times, scale, calls
+            stage_times = torch.where(c_is_one, t1, torch.addcmul(t0, c_column, dt)).to(dtype).view(stage_view).unbind(0)
+            scale = dt.to(dtype).view(self.time_view)
+            calls = 0
             before = stepper.nfe
-            y_last, stages = stepper.stages(t0, dt, t1, y, f, False, state_dt)
+            if buffers is None:
+                y_last, stages = stepper.stages(0.0, 1.0, 1.0, y, (f.view(shape) * scale).reshape(-1))
+            else:
+                torch.mul(f.view(shape), scale, out=buffers[2][0])
+                y_last, stages = stepper.stages_in_place(0.0, 1.0, 1.0, y, buffers, False)
             self.nfe += stepper.nfe - before
-            y1 = y_last if fsal else combine(y, stages, b, state_dt)
+            y1 = y_last if fsal else combine(y, stages, b, 1.0)
             with torch.no_grad():
-                error = torch.mv(stages.detach().T, b_error).mul_(state_dt).view(rows)
+                error = torch.mv(stages.detach().T, b_error).view(rows)
                 tolerance = torch.maximum(y.detach().abs(), y1.detach().abs()).view(rows).mul(rtol).add_(atol)
                 ratio = per_sample_rms_norm(error.div_(tolerance)).double()
             return y1, stages, ratio, None
 
         def next_slope(t1: torch.Tensor, y1: torch.Tensor, stages: torch.Tensor, f1, jumped: bool, direction) -> torch.Tensor:
             nonlocal slope
-            following = stages[-1] if carries else self.evaluate(t1, y1)
+            following = last_slope.reshape(-1) if carries else self.evaluate(t1, y1)
             slope = torch.where(progress.accept[:, None], following.view(rows), slope.view(rows)).view(-1)
             return slope
 
@@ -339,9 +367,8 @@ class IndependentRungeKutta(AbstractAdaptiveSolver):
             idx, col = progress.hits.nonzero(as_tuple=True)
             target = taus[idx, col]
             weights = dense_weights(self.dense_t, ((target - tau0[idx]) / step[idx]).cpu().numpy(), 1.0, dtype, device)  # (k, s)
-            dt = (direction[idx] * step[idx]).to(dtype)[:, None]
-            sample_stages = stages.view(-1, batch, n)[:, idx].transpose(0, 1)  # (k, s, n)
-            inside = torch.addcmul(y0.view(batch, n)[idx], dt, torch.bmm(weights.unsqueeze(1), sample_stages).squeeze(1))
+            sample_stages = stages.view(-1, batch, n)[:, idx].transpose(0, 1)  # (k, s, n): dt ⊙ k_i (see begin)
+            inside = torch.baddbmm(y0.view(batch, 1, n)[idx], weights.unsqueeze(1), sample_stages).squeeze(1)
             at_end = (target == (tau0 + step)[idx])[:, None]
             rows.append(idx)
             cols.append(col)

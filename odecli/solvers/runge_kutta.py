@@ -128,26 +128,23 @@ class AbstractRungeKutta(AbstractSolver):
             self.force_graph = True
             return loop(self, *args)
 
-    def stages(self, t0, dt, t1, y: torch.Tensor, k1: torch.Tensor, nudge_end: bool = False, state_dt=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def stages(self, t0, dt, t1, y: torch.Tensor, k1: torch.Tensor, nudge_end: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The stages ``[s, n]`` of one step from ``y`` with first stage ``k1``, and the last stage's input, with a graph.
 
-        Times are floats, or tensors (from a ``t`` that requires grad: every stage time and input is then a
-        function of t; or one time per sample, ``(B,)``, in per-sample mode). ``nudge_end``: a ``c = 1`` stage
-        sees ``t1`` one ulp inside the step. ``state_dt``: the step per state element where it is not ``dt``
-        itself (per-sample mode: each sample's step repeated over its elements).
+        Times are floats, or 0-d tensors (from a ``t`` that requires grad): every stage time and input is
+        then a function of t. ``nudge_end``: a ``c = 1`` stage sees ``t1`` one ulp inside the step.
         """
         tab, a_rows, c, dtype = self.tableau, self.coefficients.a_rows, self.tableau.c, self.time_dtype
-        state_dt = dt if state_dt is None else state_dt
         ks, yi = [k1], y
         for i in range(1, tab.stages):
             ti = (nudge_time(t1, t0, dtype) if nudge_end else t1) if c[i] == 1.0 else t0 + c[i] * dt
-            yi = combine(y, torch.stack(ks), a_rows[i], state_dt)
+            yi = combine(y, torch.stack(ks), a_rows[i], dt)
             ks.append(self.func(self.time(ti), yi.view(self.shape)).reshape(self.n))
         self.nfe += tab.stages - 1
         return yi, torch.stack(ks)
 
-    def _stages_in_place(self, t0: float, dt: float, t1: float, y: torch.Tensor, buffers, nudge_end: bool):
-        """``stages`` without a graph, written into ``buffers`` (from ``_buffers``; stage 0 already in place)."""
+    def stages_in_place(self, t0: float, dt: float, t1: float, y: torch.Tensor, buffers, nudge_end: bool):
+        """``stages`` without a graph, written into ``buffers`` (from ``stage_buffers_for_solve``; stage 0 already in place)."""
         tab = self.tableau
         func, dtype, device = self.func, self.time_dtype, self.device  # dtype: of the times
         buffer, plan, _ = buffers
@@ -176,7 +173,7 @@ class AbstractRungeKutta(AbstractSolver):
         self.nfe += tab.stages - 1
         return yi, buffer
 
-    def _buffers(self):
+    def stage_buffers_for_solve(self):
         """The fast path's reused stage buffer ``[s, n]``, its plan, and its rows shaped like the state.
 
         ``plan`` holds, for stages 1..s-1, ``(K[:i].T, a_i, row i, c_i)``: every view the step loop
@@ -235,8 +232,8 @@ class AbstractAdaptiveRungeKutta(AbstractAdaptiveSolver, AbstractRungeKutta):
         no_graph = torch.no_grad if grad else contextlib.nullcontext
         fsal, carries = self.fsal, self.tableau.carries_last_stage  # derived by the tableau: read once
         b, b_error = self.coefficients.b, self.coefficients.b_error
-        stages_with_graph, stages_in_place, evaluate_next = self.stages, self._stages_in_place, super().next_slope
-        buffers = None if grad else self._buffers()
+        stages_with_graph, stages_in_place, evaluate_next = self.stages, self.stages_in_place, super().next_slope
+        buffers = None if grad else self.stage_buffers_for_solve()
         first_row = last_row = None
         if buffers is not None:
             first_row, last_row = buffers[0][0], buffers[0][-1]
@@ -314,7 +311,7 @@ class AbstractFixedGridRungeKutta(AbstractFixedGridSolver, AbstractRungeKutta):
     def prepare(self, t0, y: torch.Tensor, f0: torch.Tensor) -> None:
         """Choose this solve's stage path (with a graph, or in place into reused buffers) from its first state and slope."""
         self.grad = self.force_graph or isinstance(t0, torch.Tensor) or (torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad))
-        self.stage_buffers = None if self.grad else self._buffers()
+        self.stage_buffers = None if self.grad else self.stage_buffers_for_solve()
 
     def step(self, t0, t1, y: torch.Tensor, f0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         dt = t1 - t0
@@ -327,7 +324,7 @@ class AbstractFixedGridRungeKutta(AbstractFixedGridSolver, AbstractRungeKutta):
                 raise _NeedsGraph
             buffers = self.stage_buffers
             buffers[0][0].copy_(f0)
-            _, stages = self._stages_in_place(t0, dt, t1, y, buffers, self.perturb)
+            _, stages = self.stages_in_place(t0, dt, t1, y, buffers, self.perturb)
         if self.tableau.stages == 1 and not isinstance(dt, torch.Tensor):
             return torch.add(y, stages[0], alpha=dt), f0
         return combine(y, stages, self.coefficients.b, dt), f0
