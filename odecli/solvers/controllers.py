@@ -186,10 +186,11 @@ class IController(AbstractController):
         return h * min(self.ifactor, max(self.safety / error_ratio**self.exponent, floor))
 
     def propose_per_sample(self, h: torch.Tensor, error_ratio: torch.Tensor, accepted: torch.Tensor) -> torch.Tensor:
-        floor = torch.where(error_ratio < 1, 1.0, self.dfactor)
-        factor = torch.maximum(torch.clamp(self.safety * error_ratio.clamp(min=1e-300) ** -self.exponent, max=self.ifactor), floor)
-        factor = torch.where(error_ratio == 0, self.ifactor, factor)
-        return h * torch.where(torch.isnan(error_ratio), self.dfactor, factor)
+        # The floor as a float64 0-d tensor: Python scalars in where() make a float32 tensor (0.2 -> 0.20000000298).
+        floor = torch.where(error_ratio < 1, 1.0, torch.tensor(self.dfactor, dtype=error_ratio.dtype))
+        # A zero ratio gives 1e-300^(-1/order) > ifactor, clamped to ifactor: propose()'s growth by ifactor.
+        factor = torch.maximum(error_ratio.clamp(min=1e-300).pow_(-self.exponent).mul_(self.safety).clamp_(max=self.ifactor), floor)
+        return h * factor.nan_to_num_(nan=self.dfactor)
 
 
 class PIController(AbstractController):

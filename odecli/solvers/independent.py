@@ -33,6 +33,7 @@ Conventions:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -188,6 +189,8 @@ class PerSampleProgress:
         self.columns = torch.arange(n_out, device=taus.device)
         self.next_output = torch.ones(batch, dtype=torch.long, device=taus.device)  # per sample: the first output not yet produced
         self.done = torch.zeros(batch, dtype=torch.bool, device=taus.device)
+        self.active = ~self.done  # samples still stepping
+        self.pending = self.columns >= self.next_output.unsqueeze(1)  # (B, T): outputs not yet produced
         self.accept = self.done  # the last attempt's acceptance, (B,)
         self.hits = None  # (B, T): the outputs the last accepted attempt produced
         self.reached = self.next_output
@@ -216,7 +219,7 @@ class IndependentRungeKutta(AbstractAdaptiveSolver):
         # The method's stepper computes the stages (of each step rescaled to θ ∈ [0, 1]: see ``begin``).
         self.stepper = cls(func, y0, 0.0, 0.0)
         self.steps_accepted = torch.zeros(self.batch, dtype=torch.long, device=self.device)
-        self.steps_rejected = torch.zeros(self.batch, dtype=torch.long, device=self.device)
+        self.steps_attempted = torch.zeros(self.batch, dtype=torch.long, device=self.device)
         self.dense_t = np.ascontiguousarray(np.asarray(self.tableau.dense, dtype=np.float64).T)  # [degree, stages]
         self.progress: PerSampleProgress | None = None
 
@@ -307,20 +310,23 @@ class IndependentRungeKutta(AbstractAdaptiveSolver):
         min_step, max_step, progress = self.min_step, self.max_step, self.progress
         propose_per_sample, rows = self.controller.propose_per_sample, (self.batch, self.n_sample)
 
+        # A step size that is not finite becomes max_step where that is finite, else min_step (as in joint mode).
+        fallback = max_step if math.isfinite(max_step) else min_step
+
         def limit(tau: torch.Tensor, h: torch.Tensor):
-            h = torch.where(torch.isfinite(h), h, torch.full_like(h, min_step)).clamp(min_step, max_step)
-            h = torch.where(progress.done, torch.zeros_like(h), h)  # finished samples stand still
+            h = torch.nan_to_num(h, nan=fallback, posinf=fallback, neginf=fallback).clamp_(min_step, max_step)
+            h.masked_fill_(progress.done, 0.0)  # finished samples stand still
             return h, h <= min_step, False
 
         def judge(t0, tau, tau1, h, y1, ratio, forced):
-            done = progress.done
+            active = progress.active
             with torch.no_grad():
-                accept = ((ratio <= 1) | forced) & ~done
+                accept = (ratio <= 1).logical_or_(forced).logical_and_(active)
                 # Outputs this step reaches, per sample: columns next_output .. reached-1 of its time row.
-                reached = torch.searchsorted(progress.taus, tau1[:, None], right=True)[:, 0]
-                hits = (progress.columns >= progress.next_output[:, None]) & (progress.columns < reached[:, None]) & accept[:, None]
-                stuck = (tau1 <= tau) & ~done
-                trouble = ~torch.isfinite(ratio) & ~done
+                reached = torch.searchsorted(progress.taus, tau1.unsqueeze(1), right=True).squeeze(1)
+                hits = (progress.columns < reached.unsqueeze(1)).logical_and_(progress.pending).logical_and_(accept.unsqueeze(1))
+                stuck = (tau1 <= tau).logical_and_(active)
+                trouble = torch.isfinite(ratio).logical_not_().logical_and_(active)
                 is_stuck, in_trouble, any_hits, any_accepted = torch.stack([stuck.any(), trouble.any(), hits.any(), accept.any()]).tolist()
             if is_stuck:
                 bad = int(stuck.nonzero()[0])
@@ -330,7 +336,7 @@ class IndependentRungeKutta(AbstractAdaptiveSolver):
                 if not bool(torch.isfinite(y1.detach().view(rows)[bad]).all()):
                     raise NonFiniteState(float(t0[bad[0]]))
             self.steps_accepted += accept
-            self.steps_rejected += ~accept & ~done
+            self.steps_attempted += active  # rejected = attempted - accepted, counted once at the end
             progress.accept, progress.hits, progress.reached, progress.any_hits = accept, hits, reached, any_hits
             return accept, ratio, any_accepted
 
@@ -345,7 +351,7 @@ class IndependentRungeKutta(AbstractAdaptiveSolver):
         return limit, judge, propose, advance
 
     def budget_exceeded(self, tau, direction, end) -> MaxStepsExceeded:
-        steps = torch.where(self.progress.done, -1, self.steps_accepted + self.steps_rejected)
+        steps = torch.where(self.progress.done, -1, self.steps_attempted)
         worst = int(steps.argmax())
         return MaxStepsExceeded(float(direction[worst] * tau[worst]), self.max_num_steps)
 
@@ -374,10 +380,13 @@ class IndependentRungeKutta(AbstractAdaptiveSolver):
             cols.append(col)
             values.append(torch.where(at_end, y1.view(batch, n)[idx], inside))
             progress.next_output = torch.maximum(progress.next_output, torch.where(progress.accept, progress.reached, progress.next_output))
+            progress.pending = progress.columns >= progress.next_output.unsqueeze(1)
             progress.done = progress.next_output >= n_out
+            progress.active = ~progress.done
             self.steps_since_output = 0
             if bool(progress.done.all()):
                 break
+        self.steps_rejected = self.steps_attempted - self.steps_accepted
         flat = torch.cat(values)
         solution = flat.new_zeros(batch, n_out, n).index_put((torch.cat(rows), torch.cat(cols)), flat)
         return solution.transpose(0, 1).reshape(n_out, *self.shape)
