@@ -202,8 +202,8 @@ class IndependentRungeKutta(AbstractAdaptiveSolver):
 
     The loop's times, step sizes and acceptance are ``(B,)`` tensors here: ``step_rules`` gives the
     vectorised limit/judge/propose/advance (one host read per attempt: whether any sample is stuck,
-    failed, produced an output or was accepted). A step's stages are the method's own stepper's
-    (``AbstractRungeKutta.stages`` with one step per sample), the state flat ``[B·n]`` as in joint mode.
+    failed, produced an output or was accepted). A step's stages are the method's own stepper's, on each
+    sample's step rescaled to θ ∈ [0, 1] (see ``begin``); the state is flat ``[B·n]`` as in joint mode.
     """
 
     lands_on_last_time = False
