@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -30,18 +30,15 @@ from odecli.models.classifiers import SOLVED, build_classifier
 from odecli.registry import MODELS, SOLVERS, TASKS
 from odecli.solvers import track_stats
 from odecli.tasks.common import (
-    Checkpointer,
-    NFEHistory,
     build_optimizer,
     build_scheduler,
     check_shared_settings,
     make_solve,
-    prepare,
     print_metrics_table,
 )
 from odecli.tasks.distributed import check_settings as check_distributed
-from odecli.tasks.distributed import rank_scalars, world
-from odecli.tasks.loop import TrainingLoop
+from odecli.tasks.distributed import world
+from odecli.tasks.driver import Every, Step, TrainingRecord, TrainingTask, train
 from odecli.tracking import Run
 
 DATASETS = ("mnist",)
@@ -161,152 +158,140 @@ def check_config(cfg: DictConfig) -> None:
     check_mnist(**mnist_source(cfg.data))  # what the loader would refuse without the network
 
 
-@TASKS.register("classify", validate=check_config)
-def classify(cfg: DictConfig, run: Run) -> dict[str, Any]:
-    """Train one classifier on MNIST; return test accuracy, parameters, NFE and timings.
+class Classify(TrainingTask):
+    """One classifier trained on MNIST, with validation each epoch and the test set every ``test_every`` epochs.
 
     On several processes (``distributed.nproc_per_node``) each trains on its share of every batch of
     ``data.batch_size`` under DDP; rank 0 evaluates and writes everything, and returns the metrics.
     """
-    ranks = world(cfg)
-    device = ranks.device(prepare(cfg))
-    _validate(cfg)
-    mnist, splits = load_data(cfg, run)
-    model, solver = build(cfg)
-    model = model.to(device)
-    trained = ranks.wrap(model)  # DDP over several processes; evaluation and checkpoints use the model itself
-    params = count_parameters(model)
-    model_name = MODELS.canonical(str(cfg.model.name))
-    solver_text = "" if solver is None else f", {solver['method']}" + (f" step {solver['step_size']}" if solver.get("step_size") else f" tol {solver['rtol']:g}") + {True: " adjoint", "checkpoint": " checkpoint adjoint"}.get(solver.get("adjoint"), "")
-    run.log(
-        f"model [bold]{model_name}[/]: {params:,} parameters{solver_text} · data: {len(splits.train)} train, "
-        f"{len(splits.val) if splits.val else 0} validation, {len(splits.test)} test ({mnist.source})"
-        + (f" · {ranks.size} processes (DDP), {int(cfg.data.batch_size) // ranks.size} images each per batch" if ranks.distributed else "")
-    )
-    optimizer = build_optimizer(cfg.optim, model.parameters())
-    batches = EpochBatches(
-        splits.train, int(cfg.data.batch_size) // ranks.size, seed=int(cfg.seed), crop_padding=int(cfg.data.random_crop),
-        sampler=ranks.sampler(len(splits.train), int(cfg.seed)), augment_seed=int(cfg.seed) + 1 + ranks.rank,
-    )  # fmt: skip
-    normalize = Normalize(float(cfg.data.mean), float(cfg.data.std), device)
-    eval_batch = int(cfg.data.eval_batch_size)
-    steps_per_epoch = len(batches)
-    epochs = int(cfg.epochs)
-    total_steps = epochs * steps_per_epoch
-    scheduler = build_schedule(cfg, optimizer, total_steps)
-    history = NFEHistory()
-    epoch_log: list[dict[str, float]] = []
-    nfe_trace: list[tuple[int, int, int]] = []  # (batch, forward, backward): the paper's Figure 3d
 
-    checkpointer = Checkpointer(run, cfg, model=model, optimizer=optimizer, history=history, scheduler=scheduler)
-    start = 0
-    if (state := checkpointer.resume()) is not None:
-        if int(state["steps_per_epoch"]) != steps_per_epoch:
+    def __init__(self, cfg: DictConfig, run: Run, device: torch.device):
+        self.cfg, self.run, self.device = cfg, run, device
+        ranks = world(cfg)
+        _validate(cfg)
+        self.mnist, self.splits = load_data(cfg, run)
+        model, self.solver = build(cfg)
+        self.model = model.to(device)
+        self.trained = ranks.wrap(self.model)  # DDP over several processes; evaluation and checkpoints use the model itself
+        self.model_name = MODELS.canonical(str(cfg.model.name))
+        solver = self.solver
+        solver_text = "" if solver is None else f", {solver['method']}" + (f" step {solver['step_size']}" if solver.get("step_size") else f" tol {solver['rtol']:g}") + {True: " adjoint", "checkpoint": " checkpoint adjoint"}.get(solver.get("adjoint"), "")
+        splits = self.splits
+        run.log(
+            f"model [bold]{self.model_name}[/]: {count_parameters(self.model):,} parameters{solver_text} · data: {len(splits.train)} train, "
+            f"{len(splits.val) if splits.val else 0} validation, {len(splits.test)} test ({self.mnist.source})"
+            + (f" · {ranks.size} processes (DDP), {int(cfg.data.batch_size) // ranks.size} images each per batch" if ranks.distributed else "")
+        )
+        self.optimizer = build_optimizer(cfg.optim, self.model.parameters())
+        self.batches = EpochBatches(
+            splits.train, int(cfg.data.batch_size) // ranks.size, seed=int(cfg.seed), crop_padding=int(cfg.data.random_crop),
+            sampler=ranks.sampler(len(splits.train), int(cfg.seed)), augment_seed=int(cfg.seed) + 1 + ranks.rank,
+        )  # fmt: skip
+        self.samplers = [self.batches]
+        self.normalize = Normalize(float(cfg.data.mean), float(cfg.data.std), device)
+        self.steps_per_epoch = len(self.batches)
+        self.epochs = int(cfg.epochs)
+        self.iterations = self.epochs * self.steps_per_epoch  # TensorBoard steps are training batches
+        self.scheduler = build_schedule(cfg, self.optimizer, self.iterations)
+        self.eval_every = Every(self.steps_per_epoch)  # each epoch's end: validation, and the test set when due
+        self.checkpoint_every = Every(cfg.checkpoint_every, self.steps_per_epoch)
+        self.description = f"classify {self.model_name}"
+        self.processes = ranks.size
+        self.epoch_log: list[dict[str, float]] = []
+        self.epoch_batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None  # the current epoch's batches, from the next one on
+        self.epoch_started: float | None = None  # when this process began training the current epoch
+        self.epoch_first_batch = 0
+        self.model.train()
+
+    def train_step(self, iteration: int) -> Step:
+        epoch, index = divmod(iteration - 1, self.steps_per_epoch)
+        if self.epoch_batches is None or index == 0:  # a new epoch, or the rest of one after resume=true
+            self.epoch_started, self.epoch_first_batch = time.perf_counter(), index
+            self.epoch_batches = self.batches.epoch(epoch, start=index)
+        images, labels = next(self.epoch_batches)
+        learning_rate = self.optimizer.param_groups[0]["lr"]  # this batch's: the scheduler stepped after each one before
+        logits = self.trained(self.normalize(images))
+        loss = F.cross_entropy(logits, labels.to(self.device), label_smoothing=float(self.cfg.label_smoothing))
+        return Step(loss, scalars={"charts/learning_rate": learning_rate}, progress={"epoch": epoch + 1})
+
+    def evaluate(self, iteration: int) -> dict[str, float]:
+        """At an epoch's end: its training time, validation, and the test set every ``test_every`` epochs and at the last; the epoch's record."""
+        run, cfg, splits, eval_batch = self.run, self.cfg, self.splits, int(self.cfg.data.eval_batch_size)
+        epoch = iteration // self.steps_per_epoch
+        record: dict[str, float] = {"epoch": epoch, "step": iteration}
+        if self.epoch_started is not None:  # None: resumed at the end of an epoch this process did not train
+            train_time = time.perf_counter() - self.epoch_started
+            record.update(time_epoch_s=train_time, full_epoch=float(self.epoch_first_batch == 0))
+            run.scalar("time/epoch", train_time, iteration)
+            self.epoch_started = None
+        if splits.val is not None:
+            val = evaluate(self.model, splits.val, self.normalize, eval_batch)
+            record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            run.scalars({"loss/val": val["loss"], "metrics/val_accuracy": val["accuracy"]}, iteration)
+        if epoch == self.epochs or (cfg.test_every and epoch % int(cfg.test_every) == 0):
+            test = evaluate(self.model, splits.test, self.normalize, eval_batch)
+            record.update(test_loss=test["loss"], test_accuracy=test["accuracy"], nfe_forward_test=test["nfe_forward"])
+            run.scalars({"loss/test": test["loss"], "metrics/test_accuracy": test["accuracy"], "metrics/test_error": 1 - test["accuracy"]}, iteration)
+        self.epoch_log.append(record)
+        run.log(_epoch_line(record, self.epochs))
+        return record
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch_log": self.epoch_log, "steps_per_epoch": self.steps_per_epoch}
+
+    def load_state_dict(self, state: Mapping[str, Any], step: int) -> None:
+        if int(state["steps_per_epoch"]) != self.steps_per_epoch:
             raise ConfigError(
-                f"resume: the checkpoint has {state['steps_per_epoch']} batches per epoch, this config {steps_per_epoch}; "
+                f"resume: the checkpoint has {state['steps_per_epoch']} batches per epoch, this config {self.steps_per_epoch}; "
                 "keep data.batch_size, data.subset and data.val_size as they were."
             )
-        batches.load_state_dict(_own_state(state["batches"], ranks))
-        epoch_log = list(state["epoch_log"])
-        nfe_trace = list(state.get("nfe_trace", []))
-        start = int(state["step"])
-        run.log(f"resume: batch {start} of {total_steps} (epoch {start // steps_per_epoch + 1})")
-    run.resume_at(start + 1)  # the parameter count is a final metric (metrics.json, HParams), not a one-point chart among the curves
+        self.epoch_log = list(state["epoch_log"])
+        self.run.log(f"resume: batch {step} of {self.iterations} (epoch {step // self.steps_per_epoch + 1})")
 
-    def checkpoint(step: int) -> None:
-        # several processes: each rank's crop generator, by rank (every rank calls this at the same step)
-        sampler_state = ranks.gather_objects(batches.state_dict()) if ranks.distributed else batches.state_dict()
-        checkpointer.save(step, batches=sampler_state, epoch_log=epoch_log, nfe_trace=nfe_trace, steps_per_epoch=steps_per_epoch)
+    def metrics(self, final: Mapping[str, Any], record: TrainingRecord) -> dict[str, Any]:
+        """The metrics, and the NFE-over-training figure (it needs the whole run's NFE history)."""
+        full_epochs = [r["time_epoch_s"] for r in self.epoch_log if r.get("full_epoch")]
+        last_val = next((r for r in reversed(self.epoch_log) if "val_accuracy" in r), None)
+        solver, splits = self.solver, self.splits
+        metrics: dict[str, Any] = {
+            "test_accuracy": final["test_accuracy"],
+            "test_error": 1 - final["test_accuracy"],
+            "test_loss": final["test_loss"],
+            **({"val_accuracy": last_val["val_accuracy"]} if last_val else {}),
+            "params": count_parameters(self.model),
+            **record.nfe,
+            "nfe_forward_test": final["nfe_forward_test"],
+            "epochs": self.epochs,
+            "steps": self.iterations,
+            "skipped_batches": record.skipped_batches,
+            "time_per_epoch_s": sum(full_epochs) / len(full_epochs) if full_epochs else float("nan"),
+            "processes": self.processes,
+            "loss_train_last": record.loss_train_last,
+            "model": self.model_name,
+            "solver": "" if solver is None else str(solver["method"]),
+            "data_source": self.mnist.source,
+            "data_full": self.mnist.full,
+            "train_size": len(splits.train),
+            "test_size": len(splits.test),
+        }
+        if solver is not None and record.history.trace:
+            _plot_nfe(self.run, record.history.trace, self.epoch_log, title=f"{self.model_name} · {solver['method']}", step=self.iterations)
+        return metrics
 
-    step = start
-    loss_value = float("nan")
-    test: dict[str, float] | None = None
-    model.train()
-    with run.progress(total_steps, start=start, description=f"classify {model_name}") as progress, \
-            TrainingLoop(run, cfg, start=start, save=checkpoint, samplers=[batches]) as loop:  # fmt: skip
-        for epoch in range(start // steps_per_epoch, epochs):
-            first = start % steps_per_epoch if epoch == start // steps_per_epoch else 0
-            epoch_started = time.perf_counter()
-            for images, labels in batches.epoch(epoch, start=first):
-                step += 1
-                with loop.iteration(step):
-                    began = time.perf_counter()
-                    learning_rate = optimizer.param_groups[0]["lr"]  # this batch's: the scheduler stepped after each one before
-                    x, y = normalize(images), labels.to(device)
-                    optimizer.zero_grad(set_to_none=True)
-                    with track_stats() as stats:
-                        loss = F.cross_entropy(trained(x), y, label_smoothing=float(cfg.label_smoothing))
-                        loss_value = loop.check_loss(loss)
-                        loss.backward()
-                    loop.update(step, model.parameters(), optimizer, scheduler)
-                    nfe, per_rank = ranks.nfe(stats)
-                    history.add(nfe, per_rank)
-                    nfe_trace.append((step, nfe.nfe_forward, nfe.nfe_backward))
-                    run.scalars(
-                        {"loss/train": loss_value, "nfe/forward": nfe.nfe_forward, "nfe/backward": nfe.nfe_backward,
-                         "time/step": time.perf_counter() - began, "charts/learning_rate": learning_rate, **rank_scalars(per_rank)},
-                        step,
-                    )  # fmt: skip
-                    progress.update(step, loss=loss_value, nfe_fwd=nfe.nfe_forward, nfe_bwd=nfe.nfe_backward, epoch=epoch + 1)
-                    if cfg.checkpoint_every and step % int(cfg.checkpoint_every) == 0 and step % steps_per_epoch:
-                        checkpoint(step)
-            train_time = time.perf_counter() - epoch_started
-            record: dict[str, float] = {"epoch": epoch + 1, "step": step, "time_epoch_s": train_time, "full_epoch": float(first == 0)}
-            run.scalar("time/epoch", train_time, step)
-            if splits.val is not None and ranks.is_main:
-                val = evaluate(model, splits.val, normalize, eval_batch)
-                record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-                run.scalars({"loss/val": val["loss"], "metrics/val_accuracy": val["accuracy"]}, step)
-            if ranks.is_main and (epoch + 1 == epochs or (cfg.test_every and (epoch + 1) % int(cfg.test_every) == 0)):
-                test = evaluate(model, splits.test, normalize, eval_batch)
-                record.update(test_loss=test["loss"], test_accuracy=test["accuracy"], nfe_forward_test=test["nfe_forward"])
-                run.scalars({"loss/test": test["loss"], "metrics/test_accuracy": test["accuracy"], "metrics/test_error": 1 - test["accuracy"]}, step)
-            epoch_log.append(record)
-            run.log(_epoch_line(record, epochs))
-            checkpoint(step)
-
-    if not ranks.is_main:  # rank 0 evaluates and reports
-        return {}
-    if test is None:  # resumed after the last epoch had finished
-        test = evaluate(model, splits.test, normalize, eval_batch)
-    full_epochs = [r["time_epoch_s"] for r in epoch_log if r.get("full_epoch")]
-    last_val = next((r for r in reversed(epoch_log) if "val_accuracy" in r), None)
-    metrics: dict[str, Any] = {
-        "test_accuracy": test["accuracy"],
-        "test_error": 1 - test["accuracy"],
-        "test_loss": test["loss"],
-        **({"val_accuracy": last_val["val_accuracy"]} if last_val else {}),
-        "params": params,
-        **history.summary(),
-        "nfe_forward_test": test["nfe_forward"],
-        "epochs": epochs,
-        "steps": step,
-        "skipped_batches": loop.skipped,
-        "time_per_epoch_s": sum(full_epochs) / len(full_epochs) if full_epochs else float("nan"),
-        "processes": ranks.size,
-        "loss_train_last": loss_value,
-        "model": model_name,
-        "solver": "" if solver is None else str(solver["method"]),
-        "data_source": mnist.source,
-        "data_full": mnist.full,
-        "train_size": len(splits.train),
-        "test_size": len(splits.test),
-    }
-    if solver is not None and nfe_trace:
-        _plot_nfe(run, nfe_trace, epoch_log, title=f"{model_name} · {solver['method']}", step=step)
-    _print_summary(run, metrics)
-    return metrics
+    def print_summary(self, metrics: Mapping[str, Any]) -> None:
+        _print_summary(self.run, metrics)
 
 
-def _own_state(saved: Any, ranks: Any) -> Any:
-    """This rank's part of a checkpointed sampler state (by rank when several processes wrote it)."""
-    if isinstance(saved, list) != ranks.distributed or (ranks.distributed and len(saved) != ranks.size):
-        written = f"{len(saved)} processes" if isinstance(saved, list) else "one process"
-        raise ConfigError(f"resume: the checkpoint was written by {written}, this run has {ranks.size}; resume with the same distributed.nproc_per_node × nnodes.")
-    return saved[ranks.rank] if ranks.distributed else saved
+@TASKS.register("classify", validate=check_config,
+                description="Train ODE-Net against ResNet, RK-Net and MLP baselines on MNIST (model=odenet|resnet|rknet|mlp).",
+                examples=("odecli classify mnist", "odecli classify mnist model=resnet", "odecli classify mnist data.dir=~/mnist"),
+                data_argument="mnist")  # fmt: skip
+def classify(cfg: DictConfig, run: Run) -> dict[str, Any]:
+    """Train one classifier on MNIST; return test accuracy, parameters, NFE and timings."""
+    return train(Classify, cfg, run)
 
 
-def _plot_nfe(run: Run, trace: list[tuple[int, int, int]], epoch_log: list[dict[str, float]], *, title: str, step: int) -> None:
+def _plot_nfe(run: Run, trace: list[tuple[int, float, float]], epoch_log: list[dict[str, float]], *, title: str, step: int) -> None:
     """NFE per training batch, forward and backward (the paper's Figure 3d), with epoch boundaries."""
     from odecli.plotting import plt  # Agg backend: files and TensorBoard only
 
@@ -323,7 +308,7 @@ def _plot_nfe(run: Run, trace: list[tuple[int, int, int]], epoch_log: list[dict[
 
 
 def _epoch_line(record: dict[str, float], epochs: int) -> str:
-    parts = [f"epoch {int(record['epoch'])}/{epochs}", f"{record['time_epoch_s']:.0f}s"]
+    parts = [f"epoch {int(record['epoch'])}/{epochs}", *([f"{record['time_epoch_s']:.0f}s"] if "time_epoch_s" in record else [])]
     if "val_accuracy" in record:
         parts.append(f"val acc {record['val_accuracy']:.4f}")
     if "test_accuracy" in record:
@@ -331,7 +316,7 @@ def _epoch_line(record: dict[str, float], epochs: int) -> str:
     return "  ".join(parts)
 
 
-def _print_summary(run: Run, metrics: dict[str, Any]) -> None:
+def _print_summary(run: Run, metrics: Mapping[str, Any]) -> None:
     title = f"classify mnist · {metrics['model']}" + (f" · {metrics['solver']}" if metrics["solver"] else "")
     rows = [
         ("test accuracy", f"{metrics['test_accuracy']:.4f}"),

@@ -14,7 +14,7 @@ p̃ = exp(−U) (``target=u1..u4``), and the flow — a CNF, or the planar norma
 from __future__ import annotations
 
 import math
-import time
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -28,18 +28,15 @@ from odecli.models.cnf import CNFDynamics, log_likelihood, standard_normal_log_p
 from odecli.registry import TASKS
 from odecli.solvers import track_stats
 from odecli.tasks.common import (
-    Checkpointer,
-    NFEHistory,
     build_optimizer,
     build_scheduler,
     check_shared_settings,
     make_solve,
-    prepare,
     print_metrics_table,
 )
 from odecli.tasks.distributed import check_settings as check_distributed
-from odecli.tasks.distributed import rank_scalars, world
-from odecli.tasks.loop import TrainingLoop
+from odecli.tasks.distributed import world
+from odecli.tasks.driver import Every, Step, TrainingRecord, TrainingTask, data_and_noise_generators, train
 from odecli.tracking import Run
 
 OBJECTIVES = ("nll", "kl")
@@ -77,146 +74,126 @@ def check_config(cfg: DictConfig) -> None:
     build_model(cfg.model, dim=2)  # the model's own settings (widths, activation, ...): building it is cheap
 
 
-@TASKS.register("cnf", validate=check_config)
-def cnf(cfg: DictConfig, run: Run) -> dict[str, Any]:
-    """Train a CNF on ``data``; return test NLL, true entropy and gap (when known) and NFE.
+class CNF(TrainingTask):
+    """A continuous normalizing flow (or planar NF) fitted to a 2-D density, by maximum likelihood or density matching.
 
     On several processes every rank draws the same batch and trains on its rows of it under DDP, so the
     run computes what one process would (up to the order of sums); rank 0 evaluates, plots and writes.
     """
-    ranks = world(cfg)
-    device = ranks.device(prepare(cfg))
-    _validate(cfg)
-    seed = int(cfg.seed)
-    matching = cfg.objective == "kl"
-    if matching:  # no data: samples of the model are scored by the target's energy
-        energy = targets.restricted_energy(str(cfg.target))
-        log_normalizer = targets.log_normalizer(str(cfg.target))
-        name, limit = str(cfg.target), targets.LIMIT
-        test_x = torch.randn(int(cfg.test_samples), 2, generator=torch.Generator().manual_seed(seed + 1)).to(device)
-    else:
-        density = get_density(str(cfg.data.name))
-        name, limit = density.name, float(cfg.data.get("plot_limit", 4.5))
-        test_x = sample(density.name, int(cfg.test_samples), seed + 1).to(device)
 
-    field = build_model(cfg.model, dim=2).to(device)
-    regularize = float(cfg.regularize.kinetic) > 0 or float(cfg.regularize.jacobian) > 0
-    dynamics = CNFDynamics(field, trace=str(cfg.trace), noise=str(cfg.noise), regularize=regularize)
-    evaluation = CNFDynamics(field, trace="exact")
-    optimizer = build_optimizer(cfg.optim, field.parameters())
-    scheduler = build_scheduler(cfg.get("scheduler"), optimizer)
-    solve = make_solve(cfg.solver)
-    t1 = float(cfg.t1)
-    train_terms = ranks.wrap(_TrainTerms(dynamics, field, solve, t1, matching))  # DDP over several processes
-    data_generator = torch.Generator().manual_seed(seed + 2)
-    noise_generator = torch.Generator().manual_seed(seed + 3)
-    history = NFEHistory()
-    iters = int(cfg.iters)
+    def __init__(self, cfg: DictConfig, run: Run, device: torch.device):
+        self.cfg, self.run = cfg, run
+        self.ranks = world(cfg)
+        _validate(cfg)
+        seed = int(cfg.seed)
+        self.matching = cfg.objective == "kl"
+        self.device = device
+        if self.matching:  # no data: samples of the model are scored by the target's energy
+            self.energy = targets.restricted_energy(str(cfg.target))
+            self.log_normalizer = targets.log_normalizer(str(cfg.target))
+            self.name, self.limit = str(cfg.target), targets.LIMIT
+            self.test_x = torch.randn(int(cfg.test_samples), 2, generator=torch.Generator().manual_seed(seed + 1)).to(device)
+        else:
+            self.density = get_density(str(cfg.data.name))
+            self.name, self.limit = self.density.name, float(cfg.data.get("plot_limit", 4.5))
+            self.test_x = sample(self.density.name, int(cfg.test_samples), seed + 1).to(device)
 
-    entropy = entropy_error = None
-    if not matching and density.log_prob is not None:
-        reference = sample(density.name, int(cfg.entropy_samples), seed + 4)
-        log_p = density.log_prob(reference.double())
-        entropy = float(-log_p.mean())
-        entropy_error = float(log_p.std() / math.sqrt(len(log_p)))
+        self.field = self.model = build_model(cfg.model, dim=2).to(device)
+        self.regularize = float(cfg.regularize.kinetic) > 0 or float(cfg.regularize.jacobian) > 0
+        self.dynamics = CNFDynamics(self.field, trace=str(cfg.trace), noise=str(cfg.noise), regularize=self.regularize)
+        self.evaluation = CNFDynamics(self.field, trace="exact")
+        self.optimizer = build_optimizer(cfg.optim, self.field.parameters())
+        self.scheduler = build_scheduler(cfg.get("scheduler"), self.optimizer)
+        self.solve = make_solve(cfg.solver)
+        self.t1 = float(cfg.t1)
+        self.train_terms = self.ranks.wrap(_TrainTerms(self.dynamics, self.field, self.solve, self.t1, self.matching))  # DDP over several processes
+        self.data_generator, self.noise_generator = data_and_noise_generators(seed)
+        self.samplers = [self.data_generator, self.noise_generator]
+        self.description = f"cnf {self.name}"
+        self.iterations = int(cfg.iters)
+        self.eval_every, self.plot_every, self.checkpoint_every = Every(cfg.eval_every), Every(cfg.plot_every), Every(cfg.checkpoint_every)
 
-    checkpointer = Checkpointer(run, cfg, model=field, optimizer=optimizer, history=history, scheduler=scheduler)
-    start = 0
-    if (state := checkpointer.resume()) is not None:
-        data_generator.set_state(state["data_generator"])
-        noise_generator.set_state(state["noise_generator"])
-        start = int(state["step"])
-    run.resume_at(start + 1)
+        self.entropy = self.entropy_error = None
+        if not self.matching and self.density.log_prob is not None:
+            reference = sample(self.density.name, int(cfg.entropy_samples), seed + 4)
+            log_p = self.density.log_prob(reference.double())
+            self.entropy = float(-log_p.mean())
+            self.entropy_error = float(log_p.std() / math.sqrt(len(log_p)))
 
-    def checkpoint(iteration: int) -> None:
-        checkpointer.save(iteration, data_generator=data_generator.get_state(), noise_generator=noise_generator.get_state())
+    def train_step(self, iteration: int) -> Step:
+        cfg, ranks, dynamics = self.cfg, self.ranks, self.dynamics
+        if self.matching:
+            x = torch.randn(int(cfg.batch_size), 2, generator=self.data_generator).to(self.device)
+        else:
+            x = self.density.sample(int(cfg.batch_size), self.data_generator).float().to(self.device)
+        dynamics.sample_noise(x, self.noise_generator)
+        x, dynamics.noise = ranks.part(x), None if dynamics.noise is None else ranks.part(dynamics.noise)  # this rank's rows
+        if self.matching:
+            samples, log_q, (kinetic, jacobian) = self.train_terms(x)
+            nll = (log_q + self.energy(samples)).mean()  # KL(q‖p) − log Z
+        else:
+            log_p, (kinetic, jacobian) = self.train_terms(x)
+            nll = -log_p.mean()
+        loss = nll + float(cfg.regularize.kinetic) * kinetic + float(cfg.regularize.jacobian) * jacobian
+        nll_value = ranks.mean(nll.item())
+        scalars = {("loss/kl" if self.matching else "loss/nll"): nll_value}
+        if self.regularize:
+            scalars |= {"loss/kinetic": kinetic.item(), "loss/jacobian": jacobian.item()}
+        return Step(loss, scalars=scalars, progress={"kl" if self.matching else "nll": nll_value})
 
-    def evaluate(iteration: int) -> dict[str, float]:
-        if matching:  # KL(q‖p) = E_q[log q − log p̃] + log Z, on a fixed set of base samples
+    def evaluate(self, iteration: int) -> dict[str, float]:
+        """KL(q‖p) for density matching; otherwise the test NLL (exact trace) and its gap to the true entropy."""
+        run, solve, t1 = self.run, self.solve, self.t1
+        if self.matching:  # KL(q‖p) = E_q[log q − log p̃] + log Z, on a fixed set of base samples
             with torch.no_grad():
-                x, log_q, _ = _sample_with_log_density(evaluation, field, solve, test_x, t1)
-                kl = float((log_q + energy(x)).mean()) + log_normalizer
+                x, log_q, _ = _sample_with_log_density(self.evaluation, self.field, solve, self.test_x, t1)
+                kl = float((log_q + self.energy(x)).mean()) + self.log_normalizer
             run.scalar("metrics/kl", kl, iteration)
-            return {"kl": kl, "log_normalizer": log_normalizer}
+            return {"kl": kl, "log_normalizer": self.log_normalizer}
         with track_stats() as stats:
-            nll = float(-_mean_log_likelihood(evaluation, solve, test_x, t1).mean())
+            nll = float(-_mean_log_likelihood(self.evaluation, solve, self.test_x, t1).mean())
         # the learned flow's own cost: one exact-trace solve, no regulariser states in the error norm
-        nfe_test = stats.nfe_forward / math.ceil(len(test_x) / EVAL_CHUNK)
+        nfe_test = stats.nfe_forward / math.ceil(len(self.test_x) / EVAL_CHUNK)
         metrics = {"nll_test": nll, "nfe_forward_test": nfe_test}
         run.scalars({"metrics/nll_test": nll, "nfe/test": nfe_test}, iteration)
-        if entropy is not None:
-            metrics["nll_gap"] = nll - entropy
+        if self.entropy is not None:
+            metrics["nll_gap"] = nll - self.entropy
             run.scalar("metrics/gap", metrics["nll_gap"], iteration)
         return metrics
 
-    def plot(iteration: int) -> None:
-        if matching:
-            _plot_matching(run, cfg, field, evaluation, solve, energy, test_x, limit, t1, iteration)
+    def plot(self, iteration: int) -> None:
+        if self.matching:
+            _plot_matching(self.run, self.cfg, self.field, self.evaluation, self.solve, self.energy, self.test_x, self.limit, self.t1, iteration)
         else:
-            _plot(run, cfg, field, evaluation, solve, name, test_x, limit, t1, iteration)
+            _plot(self.run, self.cfg, self.field, self.evaluation, self.solve, self.name, self.test_x, self.limit, self.t1, iteration)
 
-    loss_value = float("nan")
-    with run.progress(iters, start=start, description=f"cnf {name}") as progress, \
-            TrainingLoop(run, cfg, start=start, save=checkpoint, samplers=[data_generator, noise_generator]) as loop:  # fmt: skip
-        for iteration in range(start + 1, iters + 1):
-            with loop.iteration(iteration):
-                began = time.perf_counter()
-                if matching:
-                    x = torch.randn(int(cfg.batch_size), 2, generator=data_generator).to(device)
-                else:
-                    x = density.sample(int(cfg.batch_size), data_generator).float().to(device)
-                dynamics.sample_noise(x, noise_generator)
-                x, dynamics.noise = ranks.part(x), None if dynamics.noise is None else ranks.part(dynamics.noise)  # this rank's rows
-                optimizer.zero_grad(set_to_none=True)
-                with track_stats() as stats:
-                    if matching:
-                        samples, log_q, (kinetic, jacobian) = train_terms(x)
-                        nll = (log_q + energy(samples)).mean()  # KL(q‖p) − log Z
-                    else:
-                        log_p, (kinetic, jacobian) = train_terms(x)
-                        nll = -log_p.mean()
-                    loss = nll + float(cfg.regularize.kinetic) * kinetic + float(cfg.regularize.jacobian) * jacobian
-                    loss_value = loop.check_loss(loss)
-                    loss.backward()
-                loop.update(iteration, field.parameters(), optimizer, scheduler)
-                nfe, per_rank = ranks.nfe(stats)
-                history.add(nfe, per_rank)
-                nll_value = ranks.mean(nll.item())
-                scalars = {"loss/train": loss_value, ("loss/kl" if matching else "loss/nll"): nll_value, "nfe/forward": nfe.nfe_forward,
-                           "nfe/backward": nfe.nfe_backward, "time/step": time.perf_counter() - began, **rank_scalars(per_rank)}  # fmt: skip
-                if regularize:
-                    scalars |= {"loss/kinetic": float(kinetic), "loss/jacobian": float(jacobian)}
-                run.scalars(scalars, iteration)
-                progress.update(iteration, **{"kl" if matching else "nll": nll_value}, nfe_fwd=nfe.nfe_forward, nfe_bwd=nfe.nfe_backward)
-                if ranks.is_main and iteration % cfg.eval_every == 0 and iteration < iters:
-                    evaluate(iteration)
-                if ranks.is_main and cfg.plot_every > 0 and iteration % cfg.plot_every == 0 and iteration < iters:
-                    plot(iteration)
-            if iteration % cfg.checkpoint_every == 0 or iteration == iters:
-                checkpoint(iteration)
+    def metrics(self, final: Mapping[str, Any], record: TrainingRecord) -> dict[str, Any]:
+        cfg = self.cfg
+        metrics: dict[str, Any] = {
+            **final,
+            **record.common_metrics(),
+            "iters": self.iterations,
+            "params": count_parameters(self.field),
+            "data": self.name,
+            "objective": str(cfg.objective),
+            "model": str(cfg.model.name),
+            "trace": str(cfg.trace),
+            "solver": str(cfg.solver.method),
+            "processes": self.ranks.size,
+        }
+        if self.entropy is not None:
+            metrics |= {"true_entropy": self.entropy, "true_entropy_stderr": self.entropy_error}
+        return metrics
 
-    if not ranks.is_main:  # rank 0 evaluates and reports
-        return {}
-    final = evaluate(iters)
-    plot(iters)
-    metrics: dict[str, Any] = {
-        **final,
-        "loss_train_last": loss_value,
-        **history.summary(),
-        "iters": iters,
-        "skipped_batches": loop.skipped,
-        "params": count_parameters(field),
-        "data": name,
-        "objective": str(cfg.objective),
-        "model": str(cfg.model.name),
-        "trace": str(cfg.trace),
-        "solver": str(cfg.solver.method),
-        "processes": ranks.size,
-    }
-    if entropy is not None:
-        metrics |= {"true_entropy": entropy, "true_entropy_stderr": entropy_error}
-    _print_summary(run, metrics)
-    return metrics
+    def print_summary(self, metrics: Mapping[str, Any]) -> None:
+        _print_summary(self.run, metrics)
+
+
+@TASKS.register("cnf", validate=check_config, description="Continuous normalizing flows on 2-D densities.",
+                examples=("odecli cnf", "odecli cnf data=moons", "odecli cnf trace=hutchinson"))  # fmt: skip
+def cnf(cfg: DictConfig, run: Run) -> dict[str, Any]:
+    """Train a CNF on ``data``; return test NLL, true entropy and gap (when known) and NFE."""
+    return train(CNF, cfg, run)
 
 
 class _TrainTerms(torch.nn.Module):
@@ -297,7 +274,7 @@ def _plot(run: Run, cfg: DictConfig, field: Any, evaluation: CNFDynamics, solve:
     run.figure("cnf/flow", flow_figure(frames, limit=limit, title=title), iteration, filename="flow")
 
 
-def _print_summary(run: Run, metrics: dict[str, Any]) -> None:
+def _print_summary(run: Run, metrics: Mapping[str, Any]) -> None:
     rows = [("KL(q‖p) (nats)", f"{metrics['kl']:.4f}")] if "kl" in metrics else [("test NLL (nats)", f"{metrics['nll_test']:.4f}")]
     if "true_entropy" in metrics:
         rows += [("true entropy (nats)", f"{metrics['true_entropy']:.4f} ± {metrics['true_entropy_stderr']:.4f}"),

@@ -282,11 +282,13 @@ class NFEHistory:
         self.last_forward = 0
         self.last_backward = 0
         self.per_rank: list[list[float]] = []  # [forward, backward] sums of each process (several processes only)
+        self.trace: list[tuple[int, float, float]] = []  # (iteration, forward, backward) of every iteration, for figures
 
-    def add(self, stats: Any, per_rank: Sequence[Sequence[float]] | None = None) -> None:
-        """One iteration's counts; ``per_rank`` ([forward, backward] of each process, several processes
+    def add(self, stats: Any, per_rank: Sequence[Sequence[float]] | None = None, *, iteration: int) -> None:
+        """Iteration ``iteration``'s counts; ``per_rank`` ([forward, backward] of each process, several processes
         only): the history then keeps each rank's sums, and ``stats`` is their mean over the ranks."""
         self.iterations += 1
+        self.trace.append((iteration, stats.nfe_forward, stats.nfe_backward))
         self.forward += stats.nfe_forward
         self.backward += stats.nfe_backward
         self.last_forward, self.last_backward = stats.nfe_forward, stats.nfe_backward

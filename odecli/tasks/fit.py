@@ -8,7 +8,7 @@ noise-free truth (``loss/val``, and ``loss/extrapolation`` on a held-out tail wh
 
 from __future__ import annotations
 
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,19 +20,15 @@ from odecli.dynamics import System, build_system
 from odecli.errors import ConfigError
 from odecli.models import build_model, count_parameters
 from odecli.registry import TASKS
-from odecli.solvers import track_stats
 from odecli.tasks.common import (
-    Checkpointer,
-    NFEHistory,
     build_optimizer,
     build_scheduler,
     check_fixed_grid,
     check_shared_settings,
     make_solve,
-    prepare,
     print_metrics_table,
 )
-from odecli.tasks.loop import TrainingLoop
+from odecli.tasks.driver import Every, Step, TrainingRecord, TrainingTask, train
 from odecli.tracking import Run
 
 LOSSES = {"l1": lambda pred, target: (pred - target).abs().mean(), "mse": lambda pred, target: ((pred - target) ** 2).mean()}
@@ -128,96 +124,87 @@ def check_config(cfg: DictConfig) -> None:
     build_model(cfg.model, dim=2)  # the settings the vector field takes (a small network: milliseconds)
 
 
-@TASKS.register("fit", validate=check_config)
-def fit(cfg: DictConfig, run: Run) -> dict[str, Any]:
-    """Train a neural vector field on one system's trajectory; return the final metrics."""
-    device = prepare(cfg)
-    system = build_system(cfg.dynamics)
-    _validate(cfg, len(system.t))
-    obs = observe(system, noise=float(cfg.data.noise), extrapolate=float(cfg.data.extrapolate), seed=int(cfg.seed), device=device)
-    model = build_model(cfg.model, dim=2).to(device)
-    optimizer = build_optimizer(cfg.optim, model.parameters())
-    scheduler = build_scheduler(cfg.get("scheduler"), optimizer)
-    solve = make_solve(cfg.solver)
-    loss_fn = LOSSES[str(cfg.loss)]
-    batches = SegmentBatches(obs, int(cfg.data.batch_time), int(cfg.data.batch_size), seed=int(cfg.seed) + 1)
-    shift_time = bool(getattr(model, "time_input", False))
-    history = NFEHistory()
-    frames: list[tuple[int, torch.Tensor]] = []
-    iters = int(cfg.iters)
+class Fit(TrainingTask):
+    """A neural vector field trained on one system's observed trajectory."""
 
-    checkpointer = Checkpointer(run, cfg, model=model, optimizer=optimizer, history=history, scheduler=scheduler)
-    start = 0
-    if (state := checkpointer.resume()) is not None:
-        batches.load_state_dict(state["batches"])
-        frames = list(state.get("frames", []))
-        start = int(state["step"])
-    run.resume_at(start + 1)
+    evaluate_untrained = True  # the untrained model's error: where loss/val starts
 
-    def checkpoint(iteration: int) -> None:
-        checkpointer.save(iteration, batches=batches.state_dict(), frames=frames)
+    def __init__(self, cfg: DictConfig, run: Run, device: torch.device):
+        self.cfg, self.run = cfg, run
+        self.system = build_system(cfg.dynamics)
+        _validate(cfg, len(self.system.t))
+        self.obs = observe(self.system, noise=float(cfg.data.noise), extrapolate=float(cfg.data.extrapolate), seed=int(cfg.seed), device=device)
+        self.model = build_model(cfg.model, dim=2).to(device)
+        self.optimizer = build_optimizer(cfg.optim, self.model.parameters())
+        self.scheduler = build_scheduler(cfg.get("scheduler"), self.optimizer)
+        self.solve = make_solve(cfg.solver)
+        self.loss_fn = LOSSES[str(cfg.loss)]
+        self.batches = SegmentBatches(self.obs, int(cfg.data.batch_time), int(cfg.data.batch_size), seed=int(cfg.seed) + 1)
+        self.samplers = [self.batches]
+        self.shift_time = bool(getattr(self.model, "time_input", False))
+        self.frames: list[tuple[int, torch.Tensor]] = []  # the whole-span solve at each figure, for the animation
+        self.evaluated: tuple[int, torch.Tensor] | None = None  # the last evaluation's solve, which its figure draws
+        self.description = f"fit {self.system.name}"
+        self.iterations = int(cfg.iters)
+        self.eval_every, self.plot_every, self.checkpoint_every = Every(cfg.eval_every), Every(cfg.plot_every), Every(cfg.checkpoint_every)
 
-    def evaluate(iteration: int, *, plot: bool) -> dict[str, float]:
+    def train_step(self, iteration: int) -> Step:
+        y0, t_relative, starts, targets = self.batches.sample()
+        field = ShiftedTime(self.model, starts) if self.shift_time else self.model
+        return Step(self.loss_fn(self.solve(field, y0, t_relative), targets))
+
+    def evaluate(self, iteration: int) -> dict[str, float]:
+        """The model solved over the whole span against the noise-free truth: ``val_mse`` (and ``extrapolation_mse``)."""
+        obs = self.obs
         with torch.no_grad():
-            predicted = solve(model, obs.true_y[0], obs.t)
+            predicted = self.solve(self.model, obs.true_y[0], obs.t)
+        self.evaluated = (iteration, predicted)
         errors = ((predicted - obs.true_y) ** 2).mean(dim=-1)
         metrics = {"val_mse": float(errors[: obs.n_train].mean())}
-        run.scalar("loss/val", metrics["val_mse"], iteration)
+        self.run.scalar("loss/val", metrics["val_mse"], iteration)
         if obs.n_train < len(obs.t):
             metrics["extrapolation_mse"] = float(errors[obs.n_train :].mean())
-            run.scalar("loss/extrapolation", metrics["extrapolation_mse"], iteration)
-        if plot:
-            frames.append((iteration, predicted.detach().cpu()))
-            _plot(run, cfg, system, obs, model, predicted, iteration)
+            self.run.scalar("loss/extrapolation", metrics["extrapolation_mse"], iteration)
         return metrics
 
-    if start == 0:
-        evaluate(0, plot=False)  # the untrained model's error: where loss/val starts
-    loss_value = float("nan")
-    with run.progress(iters, start=start, description=f"fit {system.name}") as progress, \
-            TrainingLoop(run, cfg, start=start, save=checkpoint, samplers=[batches]) as loop:  # fmt: skip
-        for iteration in range(start + 1, iters + 1):
-            with loop.iteration(iteration):
-                began = time.perf_counter()
-                y0, t_relative, starts, targets = batches.sample()
-                field = ShiftedTime(model, starts) if shift_time else model
-                optimizer.zero_grad(set_to_none=True)
-                with track_stats() as stats:
-                    loss = loss_fn(solve(field, y0, t_relative), targets)
-                    loss_value = loop.check_loss(loss)
-                    loss.backward()
-                loop.update(iteration, model.parameters(), optimizer, scheduler)
-                history.add(stats)
-                run.scalars(
-                    {"loss/train": loss_value, "nfe/forward": stats.nfe_forward, "nfe/backward": stats.nfe_backward,
-                     "time/step": time.perf_counter() - began},
-                    iteration,
-                )  # fmt: skip
-                progress.update(iteration, loss=loss_value, nfe_fwd=stats.nfe_forward, nfe_bwd=stats.nfe_backward)
-                plot_now = cfg.plot_every > 0 and iteration % cfg.plot_every == 0 and iteration < iters
-                if plot_now or (iteration % cfg.eval_every == 0 and iteration < iters):
-                    evaluate(iteration, plot=plot_now)
-            if iteration % cfg.checkpoint_every == 0 or iteration == iters:
-                checkpoint(iteration)
+    def plot(self, iteration: int) -> None:
+        if self.evaluated is None or self.evaluated[0] != iteration:  # a figure shows the evaluation solve (and logs its loss/val)
+            self.evaluate(iteration)
+        predicted = self.evaluated[1]
+        self.frames.append((iteration, predicted.detach().cpu()))
+        _plot(self.run, self.cfg, self.system, self.obs, self.model, predicted, iteration)
+        if iteration == self.iterations and self.cfg.gif and self.frames:
+            from odecli.plotting import phase_animation
 
-    final = evaluate(iters, plot=True)
-    if cfg.gif and frames:
-        from odecli.plotting import phase_animation
+            path = phase_animation(self.obs.true_y.cpu(), self.frames, self.run.plots_dir / "training.gif")
+            self.run.log(f"animation: {path}")
 
-        path = phase_animation(obs.true_y.cpu(), frames, run.plots_dir / "training.gif")
-        run.log(f"animation: {path}")
-    metrics = {
-        **final,
-        "loss_train_last": loss_value,
-        **history.summary(),
-        "iters": iters,
-        "skipped_batches": loop.skipped,
-        "params": count_parameters(model),
-        "dynamics": system.name,
-        "solver": str(cfg.solver.method),
-    }
-    _print_summary(run, metrics)
-    return metrics
+    def state_dict(self) -> dict[str, Any]:
+        return {"frames": self.frames}
+
+    def load_state_dict(self, state: Mapping[str, Any], step: int) -> None:
+        self.frames = list(state["frames"])
+
+    def metrics(self, final: Mapping[str, Any], record: TrainingRecord) -> dict[str, Any]:
+        return {
+            **final,
+            **record.common_metrics(),
+            "iters": self.iterations,
+            "params": count_parameters(self.model),
+            "dynamics": self.system.name,
+            "solver": str(self.cfg.solver.method),
+        }
+
+    def print_summary(self, metrics: Mapping[str, Any]) -> None:
+        _print_summary(self.run, metrics)
+
+
+@TASKS.register("fit", validate=check_config, description="Learn a 2-D dynamical system with a neural vector field; plots true (solid) vs model (dotted).",
+                examples=("odecli fit dynamics=lotka solver=dopri5", "odecli fit dynamics=spiral iters=500 solver.tol=1e-5",
+                          "odecli fit -m solver=dopri5,bosh3 solver.tol=1e-3,1e-5"))  # fmt: skip
+def fit(cfg: DictConfig, run: Run) -> dict[str, Any]:
+    """Train a neural vector field on one system's trajectory; return the final metrics."""
+    return train(Fit, cfg, run)
 
 
 def _plot(run: Run, cfg: DictConfig, system: System, obs: Observations, model: nn.Module, predicted: torch.Tensor, iteration: int) -> None:
@@ -232,7 +219,7 @@ def _plot(run: Run, cfg: DictConfig, system: System, obs: Observations, model: n
     run.figure("fit/dynamics", figure, iteration, filename="dynamics")
 
 
-def _print_summary(run: Run, metrics: dict[str, Any]) -> None:
+def _print_summary(run: Run, metrics: Mapping[str, Any]) -> None:
     rows = [
         ("val MSE", f"{metrics['val_mse']:.3e}"),
         *([("extrapolation MSE", f"{metrics['extrapolation_mse']:.3e}")] if "extrapolation_mse" in metrics else []),

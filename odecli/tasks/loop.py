@@ -11,7 +11,7 @@
   the run ends with ``SolverGaveUp`` naming the iteration and the fixes, whatever ``nonfinite`` says
   (it is no NaN to skip, and the next batch would spin just as long); the last checkpoint stays.
 
-A loop uses it like this::
+``odecli.tasks.driver.train`` runs every training task's loop with it, like this::
 
     with TrainingLoop(run, cfg, start=start, save=checkpoint, samplers=[batches]) as loop:
         for iteration in range(start + 1, iters + 1):
@@ -63,12 +63,25 @@ class GeneratorState:
         self.generator.set_state(state)
 
 
+def as_sampler(sampler: Any) -> Any:
+    """``sampler`` with ``state_dict``/``load_state_dict`` (a ``torch.Generator`` wrapped in ``GeneratorState``)."""
+    return GeneratorState(sampler) if isinstance(sampler, torch.Generator) else sampler
+
+
+def checked_loss(loss: torch.Tensor) -> float:
+    """The loss as a float (several processes: its mean over the ranks); raises ``NonFiniteLoss`` when it is NaN or Inf."""
+    value = world().mean(loss.item())  # several processes: the mean over ranks, so all of them stop (or go on) together
+    if not math.isfinite(value):
+        raise NonFiniteLoss(value)
+    return value
+
+
 class TrainingLoop:
     """Interrupt checkpoints and the non-finite policy around one run's training iterations."""
 
     def __init__(self, run: Any, cfg: DictConfig, *, start: int, save: Callable[[int], None], samplers: Sequence[Any] = ()):
         self.run, self.cfg, self.save = run, cfg, save
-        self.samplers = [GeneratorState(s) if isinstance(s, torch.Generator) else s for s in samplers]
+        self.samplers = [as_sampler(s) for s in samplers]
         self.start = self.completed = start
         self.policy = nonfinite_policy(cfg)
         self.skipped = 0
@@ -107,10 +120,7 @@ class TrainingLoop:
 
     def check_loss(self, loss: torch.Tensor) -> float:
         """The loss as a float (several processes: its mean over the ranks); raises ``NonFiniteLoss`` (handled by ``iteration``) when it is NaN or Inf."""
-        value = world().mean(loss.item())  # several processes: the mean over ranks, so all of them stop (or go on) together
-        if not math.isfinite(value):
-            raise NonFiniteLoss(value)
-        return value
+        return checked_loss(loss)
 
     def check_gradients(self, parameters: Iterable[torch.Tensor]) -> None:
         """Raise ``NonFiniteLoss`` before a NaN/Inf gradient can reach the weights."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -33,17 +34,14 @@ from odecli.errors import ConfigError
 from odecli.models import count_parameters
 from odecli.models.latent_ode import GapRNN, LatentODE, gaussian_log_likelihood
 from odecli.registry import TASKS
-from odecli.solvers import track_stats
 from odecli.tasks.common import (
-    Checkpointer,
-    NFEHistory,
     build_optimizer,
     build_scheduler,
     check_shared_settings,
     make_solve,
-    prepare,
 )
-from odecli.tasks.loop import TrainingLoop
+from odecli.tasks.driver import Every, Step, TrainingRecord, TrainingTask, data_and_noise_generators, train
+from odecli.tasks.loop import checked_loss
 from odecli.tracking import Run
 
 EVAL_CHUNK = 256  # series per evaluation solve
@@ -145,122 +143,120 @@ def check_config(cfg: DictConfig) -> None:
     build_models(cfg, obs_dim=1)  # the models' own settings; they do not depend on the data's dimension
 
 
-@TASKS.register("vae", validate=check_config)
-def vae(cfg: DictConfig, run: Run) -> dict[str, Any]:
-    """Train the latent ODE (and the RNN baseline) on ``data``; return test RMSEs, NFE and timings."""
-    device = prepare(cfg)
-    _validate(cfg)
-    data = load_data(cfg.data).to(device)
-    train, test = data.train, data.test
-    models = build_models(cfg, data.dim).to(device)
-    optimizer = build_optimizer(cfg.optim, models.parameters())
-    scheduler = build_scheduler(cfg.get("scheduler"), optimizer)
-    solve = make_solve(cfg.solver)
-    seed, iters = int(cfg.seed), int(cfg.iters)
-    batch_size = min(int(cfg.batch_size), len(train))
-    obs_std = float(cfg.likelihood_std)
-    data_generator = torch.Generator().manual_seed(seed + 2)
-    noise_generator = torch.Generator().manual_seed(seed + 3)
-    history = NFEHistory()
-    train_time = dict.fromkeys(models.keys(), 0.0)
-    n_obs = float(train.observed.valid.sum(1).float().mean())
-    run.log(f"data {data.name}: {len(train)} training and {len(test)} test series, {data.dim}-D, {n_obs:.1f} observed times per series on average")
+class VAE(TrainingTask):
+    """The latent ODE (and, with ``baseline=true``, the RNN) trained on irregularly sampled series, each on its own loss."""
 
-    checkpointer = Checkpointer(run, cfg, model=models, optimizer=optimizer, history=history, scheduler=scheduler)
-    start = 0
-    if (state := checkpointer.resume()) is not None:
-        data_generator.set_state(state["data_generator"])
-        noise_generator.set_state(state["noise_generator"])
-        train_time.update(state.get("train_time", {}))
-        start = int(state["step"])
-    run.resume_at(start + 1)
+    def __init__(self, cfg: DictConfig, run: Run, device: torch.device):
+        self.cfg, self.run = cfg, run
+        _validate(cfg)
+        self.data = load_data(cfg.data).to(device)
+        self.train_set, self.test_set = self.data.train, self.data.test
+        self.models = self.model = build_models(cfg, self.data.dim).to(device)
+        self.optimizer = build_optimizer(cfg.optim, self.models.parameters())
+        self.scheduler = build_scheduler(cfg.get("scheduler"), self.optimizer)
+        self.solve = make_solve(cfg.solver)
+        self.device = device
+        self.seed, self.iterations = int(cfg.seed), int(cfg.iters)
+        self.batch_size = min(int(cfg.batch_size), len(self.train_set))
+        self.obs_std = float(cfg.likelihood_std)
+        self.data_generator, self.noise_generator = data_and_noise_generators(self.seed)
+        self.samplers = [self.data_generator, self.noise_generator]
+        self.train_time = dict.fromkeys(self.models.keys(), 0.0)
+        self.eval_time = 0.0  # seconds of the last evaluation (the final one's is a metric)
+        self.description = f"vae {self.data.name}"
+        self.eval_every, self.plot_every, self.checkpoint_every = Every(cfg.eval_every), Every(cfg.plot_every), Every(cfg.checkpoint_every)
+        self.n_obs = float(self.train_set.observed.valid.sum(1).float().mean())
+        run.log(f"data {self.data.name}: {len(self.train_set)} training and {len(self.test_set)} test series, {self.data.dim}-D, "
+                f"{self.n_obs:.1f} observed times per series on average")  # fmt: skip
 
-    def checkpoint(iteration: int) -> None:
-        checkpointer.save(iteration, data_generator=data_generator.get_state(), noise_generator=noise_generator.get_state(), train_time=dict(train_time))
+    def train_step(self, iteration: int) -> Step:
+        began = time.perf_counter()
+        index = torch.randperm(len(self.train_set), generator=self.data_generator)[: self.batch_size].to(self.device)
+        batch = self.train_set.observed[index]
+        anneal = int(self.cfg.kl_anneal_iters)
+        beta = min(1.0, iteration / anneal) if anneal > 0 else 1.0
+        log_likelihood, kl = self.models["latent_ode"].elbo_terms(batch, self.solve, self.obs_std, self.noise_generator)
+        loss = (kl * beta - log_likelihood).mean()
+        elbo = (kl - log_likelihood).mean().item()
+        scalars = {"loss/elbo": elbo, "loss/kl": kl.mean().item(), "loss/log_likelihood": log_likelihood.mean().item(), "train/kl_weight": beta}
 
-    def evaluate(iteration: int) -> dict[str, float | None]:
+        def train_baseline() -> dict[str, float]:
+            """The latent ODE's backward pass is done: time it, then take the RNN's step on the same batch."""
+            self.train_time["latent_ode"] += time.perf_counter() - began
+            if "rnn" not in self.models:
+                return {}
+            rnn_began = time.perf_counter()
+            predicted = self.models["rnn"].one_step_predictions(batch)
+            rnn_loss = -gaussian_log_likelihood(batch.x, predicted, self.obs_std, batch.mask).mean()
+            rnn_value = checked_loss(rnn_loss)
+            rnn_loss.backward()
+            self.train_time["rnn"] += time.perf_counter() - rnn_began
+            return {"loss/rnn": rnn_value}
+
+        return Step(loss, scalars=scalars, progress={"elbo": -elbo}, after_backward=train_baseline)
+
+    def clip_gradients(self) -> None:
+        if self.cfg.grad_clip is not None:
+            for model in self.models.values():
+                nn.utils.clip_grad_norm_(model.parameters(), float(self.cfg.grad_clip))
+
+    def evaluate(self, iteration: int) -> dict[str, float | None]:
+        """Test RMSEs inside (``rmse_interp``) and after (``rmse_extrap``) the observed window, for each model."""
+        began = time.perf_counter()
         metrics: dict[str, float | None] = {}
-        for key, model in models.items():
+        for key, model in self.models.items():
             prefix = "" if key == "latent_ode" else f"{key}_"
-            for part, value in rmse(model, test, solve, data.scale).items():
+            for part, value in rmse(model, self.test_set, self.solve, self.data.scale).items():
                 metrics[f"{prefix}rmse_{part}"] = value
                 if value is not None:
-                    run.scalar(f"metrics/{prefix}rmse_{part}", value, iteration)
+                    self.run.scalar(f"metrics/{prefix}rmse_{part}", value, iteration)
+        self.eval_time = time.perf_counter() - began
         return metrics
 
-    def plot(iteration: int) -> None:
-        if int(cfg.plot_series) > 0:
-            _plot(run, cfg, data, models, solve, iteration)
+    def plot(self, iteration: int) -> None:
+        if int(self.cfg.plot_series) > 0:
+            _plot(self.run, self.cfg, self.data, self.models, self.solve, iteration)
 
-    loss_value = rnn_value = float("nan")
-    ode = models["latent_ode"]
-    with run.progress(iters, start=start, description=f"vae {data.name}") as progress, \
-            TrainingLoop(run, cfg, start=start, save=checkpoint, samplers=[data_generator, noise_generator]) as loop:  # fmt: skip
-        for iteration in range(start + 1, iters + 1):
-            with loop.iteration(iteration):
-                began = time.perf_counter()
-                index = torch.randperm(len(train), generator=data_generator)[:batch_size].to(device)
-                batch = train.observed[index]
-                beta = min(1.0, iteration / int(cfg.kl_anneal_iters)) if int(cfg.kl_anneal_iters) > 0 else 1.0
-                optimizer.zero_grad(set_to_none=True)
-                with track_stats() as stats:
-                    log_likelihood, kl = ode.elbo_terms(batch, solve, obs_std, noise_generator)
-                    loss = (kl * beta - log_likelihood).mean()
-                    loss_value = loop.check_loss(loss)
-                    loss.backward()
-                train_time["latent_ode"] += time.perf_counter() - began
-                scalars = {"loss/train": loss_value, "loss/elbo": (kl - log_likelihood).mean().item(), "loss/kl": kl.mean().item(),
-                           "loss/log_likelihood": log_likelihood.mean().item(), "train/kl_weight": beta,
-                           "nfe/forward": stats.nfe_forward, "nfe/backward": stats.nfe_backward}  # fmt: skip
-                if "rnn" in models:
-                    rnn_began = time.perf_counter()
-                    predicted = models["rnn"].one_step_predictions(batch)
-                    rnn_loss = -gaussian_log_likelihood(batch.x, predicted, obs_std, batch.mask).mean()
-                    rnn_value = loop.check_loss(rnn_loss)
-                    rnn_loss.backward()
-                    train_time["rnn"] += time.perf_counter() - rnn_began
-                    scalars["loss/rnn"] = rnn_value
-                if cfg.grad_clip is not None:
-                    for model in models.values():
-                        nn.utils.clip_grad_norm_(model.parameters(), float(cfg.grad_clip))
-                loop.update(iteration, models.parameters(), optimizer, scheduler)
-                history.add(stats)
-                run.scalars({**scalars, "time/step": time.perf_counter() - began}, iteration)
-                progress.update(iteration, elbo=-scalars["loss/elbo"], rnn=rnn_value, nfe_fwd=stats.nfe_forward, nfe_bwd=stats.nfe_backward)
-                if iteration % cfg.eval_every == 0 and iteration < iters:
-                    evaluate(iteration)
-                if cfg.plot_every > 0 and iteration % cfg.plot_every == 0 and iteration < iters:
-                    plot(iteration)
-            if iteration % cfg.checkpoint_every == 0 or iteration == iters:
-                checkpoint(iteration)
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_time": dict(self.train_time), "eval_time": self.eval_time}
 
-    eval_began = time.perf_counter()
-    final = evaluate(iters)
-    eval_time = time.perf_counter() - eval_began
-    plot(iters)
-    with torch.no_grad():
-        log_likelihood, kl = ode.elbo_terms(test.observed, solve, obs_std, torch.Generator().manual_seed(seed + 4))
-    metrics: dict[str, Any] = {
-        **final,
-        "n_obs": int(round(n_obs)) if data.name == "spirals" or data.name == "ecg" else round(n_obs, 2),
-        "elbo_test": float((log_likelihood - kl).mean()),
-        "loss_train_last": loss_value,
-        **({"rnn_loss_train_last": rnn_value} if "rnn" in models else {}),
-        **history.summary(),
-        **{f"train_time_s_{key}": round(value, 2) for key, value in train_time.items()},
-        "eval_time_s": round(eval_time, 2),
-        "iters": iters,
-        "skipped_batches": loop.skipped,
-        "params": count_parameters(ode),
-        **({"rnn_params": count_parameters(models["rnn"])} if "rnn" in models else {}),
-        "data": data.name,
-        "series_train": len(train),
-        "series_test": len(test),
-        "solver": str(cfg.solver.method),
-        "adjoint": cfg.solver.adjoint or False,
-    }
-    _print_summary(run, metrics)
-    return metrics
+    def load_state_dict(self, state: Mapping[str, Any], step: int) -> None:
+        self.train_time.update(state["train_time"])
+        self.eval_time = float(state["eval_time"])
+
+    def metrics(self, final: Mapping[str, Any], record: TrainingRecord) -> dict[str, Any]:
+        cfg, data, models = self.cfg, self.data, self.models
+        with torch.no_grad():
+            log_likelihood, kl = models["latent_ode"].elbo_terms(self.test_set.observed, self.solve, self.obs_std, torch.Generator().manual_seed(self.seed + 4))
+        common = record.common_metrics()
+        return {
+            **final,
+            "n_obs": int(round(self.n_obs)) if data.name == "spirals" or data.name == "ecg" else round(self.n_obs, 2),
+            "elbo_test": float((log_likelihood - kl).mean()),
+            "loss_train_last": common.pop("loss_train_last"),
+            **({"rnn_loss_train_last": float(record.last_scalars.get("loss/rnn", float("nan")))} if "rnn" in models else {}),
+            **common,
+            **{f"train_time_s_{key}": round(value, 2) for key, value in self.train_time.items()},
+            "eval_time_s": round(self.eval_time, 2),
+            "iters": self.iterations,
+            "params": count_parameters(models["latent_ode"]),
+            **({"rnn_params": count_parameters(models["rnn"])} if "rnn" in models else {}),
+            "data": data.name,
+            "series_train": len(self.train_set),
+            "series_test": len(self.test_set),
+            "solver": str(cfg.solver.method),
+            "adjoint": cfg.solver.adjoint or False,
+        }
+
+    def print_summary(self, metrics: Mapping[str, Any]) -> None:
+        _print_summary(self.run, metrics)
+
+
+@TASKS.register("vae", validate=check_config, description="Latent ODE on irregularly sampled noisy spirals vs an RNN baseline.",
+                examples=("odecli vae", "odecli vae data.n_obs=30", "odecli vae data=csv data.path=series.csv"))  # fmt: skip
+def vae(cfg: DictConfig, run: Run) -> dict[str, Any]:
+    """Train the latent ODE (and the RNN baseline) on ``data``; return test RMSEs, NFE and timings."""
+    return train(VAE, cfg, run)
 
 
 # ----- figures ------------------------------------------------------------------------------------
@@ -380,7 +376,7 @@ def _plot(run: Run, cfg: DictConfig, data: SeriesData, models: nn.ModuleDict, so
         run.figure("vae/phase", fig, iteration, filename="phase")
 
 
-def _print_summary(run: Run, metrics: dict[str, Any]) -> None:
+def _print_summary(run: Run, metrics: Mapping[str, Any]) -> None:
     baseline = "rnn_rmse_interp" in metrics
     table = Table(title=f"vae {metrics['data']} · n_obs {metrics['n_obs']} · {metrics['solver']}{' (' + ('checkpoint adjoint' if metrics['adjoint'] == 'checkpoint' else 'adjoint') + ')' if metrics['adjoint'] else ''}", header_style="bold")
     table.add_column("metric")
