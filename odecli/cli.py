@@ -11,15 +11,53 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import click
 import typer
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
+from typer.main import get_command_from_info
+from typer.models import CommandInfo
 
 from odecli import __version__
 from odecli.console import console, error_console
 from odecli.errors import RunFailed, UserError
 
+EXAMPLES_SEPARATOR = "   ·   "
+
+
+class TaskCommands(TyperGroup):
+    """The hand-written commands (sweep, report, list, config, board) and one command per task config.
+
+    A task's command comes from the task registry: its help is the registered ``description``, its epilog
+    the registered ``examples``, and ``data_argument=NAME`` gives it an optional positional data set
+    (``odecli classify mnist``; NAME is the default). Built when a command is looked up, so plugins are loaded first.
+    """
+
+    tasks_added = False
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        if not args or args[0] not in self.commands:  # sweep, report, ... need no task (nor torch imported)
+            self.add_task_commands(args)  # paths.plugins_dir=DIR among the arguments may bring a plugin's task
+        return super().resolve_command(ctx, args)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self.add_task_commands([])
+        return super().list_commands(ctx)
+
+    def add_task_commands(self, args: list[str]) -> None:
+        """Put a command for each task config before the hand-written ones (once: this group serves one invocation)."""
+        from odecli import hydra_bridge
+
+        if self.tasks_added:
+            return
+        _load_plugins(args)
+        self.commands = {**{task: task_command(task) for task in hydra_bridge.primary_configs()}, **self.commands}
+        self.tasks_added = True
+
+
 app = typer.Typer(
+    cls=TaskCommands,
     name="odecli",
     help="Experiment runner for Neural ODEs: fit dynamics, sweep solver tolerances, classify digits, "
     "latent ODEs and continuous normalizing flows — configs by Hydra, results in TensorBoard.",
@@ -107,6 +145,40 @@ def _load_plugins(overrides: list[str]) -> None:
     load_all()
 
 
+def task_command(task: str) -> click.Command:
+    """The ``odecli TASK`` command, as the task's registry entry describes it (a task config without one says so when run)."""
+    from odecli.registry import TASKS
+
+    meta = TASKS.entry(task).meta if task in TASKS else {}
+    data_default = meta.get("data_argument")
+    if data_default is None:
+
+        def command(overrides: list[str] | None = Overrides, multirun: bool = MultirunOption, debug: bool = DebugOption) -> None:
+            _run_task(task, overrides, multirun, debug)
+
+    else:
+
+        def command(
+            dataset: str = typer.Argument(data_default, help="Data set (`odecli list data` shows each task's choices)."),
+            overrides: list[str] | None = Overrides,
+            multirun: bool = MultirunOption,
+            debug: bool = DebugOption,
+        ) -> None:
+            extra = list(overrides or [])
+            if "=" in dataset:  # `odecli classify model=resnet`: no data set given
+                extra.insert(0, dataset)
+                dataset = data_default
+            # the default data set needs no override, which keeps run directory names short; data=NAME reaches the
+            # task's own data group (hydra_bridge.packaged_overrides)
+            data = [] if dataset == data_default else [f"data={dataset}"]
+            _run_task(task, [*data, *extra], multirun, debug)
+
+    examples = meta.get("examples") or (f"odecli {task}", f"odecli config {task}")
+    description = TASKS.entry(task).description if task in TASKS else f"The {task} task (not available in this version)."
+    info = CommandInfo(name=task, callback=command, help=description, epilog="Examples:  " + EXAMPLES_SEPARATOR.join(examples))
+    return get_command_from_info(info, pretty_exceptions_short=app.pretty_exceptions_short, rich_markup_mode=app.rich_markup_mode)
+
+
 def _run_task(task: str, overrides: list[str] | None, multirun: bool, debug: bool) -> None:
     overrides = list(overrides or [])
 
@@ -131,41 +203,6 @@ def _run_task(task: str, overrides: list[str] | None, multirun: bool, debug: boo
     launched = _guard(debug, action)
     if launched is not None and launched[1]:  # a multirun, whichever launcher ran its jobs: the same summary as `odecli sweep`
         _summarise_jobs(launched[0], debug)
-
-
-@app.command(epilog="Examples:  odecli fit dynamics=lotka solver=dopri5   ·   odecli fit dynamics=spiral iters=500 solver.tol=1e-5   ·   odecli fit -m solver=dopri5,bosh3 solver.tol=1e-3,1e-5")
-def fit(overrides: list[str] | None = Overrides, multirun: bool = MultirunOption, debug: bool = DebugOption) -> None:
-    """Learn a 2-D dynamical system with a neural vector field; plots true (solid) vs model (dotted)."""
-    _run_task("fit", overrides, multirun, debug)
-
-
-@app.command(epilog="Examples:  odecli classify mnist   ·   odecli classify mnist model=resnet   ·   odecli classify mnist data.dir=~/mnist")
-def classify(
-    dataset: str = typer.Argument("mnist", help="Data set (mnist; `odecli list data` shows each task's)."),
-    overrides: list[str] | None = Overrides,
-    multirun: bool = MultirunOption,
-    debug: bool = DebugOption,
-) -> None:
-    """Train ODE-Net against ResNet, RK-Net and MLP baselines on MNIST (model=odenet|resnet|rknet|mlp)."""
-    extra = list(overrides or [])
-    if "=" in dataset:  # `odecli classify model=resnet`: no dataset given
-        extra.insert(0, dataset)
-        dataset = "mnist"
-    data = [] if dataset == "mnist" else [f"data={dataset}"]  # mnist is the default: keep run directory names short
-    # model=resnet and data=NAME reach classify's own groups (classifier/, images/): hydra_bridge.packaged_overrides
-    _run_task("classify", [*data, *extra], multirun, debug)
-
-
-@app.command(epilog="Examples:  odecli vae   ·   odecli vae data.n_obs=30   ·   odecli vae data=csv data.path=series.csv")
-def vae(overrides: list[str] | None = Overrides, multirun: bool = MultirunOption, debug: bool = DebugOption) -> None:
-    """Latent ODE on irregularly sampled noisy spirals vs an RNN baseline."""
-    _run_task("vae", overrides, multirun, debug)
-
-
-@app.command(epilog="Examples:  odecli cnf   ·   odecli cnf data=moons   ·   odecli cnf trace=hutchinson")
-def cnf(overrides: list[str] | None = Overrides, multirun: bool = MultirunOption, debug: bool = DebugOption) -> None:
-    """Continuous normalizing flows on 2-D densities."""
-    _run_task("cnf", overrides, multirun, debug)
 
 
 @app.command(epilog="Examples:  odecli sweep tol   ·   odecli sweep tol from_run=outputs/fit/<date>/<time>   ·   odecli sweep solvers hydra/launcher=joblib   ·   odecli list sweeps")
@@ -333,7 +370,7 @@ def _solver_kind(solver: Any) -> str:
 
 @app.command(epilog="Examples:  odecli config fit dynamics=lotka solver=dopri5   ·   odecli config fit --yaml")
 def config(
-    task: str = typer.Argument(..., help="Task config to compose (fit, classify, vae, cnf)."),
+    task: str = typer.Argument(..., help="Task config to compose (fit, classify, vae, cnf, or a plugin's task; `odecli list tasks`)."),
     overrides: list[str] | None = Overrides,
     yaml: bool = typer.Option(False, "--yaml", help="Print YAML instead of a tree."),
     debug: bool = DebugOption,

@@ -43,8 +43,14 @@ def config_root() -> Path:
 
 
 def primary_configs() -> list[str]:
-    """Task entry configs (``fit``, ``classify``, ...), one per top-level YAML file."""
-    return sorted(p.stem for p in config_root().glob("*.yaml"))
+    """Task entry configs (``fit``, ``classify``, ...): one per top-level YAML file, and one per task that brings its own."""
+    return sorted({p.stem for p in config_root().glob("*.yaml")} | set(task_configs()))
+
+
+def task_configs() -> dict[str, Path]:
+    """The configs registered tasks bring with them (``TASKS.register(name, config=PATH)``: a plugin's task), by task name."""
+    load_all()
+    return {entry.name: Path(entry.meta["config"]) for entry in TASKS.entries() if entry.meta.get("config") is not None}
 
 
 def sweep_names() -> list[str]:
@@ -52,7 +58,7 @@ def sweep_names() -> list[str]:
 
 
 # ----- registry entries as config options ---------------------------------------------------
-_stored: set[tuple[str, str]] = set()
+_stored: set[tuple[str | None, str]] = set()
 
 
 def register_config_options() -> None:
@@ -72,6 +78,10 @@ def register_config_options() -> None:
                 continue
             for option in (entry.name, *entry.aliases):
                 _store_once(store, group, option, node)
+    for task, path in task_configs().items():  # a plugin task's primary config (a shipped conf/TASK.yaml would win)
+        if not (config_root() / f"{task}.yaml").exists() and (None, task) not in _stored:
+            store.store(name=task, node=OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+            _stored.add((None, task))
     template = OmegaConf.load(config_root() / "solver" / f"{SOLVER_TEMPLATE}.yaml")
     for entry in SOLVERS.entries():
         for option in (entry.name, *entry.aliases):
