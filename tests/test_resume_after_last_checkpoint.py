@@ -63,3 +63,21 @@ def test_resume_with_nothing_left_to_train_reports_the_killed_runs_metrics(task:
     assert resumed["status"] == "completed"
     differing = {key: (resumed.get(key), value) for key, value in completed.items() if key != "wall_time_s" and resumed.get(key) != value}
     assert not differing, f"resumed after the last checkpoint: {differing}"
+
+
+def test_a_checkpoint_of_an_older_odecli_is_refused_with_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from odecli.cli import app
+
+    run_dir = tmp_path / "run"
+    settings = [*CASES["fit"], "iters=4"]
+    run("fit", run_dir, *settings)
+    path = Run(run_dir, tensorboard=False).checkpoints()[0]
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload["state"]["batches"] = payload["state"].pop("samplers")[0][0]  # what fit saved before the training driver
+    torch.save(payload, path)
+    result = CliRunner().invoke(app, ["fit", *settings, "resume=true", f"hydra.run.dir={run_dir}"])
+    assert result.exit_code == 2, result.output
+    assert f"resume: {path.name} was written by an older odecli (it has no samplers)" in " ".join(result.output.split())
+    assert result.output.count("error:") == 1 and "Traceback" not in result.output

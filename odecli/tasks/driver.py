@@ -37,6 +37,9 @@ from odecli.tasks.distributed import World, rank_scalars, world
 from odecli.tasks.loop import TrainingLoop, as_sampler
 from odecli.tracking import Run
 
+# What the driver adds to every checkpoint (beside Checkpointer's model, optimizer, schedule, NFE history, random states, config).
+CHECKPOINT_KEYS = ("samplers", "task", "last_scalars", "final_evaluation")
+
 
 class Every:
     """A cadence in iterations: due when the iteration is a multiple of any of ``periods`` (0 or None: never)."""
@@ -136,6 +139,12 @@ def train(task_class: Callable[[DictConfig, Run, torch.device], TrainingTask], c
     start = 0
     if (state := checkpointer.resume()) is not None:
         start = int(state["step"])
+        missing = [key for key in CHECKPOINT_KEYS if key not in state]
+        if missing:
+            raise ConfigError(
+                f"resume: {run.checkpoint_path(start).name} was written by an older odecli (it has no {', '.join(missing)}); "
+                "continue that run with the odecli that started it, or start a new run directory."
+            )
         for sampler, saved in zip(samplers, own_sampler_states(state["samplers"], ranks), strict=True):
             sampler.load_state_dict(saved)
         task.load_state_dict(state["task"], start)
@@ -175,8 +184,8 @@ def train(task_class: Callable[[DictConfig, Run, torch.device], TrainingTask], c
                             "time/step": time.perf_counter() - began, **rank_scalars(per_rank)}  # fmt: skip
                 last_scalars = scalars
                 run.scalars(scalars, iteration)
-                progress.update(iteration, loss=loss_value, **step.progress, **{tag.rsplit("/", 1)[-1]: value for tag, value in more.items()},
-                                nfe_fwd=nfe.nfe_forward, nfe_bwd=nfe.nfe_backward)  # fmt: skip
+                fields = {"loss": loss_value, **step.progress, **{tag.rsplit("/", 1)[-1]: value for tag, value in more.items()}}
+                progress.update(iteration, **fields, nfe_fwd=nfe.nfe_forward, nfe_bwd=nfe.nfe_backward)
                 if ranks.is_main and iteration < total:
                     evaluate_and_plot(task, iteration)
             if iteration == total and ranks.is_main:  # before the last checkpoint, which then carries it
