@@ -227,15 +227,11 @@ def sweep(
 
             listing = ", ".join(names) if names else "none are defined yet"
             raise UserError(f"Unknown sweep '{name}'.{did_you_mean(name, names)} Sweeps: {listing}.")
-        config_name = f"sweep/{name}"
-        cfg = hydra_bridge.compose(config_name, [o for o in extra if not hydra_bridge._has_sweep_value(o)], with_hydra=True)
-        multirun = hydra_bridge.is_multirun_config(cfg)
-        if not multirun:  # a sweep task runs as one job: its sweep directory is its run directory
-            extra = [("hydra.run.dir=" + o.split("=", 1)[1]) if o.split("=", 1)[0] == "hydra.sweep.dir" else o for o in extra]
         # Every setting (each swept value too) is checked before the directory is chosen; it is printed and summarised at the end.
-        with hydra_bridge.prepare(config_name, extra, multirun=multirun) as launch:
+        # The config says whether it is a Hydra multirun or a sweep task run as one job in its hydra.sweep.dir.
+        with hydra_bridge.prepare(f"sweep/{name}", extra, multirun=None) as launch:
             hydra_bridge.start(launch)
-        return launch.directory, multirun
+        return launch.directory, launch.multirun
 
     directory, multirun = _guard(debug, action)
     if not multirun:
@@ -372,16 +368,15 @@ def _solver_kind(solver: Any) -> str:
 def config(
     task: str = typer.Argument(..., help="Task config to compose (fit, classify, vae, cnf, or a plugin's task; `odecli list tasks`)."),
     overrides: list[str] | None = Overrides,
-    yaml: bool = typer.Option(False, "--yaml", help="Print YAML instead of a tree."),
+    yaml: bool = typer.Option(False, "--yaml", help="Print the composed YAML instead of the table of keys."),
     debug: bool = DebugOption,
 ) -> None:
-    """Print the composed config for TASK with OVERRIDES applied; runs nothing."""
+    """Show every key of TASK's config with OVERRIDES applied: its type, value and what it means; runs nothing."""
 
     def action() -> None:
         from omegaconf import OmegaConf
 
         from odecli import hydra_bridge
-        from odecli.console import config_tree
 
         extra = list(overrides or [])
         _load_plugins(extra)
@@ -389,9 +384,32 @@ def config(
         if yaml:
             sys.stdout.write(OmegaConf.to_yaml(cfg, resolve=True))
         else:
-            console.print(config_tree(cfg, label=task))
+            console.print(_keys_table(cfg, task, fill=console.has_a_screen_width))
 
     _guard(debug, action)
+
+
+def _keys_table(cfg: Any, task: str, *, fill: bool) -> Table:
+    """Every setting of a composed config: key, type, value and the schema's one line about it (odecli/schemas.py)."""
+    from odecli.schemas import documented_keys
+
+    table = Table(title=f"odecli {task}: set any key with KEY=VALUE (--yaml: the config as YAML)", title_justify="left", expand=fill)
+    table.add_column("key", style="cyan", no_wrap=True)
+    table.add_column("type", no_wrap=True)
+    table.add_column("value", ratio=1, overflow="fold")
+    table.add_column("meaning", ratio=3)
+    for key, type_words, value, meaning in documented_keys(cfg):
+        table.add_row(key, type_words, escape(_shown(value)), escape(meaning))
+    return table
+
+
+def _shown(value: Any) -> str:
+    """A value as it is typed on the command line: null, true, 1e-06, [1.0, 1.0]."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
 
 
 @app.command(epilog="Examples:  odecli board   ·   odecli board --logdir outputs/fit --port 6007")

@@ -9,6 +9,7 @@ message rather than a half-created run directory.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib.resources
 import json
@@ -27,6 +28,7 @@ from rich.markup import escape
 from odecli.errors import ConfigError, did_you_mean
 from odecli.registry import DYNAMICS, MODELS, SOLVERS, TASKS, Registry, load_all
 from odecli.report import as_typed, describe_run, find_runs
+from odecli.schemas import check_values, register_schemas, schema_fields
 from odecli.tracking import LOCK_FILE, SWEEP_LOCK_FILE, DirectoryInUse, DirectoryLock, in_use_message, lock_holder
 
 CONFIG_MODULE = "odecli.conf"
@@ -59,20 +61,34 @@ def sweep_names() -> list[str]:
 
 # ----- registry entries as config options ---------------------------------------------------
 _stored: set[tuple[str | None, str]] = set()
+_registered_names: tuple[tuple[str, ...], ...] = ()
+
+
+@functools.cache
+def _yaml_node(path: Path) -> Any:
+    """A shipped YAML file as plain data (read once per process: the files do not change while odecli runs)."""
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
 
 
 def register_config_options() -> None:
-    """Make every registered dynamics, model and solver selectable as ``group=name`` without YAML."""
+    """Make every registered dynamics, model and solver selectable as ``group=name`` without YAML.
+
+    Done again only when a registry gained names since the last call (a plugin loaded later).
+    """
     from hydra.core.config_store import ConfigStore
 
+    global _registered_names
     load_all()
+    names = (*(tuple(registry.all_names()) for registry in (*REGISTRY_GROUPS.values(), SOLVERS)), tuple(task_configs()))
+    if names == _registered_names:
+        return
     store = ConfigStore.instance()
     for group, registry in REGISTRY_GROUPS.items():
         for entry in registry.entries():
             yaml_file = config_root() / group / f"{entry.name}.yaml"
-            if yaml_file.exists():  # aliases (dynamics=lotka) select the same YAML content
-                node: Any = OmegaConf.to_container(OmegaConf.load(yaml_file), resolve=False)
-            elif entry.defaults is not None:
+            if yaml_file.exists():  # aliases (dynamics=lotka) select the same YAML content, schema included
+                node: Any = _yaml_node(yaml_file)
+            elif entry.defaults is not None:  # a plugin's own keys: no schema (its builder checks them)
                 node = {"name": entry.name, **entry.defaults}
             else:
                 continue
@@ -80,14 +96,13 @@ def register_config_options() -> None:
                 _store_once(store, group, option, node)
     for task, path in task_configs().items():  # a plugin task's primary config (a shipped conf/TASK.yaml would win)
         if not (config_root() / f"{task}.yaml").exists() and (None, task) not in _stored:
-            store.store(name=task, node=OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+            store.store(name=task, node=_yaml_node(Path(path)))
             _stored.add((None, task))
-    template = OmegaConf.load(config_root() / "solver" / f"{SOLVER_TEMPLATE}.yaml")
+    template = _yaml_node(config_root() / "solver" / f"{SOLVER_TEMPLATE}.yaml")
     for entry in SOLVERS.entries():
-        for option in (entry.name, *entry.aliases):
-            node = OmegaConf.to_container(template, resolve=False)
-            node["method"] = entry.name
-            _store_once(store, "solver", option, node)
+        for option in (entry.name, *entry.aliases):  # the template's schema comes along in its defaults list
+            _store_once(store, "solver", option, {**template, "method": entry.name})
+    _registered_names = names
 
 
 def _store_once(store: Any, group: str, name: str, node: Any) -> None:
@@ -108,6 +123,7 @@ def _initialized() -> Iterator[None]:
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
+    register_schemas()
     register_config_options()
     running = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
     if running is not None:
@@ -121,12 +137,15 @@ def _initialized() -> Iterator[None]:
             GlobalHydra.instance().initialize(running)
 
 
-def compose(config_name: str, overrides: Sequence[str] = (), *, with_hydra: bool = False) -> DictConfig:
-    """The composed config, as a task would see it; raises ``ConfigError`` for bad overrides."""
+def compose(config_name: str, overrides: Sequence[str] = (), *, with_hydra: bool = False, for_run: bool = False) -> DictConfig:
+    """The composed config, as a task would see it, its values checked by the schemas; ``ConfigError`` for bad overrides.
+
+    ``for_run``: every value must be set (a config shown by ``odecli config`` may still hold ``???``).
+    """
     if config_name not in primary_configs() and not config_name.startswith("sweep/"):
         raise ConfigError(f"Unknown task '{config_name}'.{did_you_mean(config_name, primary_configs())} Tasks: {', '.join(primary_configs())}.")
     with _initialized():
-        return _compose_checked(config_name, packaged_overrides(config_name, overrides), with_hydra)
+        return _compose_checked(config_name, packaged_overrides(config_name, overrides), with_hydra, for_run)
 
 
 # config name → {package: group} for the groups it places at another package (filled on first use)
@@ -145,10 +164,11 @@ def packaged_groups(config_name: str) -> dict[str, str]:
         from hydra.types import RunMode
 
         try:
-            defaults = GlobalHydra.instance().config_loader().compute_defaults_list(config_name, [], RunMode.RUN).defaults
+            defaults = GlobalHydra.instance().config_loader().compute_defaults_list(config_name, [], RunMode.RUN)
         except Exception:  # a config that does not compose: compose() then says why, in words
             return {}
-        keys = [d.override_key for d in defaults if d.override_key and "@" in d.override_key and not d.override_key.startswith("hydra")]
+        # The chosen options by override key ("density@data"), as Hydra records them in hydra.runtime.choices.
+        keys = [key for key in defaults.overrides.known_choices if "@" in key and not key.startswith("hydra")]
         _packaged_groups[config_name] = {package: group for group, package in (key.split("@", 1) for key in keys)}
     return _packaged_groups[config_name]
 
@@ -179,14 +199,14 @@ def packaged_overrides(config_name: str, overrides: Sequence[str]) -> list[str]:
     return translated
 
 
-def _compose_checked(config_name: str, overrides: list[str], with_hydra: bool) -> DictConfig:
+def _compose_checked(config_name: str, overrides: list[str], with_hydra: bool, for_run: bool) -> DictConfig:
     from hydra import compose as hydra_compose
 
     try:
         cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=with_hydra)
     except Exception as exc:  # Hydra raises several unrelated types; translate them all
         raise _explain_compose_error(config_name, overrides, exc) from exc
-    _check_types(config_name, overrides, cfg)
+    check_values(cfg, require_all=for_run)
     return cfg
 
 
@@ -199,10 +219,10 @@ def group_options(group: str) -> list[str]:
 
 def _explain_compose_error(config_name: str, overrides: list[str], exc: Exception) -> ConfigError:
     from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-    text = str(exc)
-    if isinstance(exc, OverrideParseException):
-        return ConfigError(f"Cannot parse override: {text.splitlines()[0]}. Overrides look like key=value, group=option, +new_key=value or ~key.")
+    if isinstance(exc, OverrideParseException):  # carries only its message (the grammar's own words)
+        return ConfigError(f"Cannot parse override: {str(exc).splitlines()[0]}. Overrides look like key=value, group=option, +new_key=value or ~key.")
     packaged = packaged_groups(config_name)
     for override in overrides:  # +data=moons: data is chosen already, and replaced with data=NAME
         key, _, option = override.partition("=")
@@ -210,30 +230,79 @@ def _explain_compose_error(config_name: str, overrides: list[str], exc: Exceptio
             package = key.lstrip("+")
             options = group_options(packaged[package])
             return ConfigError(f"{package} is chosen already in {config_name}: replace it with {package}={option} (no '+'). Valid choices for {package}: {', '.join(options)}.")
-    if isinstance(exc, MissingConfigException) or "Could not find" in text:
-        match = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
-        if match:
-            group, option = match.groups()
-            options = group_options(group)
-            # Users type the package (data=cifar), not the group Hydra looked in (images/cifar).
-            name = {g: package for package, g in packaged.items()}.get(group, group)
-            return ConfigError(
-                f"Unknown {name} '{option}'.{did_you_mean(option, options)} Valid choices for {name}: {', '.join(options)}."
-            )
-    match = re.search(r"Key '([^']+)' is not in struct", text) or re.search(r"Could not override '([^']+)'", text)
-    if match:
-        key = match.group(1)
-        full_key = next((o.split("=", 1)[0].lstrip("+~") for o in overrides if key in o.split("=", 1)[0]), key)
+    if isinstance(exc, MissingConfigException) and exc.options is not None and exc.missing_cfg_file:
+        group, _, option = exc.missing_cfg_file.rpartition("/")
+        options = sorted(set(exc.options))
+        # Users type the package (data=cifar), not the group Hydra looked in (images/cifar).
+        name = {g: package for package, g in packaged.items()}.get(group, group)
+        return ConfigError(f"Unknown {name} '{option}'.{did_you_mean(option, options)} Valid choices for {name}: {', '.join(options)}.")
+    error = _omegaconf_error(exc)
+    # Hydra's error for a config file that does not merge names the file only in its text: "In 'experiment/x': ...".
+    in_file = re.match(r"In '([^']+)': ", str(exc))
+    if isinstance(error, ValidationError) and error.full_key:
+        key = str(error.full_key)
+        if isinstance(error.value, str) and _expected_type(error) == "mapping":  # fit's `data` is a block of settings, not a group with options to choose from
+            settings = _settings_under(config_name, key)
+            return ConfigError(f"{key} is not a choice in {config_name}: it holds settings ({settings}); set one with {key}.KEY=VALUE.")
+        message = _wrong_type(key, error)
+        return ConfigError(f"{in_file.group(1)} does not fit {config_name}: {message}" if in_file else message)
+    if isinstance(error, (ConfigAttributeError, ConfigKeyError)) and error.full_key:
+        key = str(error.full_key)
         known = _known_keys(config_name)
-        settings = ", ".join(k for k in known if k.startswith(full_key + "."))
-        if settings:  # fit's `data` is a block of settings, not a group with options to choose from
+        if in_file:
+            return ConfigError(f"{in_file.group(1)} sets '{key}', which {config_name} does not have.{did_you_mean(key, known)} `odecli config {config_name}` shows every key.")
+        full_key = next((o.split("=", 1)[0].lstrip("+~") for o in overrides if key in o.split("=", 1)[0]), key)
+        settings = _settings_under(config_name, full_key)
+        if settings:
             return ConfigError(f"{full_key} is not a choice in {config_name}: it holds settings ({settings}); set one with {full_key}.KEY=VALUE.")
         return ConfigError(
             f"Unknown config key '{full_key}'.{did_you_mean(full_key, known)} "
             f"To add a new key use +{full_key}=VALUE; `odecli config {config_name}` shows every key."
         )
-    first_line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    text = str(exc).strip()
+    first_line = text.splitlines()[0] if text else type(exc).__name__
     return ConfigError(f"Invalid configuration: {first_line}")
+
+
+def _omegaconf_error(exc: BaseException) -> BaseException | None:
+    """The OmegaConf error behind one of Hydra's (it carries the key, the value and the schema)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OmegaConfBaseException):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _settings_under(config_name: str, key: str) -> str:
+    """The settings a mapping ``key`` holds, comma-separated ("" when it holds none or is no mapping)."""
+    return ", ".join(k for k in _known_keys(config_name) if k.startswith(key + "."))
+
+
+def _wrong_type(key: str, error: Any) -> ConfigError:
+    """A value of the wrong type (or null where a value is needed), named with the type its schema asks for and its default."""
+    expected = _expected_type(error)
+    default = error.parent_node.get(error.key) if isinstance(error.parent_node, DictConfig) else None
+    hint = f" (default {default!r})" if default is not None else ""
+    example = f" Example: {key}={default!r}" if default is not None else ""
+    if error.value is None:
+        return ConfigError(f"{key} cannot be null: it expects {_with_article(expected)}{hint}.{example}")
+    return ConfigError(f"{key} expects {_with_article(expected)}{hint}, got {error.value!r}.{example}")
+
+
+def _expected_type(error: Any) -> str:
+    """The type, in words, that the schema of the node refusing a value asks for."""
+    if error.object_type is not None and dataclasses.is_dataclass(error.object_type):
+        return schema_fields(error.object_type).get(str(error.key), ("a value of another type", ""))[0]
+    return "a value of another type"
+
+
+def _with_article(type_words: str) -> str:
+    if type_words.startswith(("list", "mapping", "a value", "any")):
+        return type_words
+    return ("an " if type_words[0] in "aeiou" else "a ") + type_words
 
 
 def _known_keys(config_name: str) -> list[str]:
@@ -255,83 +324,12 @@ def flatten_keys(cfg: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-# Settings whose number may be replaced by null (their configs say what null means).
-NULLABLE_SETTINGS = frozenset({"threads", "time_span"})
-
-
-def _check_types(config_name: str, overrides: list[str], cfg: DictConfig) -> None:
-    """A value override must keep the type of the default it replaces (YAML configs carry no schema)."""
-    from hydra import compose as hydra_compose
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import OverrideType
-
-    loader = GlobalHydra.instance().config_loader()
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    is_group = functools.cache(lambda key: _is_group(loader, key))  # each key asked once
-    value_overrides = [o for o in parsed if o.type == OverrideType.CHANGE and not is_group(o.key_or_group)]
-    if not value_overrides:
-        return
-    group_choices = [o for o in overrides if "=" in o and is_group(o.split("=", 1)[0].lstrip("+~"))]
-    base = hydra_compose(config_name=config_name, overrides=group_choices)
-    for override in value_overrides:
-        key = override.key_or_group
-        if key.startswith("hydra."):
-            continue
-        default = OmegaConf.select(base, key, throw_on_missing=False, throw_on_resolution_failure=False)
-        new = OmegaConf.select(cfg, key, throw_on_missing=False, throw_on_resolution_failure=False)
-        expected = _type_name(default)
-        if new is None and expected in ("integer", "number", "boolean") and key.rsplit(".", 1)[-1] not in NULLABLE_SETTINGS:
-            raise ConfigError(f"{key} cannot be null: it expects {_article(expected)} {expected} (default {default!r}). Example: {key}={default!r}")
-        if expected is None or new is None:
-            continue
-        if expected == "number" and isinstance(new, (int, float)) and not isinstance(new, bool):
-            continue
-        if expected == "integer" and isinstance(new, int) and not isinstance(new, bool):
-            continue
-        if expected == "boolean" and (isinstance(new, bool) or (key.rsplit(".", 1)[-1] == "adjoint" and new == "checkpoint")):
-            continue  # solver.adjoint: false | true | checkpoint
-        if expected == "boolean" and key.rsplit(".", 1)[-1] == "adjoint":
-            raise ConfigError(f"{key} expects false (direct backprop), true (continuous adjoint) or checkpoint (exact, recomputed steps); got {new!r}.")
-        if expected in ("text", "mapping", "list"):
-            continue
-        raise ConfigError(f"{key} expects {_article(expected)} {expected} (default {default!r}), got {new!r}. Example: {key}={default!r}")
-
-
-def _is_group(loader: Any, key: str) -> bool:
-    if "/" in key:
-        return True
-    # A dotted key (solver.tol, +dynamics.n_points) is a value's path: no group name holds a dot, and asking the
-    # loader costs a copy of its repository (0.2 s) per key, which a composition with many overrides felt.
-    return "." not in key.split("@", 1)[0] and bool(loader.get_group_options(key))
-
-
-def _type_name(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "text"
-    if isinstance(value, DictConfig):
-        return "mapping"
-    return "list"
-
-
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
 def validate(config_name: str, overrides: Sequence[str], *, multirun: bool) -> DictConfig:
     """Check every override and the task's own value checks (each value of a sweep separately) before anything
-    runs; return the first job's config."""
+    runs; return the first job's config, Hydra's settings included."""
     overrides = list(overrides)
     if not multirun:
-        cfg = compose(config_name, overrides)
+        cfg = compose(config_name, overrides, with_hydra=True, for_run=True)
         check_task_config(cfg)
         return cfg
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -350,10 +348,10 @@ def validate(config_name: str, overrides: Sequence[str], *, multirun: bool) -> D
         prefix = text.split("=", 1)[0]
         first.append(f"{prefix}={values[0]}")
         variants.extend([[f"{prefix}={value}"] for value in values[1:]])
-    cfg = compose(config_name, first)
+    cfg = compose(config_name, first, with_hydra=True, for_run=True)
     check_task_config(cfg)
     for variant in variants:
-        check_task_config(compose(config_name, [o for o in first if o.split("=", 1)[0] != variant[0].split("=", 1)[0]] + variant))
+        check_task_config(compose(config_name, [o for o in first if o.split("=", 1)[0] != variant[0].split("=", 1)[0]] + variant, for_run=True))
     return cfg
 
 
@@ -462,14 +460,13 @@ def check_task_config(cfg: DictConfig) -> None:
 RAY_LAUNCHER = "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
 
 
-def launcher_overrides(config_name: str, overrides: Sequence[str]) -> list[str]:
-    """Settings a multirun's launcher plugin needs beyond its own defaults (none for most).
+def launcher_overrides(launcher: DictConfig) -> list[str]:
+    """Settings a multirun's launcher plugin (``hydra.launcher`` of the composed config) needs beyond its own defaults (none for most).
 
     Ray (``hydra/launcher=ray``): hydra-ray-launcher 1.2.2 passes ``object_store_memory=75 MB`` to ``ray.init``
     unless that key is set, and ``ray.init`` refuses any value when it joins a running cluster (an address, or a
     ``ray start`` found on this machine); null lets Ray size the store itself, locally or on a cluster.
     """
-    launcher = compose(config_name, [o for o in overrides if not _has_sweep_value(o)], with_hydra=True).hydra.launcher
     if launcher.get("_target_") == RAY_LAUNCHER and "object_store_memory" not in launcher.ray.init:
         return ["+hydra.launcher.ray.init.object_store_memory=null"]
     return []
@@ -486,29 +483,30 @@ class Launch:
 
 
 @contextlib.contextmanager
-def prepare(config_name: str, overrides: Sequence[str] = (), *, multirun: bool = False) -> Iterator[Launch]:
+def prepare(config_name: str, overrides: Sequence[str] = (), *, multirun: bool | None = False) -> Iterator[Launch]:
     """Check everything, then choose the directory, refuse one that already holds a run, and hold its lock.
 
-    Nothing is created before every check has passed, so a mistake costs one message and leaves no
-    directory behind; the lock is held until the ``with`` block ends (``run`` starts Hydra inside it).
+    ``multirun=None``: as the config says (``odecli sweep NAME``: a Hydra multirun, or a sweep task run as one
+    job in its ``hydra.sweep.dir``). Nothing is created before every check has passed, so a mistake costs one
+    message and leaves no directory behind; the lock is held until the ``with`` block ends (``run`` starts Hydra inside it).
     """
     with _initialized():
         overrides = packaged_overrides(config_name, overrides)
-    if multirun:
-        validate(config_name, overrides, multirun=True)
-    else:
-        # One composition checks every override and says whether the config itself asks for a multirun.
-        cfg = compose(config_name, overrides, with_hydra=True)
-        multirun = is_multirun_config(cfg)
-    if multirun:
-        cfg = compose(config_name, [o for o in overrides if not _has_sweep_value(o)])
-    check_task_config(cfg)
+    # One composition (per swept value of a multirun) checks every override; it says too whether the config itself asks for a multirun.
+    cfg = validate(config_name, overrides, multirun=multirun is not False)
+    if multirun is None and not is_multirun_config(cfg):
+        swept = [o for o in overrides if _has_sweep_value(o)]
+        if swept:
+            raise ConfigError(f"{config_name} runs as one job, so it takes one value per key; got {', '.join(swept)}.")
+        # a sweep task runs as one job: its sweep directory is its run directory
+        overrides = [("hydra.run.dir=" + o.split("=", 1)[1]) if o.split("=", 1)[0] == "hydra.sweep.dir" else o for o in overrides]
+    multirun = bool(multirun) or is_multirun_config(cfg)
     resume = bool(OmegaConf.select(cfg, "resume", default=False)) and not multirun
     if resume:
         _check_resume_target(config_name, overrides)
     overrides = overrides + _default_dirs(cfg, overrides, multirun)
     if multirun:
-        overrides = overrides + launcher_overrides(config_name, overrides)
+        overrides = overrides + launcher_overrides(cfg.hydra.launcher)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     directory = _chosen_dir(overrides, key)
     if directory is None:  # _default_dirs chooses one unless the user did

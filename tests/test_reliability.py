@@ -368,7 +368,7 @@ def assert_nothing_started(output: str, outputs: Path) -> None:
         (["classify", "model=rknet", "model.solver.method=dopri5"], "RK-Net integrates with a fixed step; 'dopri5' is adaptive"),
         (["classify", "model=rknet", "model.solver.adjoint=true"], "model.solver.adjoint must be false or checkpoint"),
         (["classify", "data.source=dir"], "data.source=dir needs data.dir=PATH"),
-        (["vae", "data=csv"], "data=csv reads your own series: add data.path="),
+        (["vae", "data=csv"], "data.path is required: your own series"),
         (["classify", "model.channels=0"], "model.channels must be a positive integer"),
         (["classify", "+model.foo=1"], "model 'odenet' does not accept these settings"),
         (["fit", "+optim.foo=1"], "optim could not be built"),
@@ -376,7 +376,7 @@ def assert_nothing_started(output: str, outputs: Path) -> None:
         (["cnf", "model.widths=[0]"], "model.widths must be a non-empty list of positive integers"),
         (["classify", "model=mlp", "model.widths=[64,0]"], "model.widths must be a non-empty list of positive integers"),
         (["vae", "rnn.hidden=0"], "RNN hidden size must be positive"),
-        (["cnf", "optim.lr=-1"], "Invalid learning rate: -1"),
+        (["cnf", "optim.lr=-1"], "optim.lr must be a positive number, got -1.0. Example: optim.lr="),
         (["vae", "+scheduler.bar=2"], "scheduler could not be built"),
     ],
 )

@@ -44,25 +44,6 @@ from odecli.tracking import Run
 DATASETS = ("mnist",)
 
 
-def _positive_int(key: str, value: Any, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}.")
-    return value
-
-
-def _validate(cfg: DictConfig) -> None:
-    if str(cfg.data.name) not in DATASETS:
-        raise ConfigError(f"odecli classify knows the data sets {', '.join(DATASETS)}; got '{cfg.data.name}'.")
-    _positive_int("epochs", cfg.epochs)
-    _positive_int("data.batch_size", cfg.data.batch_size)
-    _positive_int("data.eval_batch_size", cfg.data.eval_batch_size)
-    _positive_int("data.random_crop", cfg.data.random_crop, minimum=0)
-    _positive_int("test_every", cfg.test_every, minimum=0)
-    _positive_int("checkpoint_every", cfg.checkpoint_every, minimum=0)
-    if not 0 <= float(cfg.label_smoothing) < 1:
-        raise ConfigError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}.")
-
-
 def build_schedule(cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
     """The ``scheduler/`` group's schedule over this run, stepped once per training batch (not per epoch).
 
@@ -152,7 +133,6 @@ def evaluate(model: nn.Module, split: Split, normalize: Callable[[torch.Tensor],
 def check_config(cfg: DictConfig) -> None:
     """Everything classify can refuse before it starts, its data files included; run before a run directory exists."""
     check_shared_settings(cfg, solver_config(cfg))
-    _validate(cfg)
     check_distributed(cfg, batch_keys=["data.batch_size"])
     build(cfg)  # the model settings it takes and RK-Net's solver rules; the classifier is small (default: 3 ms to build)
     check_mnist(**mnist_source(cfg.data))  # what the loader would refuse without the network
@@ -168,7 +148,6 @@ class Classify(TrainingTask):
     def __init__(self, cfg: DictConfig, run: Run, device: torch.device):
         self.cfg, self.run, self.device = cfg, run, device
         ranks = world(cfg)
-        _validate(cfg)
         self.mnist, self.splits = load_data(cfg, run)
         model, self.solver = build(cfg)
         self.model = model.to(device)

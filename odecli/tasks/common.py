@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -13,6 +12,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from odecli.errors import ConfigError, RunFailed
+from odecli.schemas import SolverConfig, checked
+from odecli.solvers.controllers import DEFAULT_MAX_NUM_STEPS
 from odecli.solvers.errors import GridTooLarge, MaxStepsExceeded, StepSizeTooSmall
 from odecli.solvers.grid import check_grid_size
 from odecli.solvers.problem import resolve_method
@@ -77,21 +78,15 @@ def print_metrics_table(run: Any, title: str, rows: list[tuple[str, str]]) -> No
 
 
 def apply_threads(threads: int | None) -> None:
-    check_threads(threads)
     if threads is not None:
         torch.set_num_threads(int(threads))
 
 
-def check_threads(threads: int | None) -> None:
-    if threads is not None and int(threads) < 1:
-        raise ConfigError(f"threads must be a positive integer or null, got {threads}.")
-
-
 def check_shared_settings(cfg: DictConfig, solver: DictConfig | Mapping[str, Any] | None = None) -> None:
-    """What ``prepare``, ``make_solve``, ``build_optimizer`` and ``build_scheduler`` would refuse (threads, device,
-    the solver, optim and scheduler settings), checked without applying anything: task validators call it before a
-    run directory exists. The optimizer is built over a one-number stand-in for the model's parameters."""
-    check_threads(cfg.threads)
+    """What ``prepare``, ``make_solve``, ``build_optimizer`` and ``build_scheduler`` would refuse beyond the schemas' ranges
+    (a device this machine lacks, a solver method, the optimizer's and scheduler's own arguments), checked without applying
+    anything: task validators call it before a run directory exists. The optimizer is built over a one-number stand-in
+    for the model's parameters."""
     select_device(str(cfg.device))
     if solver is not None:
         make_solve(solver)
@@ -100,69 +95,56 @@ def check_shared_settings(cfg: DictConfig, solver: DictConfig | Mapping[str, Any
         build_scheduler(cfg.get("scheduler"), optimizer)
 
 
+# What a solver given as a plain mapping (Python code, not a composed config) may leave out: the solvers' own defaults.
+PLAIN_SOLVER_DEFAULTS: dict[str, Any] = {"step_size": None, "max_num_steps": DEFAULT_MAX_NUM_STEPS, "adjoint": False, "checkpoints": None,
+                                         "batch_mode": "joint", "adjoint_seminorm": False, "options": {}}  # fmt: skip
+
+
+def solver_settings(solver: DictConfig | Mapping[str, Any]) -> SolverConfig:
+    """A solver config (composed, or a plain mapping) as its schema's dataclass, its ranges checked by the schema."""
+    values = OmegaConf.to_container(solver, resolve=True) if isinstance(solver, DictConfig) else dict(solver)
+    values.setdefault("tol", values.get("rtol"))  # as conf/solver/ derives them: rtol, atol from tol; the adjoint's from those
+    for key, base in (("adjoint_rtol", "rtol"), ("adjoint_atol", "atol")):
+        if values.get(key) is None:
+            values[key] = values.get(base)
+    return checked(SolverConfig, {**PLAIN_SOLVER_DEFAULTS, **values}, at="solver.")
+
+
 def make_solve(solver: DictConfig | Mapping[str, Any]) -> Solve:
     """``solve(func, y0, t, norm=None)`` as the solver config says: method, tolerances, fixed step, step budget,
     adjoint, batch mode. A fixed grid over the step budget is refused as a ``ConfigError`` before it is built."""
     from odecli.solvers import odeint, odeint_adjoint, odeint_checkpoint
 
-    cfg = OmegaConf.to_container(solver, resolve=True) if isinstance(solver, DictConfig) else dict(solver)
-    method, method_class = resolve_method(str(cfg["method"]))
-    budget = _step_budget(cfg)
-    for key in ("rtol", "atol"):
-        if isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)) or not 0 < cfg[key] < math.inf:
-            raise ConfigError(f"solver.{key} must be a positive number, got {cfg[key]!r}. Example: solver.tol=1e-5")
-    rtol, atol = float(cfg["rtol"]), float(cfg["atol"])
-    options = dict(cfg.get("options") or {})
-    if cfg.get("step_size") is not None:
-        step_size = cfg["step_size"]
-        if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not 0 < step_size < math.inf:
-            raise ConfigError(f"solver.step_size must be a positive number (or null: the output grid), got {step_size!r}.")
-        options["step_size"] = float(cfg["step_size"])
-    adjoint, batch_mode = cfg.get("adjoint") or False, cfg.get("batch_mode") or "joint"
-    if adjoint not in (False, True, "checkpoint"):
-        raise ConfigError(f"solver.adjoint must be one of false (direct backprop), true (continuous adjoint) or checkpoint, got {adjoint!r}.")
-    if batch_mode not in ("joint", "independent"):
-        raise ConfigError(f"solver.batch_mode must be one of joint or independent, got {batch_mode!r}.")
-    if batch_mode == "independent":
-        if adjoint:
-            raise ConfigError(f"solver.batch_mode=independent works with direct backprop only; set solver.adjoint=false (got {adjoint!r}).")
+    settings = solver_settings(solver)
+    method, method_class = resolve_method(settings.method)
+    rtol, atol = float(settings.rtol), float(settings.atol)
+    options = dict(settings.options)
+    if settings.step_size is not None:
+        options["step_size"] = float(settings.step_size)
+    independent = settings.batch_mode == "independent"
+    if independent:
         options["batch_mode"] = "independent"
     # Every method that counts steps gets the budget (the per-sample solver does, whatever the method);
     # solver.options.max_num_steps, where given, wins.
-    if budget is not None and (batch_mode == "independent" or "max_num_steps" in getattr(method_class, "options", ())):
-        options.setdefault("max_num_steps", budget)
-    if adjoint == "checkpoint":
-        checkpoints = cfg.get("checkpoints")
-        if checkpoints is not None and (isinstance(checkpoints, bool) or not isinstance(checkpoints, int) or checkpoints < 1):
-            raise ConfigError(f"solver.checkpoints must be a positive integer or null (store every step), got {checkpoints!r}.")
+    if independent or "max_num_steps" in getattr(method_class, "options", ()):
+        options.setdefault("max_num_steps", settings.max_num_steps)
+    if settings.adjoint == "checkpoint":
+        checkpoints = settings.checkpoints
         return _grid_refusals_as_config_errors(lambda func, y0, t, norm=None: odeint_checkpoint(
             func, y0, t, rtol=rtol, atol=atol, method=method, options=_with_norm(options, norm), checkpoints=checkpoints
         ))  # fmt: skip
-    if not adjoint:
+    if not settings.adjoint:
         return _grid_refusals_as_config_errors(
             lambda func, y0, t, norm=None: odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=_with_norm(options, norm))
         )
     adjoint_options = None  # the backward solve inherits options (the step budget included)
-    if cfg.get("adjoint_seminorm"):
+    if settings.adjoint_seminorm:
         adjoint_options = {"norm": "seminorm", **({"max_num_steps": options["max_num_steps"]} if "max_num_steps" in options else {})}
-    adjoint_rtol, adjoint_atol = float(cfg.get("adjoint_rtol") or rtol), float(cfg.get("adjoint_atol") or atol)
+    adjoint_rtol, adjoint_atol = float(settings.adjoint_rtol), float(settings.adjoint_atol)
     return _grid_refusals_as_config_errors(lambda func, y0, t, norm=None: odeint_adjoint(
         func, y0, t, rtol=rtol, atol=atol, method=method, options=_with_norm(options, norm),
         adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_options=adjoint_options,
     ))  # fmt: skip
-
-
-def _step_budget(cfg: Mapping[str, Any]) -> int | None:
-    """``solver.max_num_steps``, checked; None for a config saved before the key existed (no budget then)."""
-    if "max_num_steps" not in cfg:
-        return None
-    value = cfg["max_num_steps"]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(
-            f"solver.max_num_steps must be a positive integer (the most steps a solve may take between two output times), "
-            f"got {value!r}. Example: solver.max_num_steps=100000"
-        )
-    return value
 
 
 def _grid_refusals_as_config_errors(solve: Solve) -> Solve:
@@ -179,12 +161,11 @@ def _grid_refusals_as_config_errors(solve: Solve) -> Solve:
 
 def check_fixed_grid(solver: DictConfig | Mapping[str, Any], t: torch.Tensor) -> None:
     """Refuse, before a run starts, a ``solver.step_size`` whose grid over the output times ``t`` exceeds the step budget."""
-    cfg = OmegaConf.to_container(solver, resolve=True) if isinstance(solver, DictConfig) else dict(solver)
-    budget = _step_budget(cfg)
-    if cfg.get("step_size") is None or budget is None or getattr(resolve_method(str(cfg["method"]))[1], "adaptive", False):
+    settings = solver_settings(solver)
+    if settings.step_size is None or getattr(resolve_method(settings.method)[1], "adaptive", False):
         return
     try:
-        check_grid_size(t, float(cfg["step_size"]), budget)
+        check_grid_size(t, float(settings.step_size), settings.max_num_steps)
     except GridTooLarge as exc:
         raise _grid_config_error(exc) from exc
 

@@ -35,7 +35,7 @@ from rich.table import Table
 from torch import nn
 
 from odecli.dynamics import build_system
-from odecli.errors import ConfigError
+from odecli.errors import ConfigError, did_you_mean
 from odecli.models import build_model
 from odecli.registry import SOLVERS, TASKS
 from odecli.solvers import SolverError, odeint, odeint_adjoint, track_stats
@@ -83,7 +83,7 @@ class Problem:
 def check_config(cfg: DictConfig) -> None:
     """Everything the sweep can refuse from its config alone (its training run's settings too); run before its directory exists."""
     check_shared_settings(cfg)
-    validate_settings(cfg)
+    sweep_settings(cfg)
     if cfg.from_run:
         _check_fit_run_directory(Path(str(cfg.from_run)))
     else:
@@ -98,7 +98,7 @@ def sweep_tol(cfg: DictConfig, run: Run) -> dict[str, Any]:
     """Measure NFE, error and time over solvers × tolerances; write the table and Figure 3."""
     apply_threads(cfg.threads)
     seed_everything(int(cfg.seed))
-    settings = validate_settings(cfg)
+    settings = sweep_settings(cfg)
     field = load_field(Path(str(cfg.from_run))) if cfg.from_run else _train_briefly(cfg, run)
     device = select_device(str(cfg.device))
     dtype = DTYPES[str(cfg.dtype)]
@@ -131,43 +131,23 @@ def sweep_tol(cfg: DictConfig, run: Run) -> dict[str, Any]:
 
 
 # ----- inputs -------------------------------------------------------------------------------
-def validate_settings(cfg: DictConfig) -> dict[str, Any]:
-    """The sweep's solvers, tolerances (tightest last) and measuring settings; ConfigError for unusable ones."""
+def sweep_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The sweep's solvers, tolerances (tightest last) and measuring settings; ConfigError for a solver it cannot sweep.
+
+    Types and ranges were checked by the schema (odecli/schemas.py ``SweepTolConfig``); what is left needs the registry.
+    """
     solvers = [str(s) for s in cfg.solvers]
-    if not solvers:
-        raise ConfigError("solvers is empty; give at least one, e.g. solvers=[dopri5,tsit5] (`odecli list solvers`).")
     for name in solvers:
         if name not in SOLVERS:
-            from odecli.errors import did_you_mean
-
             raise ConfigError(f"solvers: unknown solver '{name}'.{did_you_mean(name, SOLVERS.names())} `odecli list solvers` lists them.")
         if getattr(SOLVERS.get(name), "adaptive", True) is False:
             raise ConfigError(f"solvers: '{name}' has a fixed step, so its tolerance does nothing; sweep adaptive solvers only (`odecli list solvers`).")
-    try:
-        tols = [float(t) for t in cfg.tols]
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"tols must be a list of positive numbers, e.g. tols=[1e-3,1e-6]; got {cfg.tols}.") from exc
-    if not tols or any(not t > 0 for t in tols):
-        raise ConfigError(f"tols must be a non-empty list of positive numbers, e.g. tols=[1e-3,1e-6]; got {list(tols)}.")
-    modes = [str(m) for m in cfg.modes]
-    unknown = [m for m in modes if m not in MODES]
-    if unknown:
-        raise ConfigError(f"modes: unknown {unknown}; choose from {', '.join(MODES)}.")
-    if str(cfg.dtype) not in DTYPES:
-        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype}.")
-    for key in ("repeats", "problem.batch", "problem.n_times", "budget.max_steps", "budget.max_backward_nfe"):
-        value = OmegaConf.select(cfg, key)
-        minimum = 2 if key == "problem.n_times" else 1
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}.")
-    if not float(cfg.problem.span) > 0:
-        raise ConfigError(f"problem.span must be positive, got {cfg.problem.span}.")
     return {
         "solvers": solvers,
-        "tols": sorted(tols, reverse=True),
+        "tols": sorted((float(t) for t in cfg.tols), reverse=True),
         "measure": {
             "repeats": int(cfg.repeats),
-            "modes": modes,
+            "modes": [str(m) for m in cfg.modes],
             "max_steps": int(cfg.budget.max_steps),
             "max_backward_nfe": int(cfg.budget.max_backward_nfe),
         },
@@ -215,8 +195,10 @@ def training_overrides(cfg: DictConfig) -> list[str]:
     """fit overrides for the brief training, in Hydra's override syntax.
 
     A group the sweep holds (``dynamics``, ``solver``, ...) replaces fit's: ``~dynamics`` drops fit's default
-    option, then ``+dynamics.KEY=VALUE`` adds each key as the sweep has it (interpolations kept), so nothing of
-    fit's default option (lotka_volterra) is left in the sweep's (spiral). Settings (``seed``, ``threads``, ...)
+    option, then ``+dynamics={...}`` adds the whole mapping as the sweep has it (interpolations kept), so nothing of
+    fit's default option (lotka_volterra) is left in the sweep's (spiral); one mapping, not a key at a time, because
+    fit's schema types a group it holds one schema for (``solver``) and a typed group cannot be refilled key by key
+    once dropped. Settings (``seed``, ``threads``, ...)
     are plain ``KEY=VALUE``; ``train.*`` comes last, each leaf as ``KEY=VALUE`` on fit's own keys
     (``train.iters=3`` → ``iters=3``, ``+train.data.batch_size=4`` → ``data.batch_size=4``), so a key fit does
     not have is refused as a typo is.
@@ -227,8 +209,7 @@ def training_overrides(cfg: DictConfig) -> list[str]:
         if key not in raw:
             continue
         if isinstance(raw[key], dict):
-            overrides.append(f"~{key}")
-            overrides.extend(f"+{key}.{child}={override_value(value)}" for child, value in raw[key].items())
+            overrides.extend([f"~{key}", f"+{key}={override_value(raw[key])}"])
         else:
             overrides.append(f"{key}={override_value(raw[key])}")
     overrides.extend(f"{key}={override_value(value)}" for key, value in _leaves(raw.get("train") or {}))

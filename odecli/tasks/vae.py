@@ -87,20 +87,6 @@ def check_data(node: DictConfig) -> None:
         raise _not_vae_data(name)
 
 
-def _validate(cfg: DictConfig) -> None:
-    for key in ("iters", "batch_size", "eval_every", "checkpoint_every"):
-        value = cfg[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{key} must be a positive integer, got {value!r}.")
-    for key in ("plot_every", "plot_series", "kl_anneal_iters"):
-        if not isinstance(cfg[key], int) or cfg[key] < 0:
-            raise ConfigError(f"{key} must be an integer >= 0, got {cfg[key]!r}.")
-    if cfg.likelihood_std is None or float(cfg.likelihood_std) <= 0:
-        raise ConfigError(f"likelihood_std (the Gaussian observation noise of the likelihood) must be positive, got {cfg.likelihood_std}.")
-    if cfg.grad_clip is not None and float(cfg.grad_clip) <= 0:
-        raise ConfigError(f"grad_clip must be positive or null, got {cfg.grad_clip}.")
-
-
 def build_models(cfg: DictConfig, obs_dim: int) -> nn.ModuleDict:
     """The latent ODE (``model``) and, with ``baseline=true``, the RNN (``rnn``), in one module so one
     optimizer and one checkpoint hold both (their parameters never mix)."""
@@ -138,7 +124,6 @@ def rmse(model: nn.Module, series: SeriesSet, solve: Any, scale: torch.Tensor) -
 def check_config(cfg: DictConfig) -> None:
     """Everything vae can refuse before it starts (its data's settings, your series file); run before a run directory exists."""
     check_shared_settings(cfg, cfg.solver)
-    _validate(cfg)
     check_data(cfg.data)
     build_models(cfg, obs_dim=1)  # the models' own settings; they do not depend on the data's dimension
 
@@ -148,7 +133,6 @@ class VAE(TrainingTask):
 
     def __init__(self, cfg: DictConfig, run: Run, device: torch.device):
         self.cfg, self.run = cfg, run
-        _validate(cfg)
         self.data = load_data(cfg.data).to(device)
         self.train_set, self.test_set = self.data.train, self.data.test
         self.models = self.model = build_models(cfg, self.data.dim).to(device)

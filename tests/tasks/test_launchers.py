@@ -149,10 +149,14 @@ def test_the_ray_launcher_is_told_to_leave_the_object_store_to_ray() -> None:
     """hydra-ray-launcher 1.2.2 would pass object_store_memory=75 MB to ray.init, which refuses it when joining a cluster."""
     if importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None:
         pytest.skip("hydra_plugins.hydra_ray_launcher is not installed: pip install -e '.[sweep]'")
-    chosen = ["hydra/launcher=ray", "hydra.launcher.ray.init.address=10.0.0.1:6379", "seed=0,1"]
-    assert hydra_bridge.launcher_overrides("fit", chosen) == ["+hydra.launcher.ray.init.object_store_memory=null"]
-    assert hydra_bridge.launcher_overrides("fit", [*chosen, "+hydra.launcher.ray.init.object_store_memory=100000000"]) == []
-    assert hydra_bridge.launcher_overrides("fit", ["seed=0,1"]) == []  # the basic launcher needs nothing
+    chosen = ["hydra/launcher=ray", "hydra.launcher.ray.init.address=10.0.0.1:6379", "seed=0"]
+
+    def launcher(overrides: list[str]) -> object:
+        return hydra_bridge.compose("fit", overrides, with_hydra=True).hydra.launcher
+
+    assert hydra_bridge.launcher_overrides(launcher(chosen)) == ["+hydra.launcher.ray.init.object_store_memory=null"]
+    assert hydra_bridge.launcher_overrides(launcher([*chosen, "+hydra.launcher.ray.init.object_store_memory=100000000"])) == []
+    assert hydra_bridge.launcher_overrides(launcher(["seed=0"])) == []  # the basic launcher needs nothing
     cfg = hydra_bridge.compose("fit", [*chosen[:2], "+hydra.launcher.ray.init.object_store_memory=null"], with_hydra=True)
     assert cfg.hydra.launcher.ray.init == {"address": "10.0.0.1:6379", "object_store_memory": None}
 

@@ -25,9 +25,9 @@ from odecli.tasks.sweep_tol import (
     Reference,
     load_field,
     measure,
+    sweep_settings,
     tensorboard_steps,
     training_config,
-    validate_settings,
 )
 
 runner = CliRunner()
@@ -116,7 +116,7 @@ def test_sweep_tol_explains_a_missing_or_wrong_from_run(tmp_path: Path) -> None:
 )
 def test_sweep_tol_rejects_bad_settings(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
-        validate_settings(hydra_bridge.compose("sweep/tol", [override]))
+        sweep_settings(hydra_bridge.compose("sweep/tol", [override]))
 
 
 def test_the_brief_training_is_fits_config_composed_with_the_sweeps_settings() -> None:
