@@ -690,7 +690,7 @@ class SweepTolConfig:
     modes: list[str] = doc("backward passes to measure: any of direct, adjoint, seminorm")
     problem: SweepProblem = doc("what is solved")
     budget: SweepBudget = doc("limits that keep the sweep short")
-    reference: SweepReference = doc("the answer errors are measured against")
+    reference: SweepReference = doc("the \"exact\" answer errors are measured against (float64, direct backprop)")
     train: dict[str, Any] = doc("without from_run: fit settings of the brief training (any fit key: +train.data.batch_size=10)")
     paths: PathsConfig = doc("where runs, data and plugins live")
     logger: LoggerConfig = doc("what a run logs besides metrics.json")
