@@ -478,6 +478,7 @@ class Launch:
     overrides: list[str]
     multirun: bool
     directory: Path
+    config: DictConfig | None = None  # a single run's composed config, Hydra's settings included: it runs as it is
 
 
 @contextlib.contextmanager
@@ -502,7 +503,8 @@ def prepare(config_name: str, overrides: Sequence[str] = (), *, multirun: bool |
     resume = bool(OmegaConf.select(cfg, "resume", default=False)) and not multirun
     if resume:
         _check_resume_target(config_name, overrides)
-    overrides = overrides + _default_dirs(cfg, overrides, multirun)
+    chosen_dir = _default_dirs(cfg, overrides, multirun)
+    overrides = overrides + chosen_dir
     if multirun:
         overrides = overrides + launcher_overrides(cfg.hydra.launcher)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
@@ -514,9 +516,21 @@ def prepare(config_name: str, overrides: Sequence[str] = (), *, multirun: bool |
     fix = ("continue it with resume=true, or " if "resume" in cfg and not multirun else "") + f"choose another directory: {named}=DIR"
     lock = _claim(directory, str(cfg.task), fix=fix, multirun=multirun, resume=resume)
     try:
-        yield Launch(config_name, overrides, multirun, directory)
+        yield Launch(config_name, overrides, multirun, directory, None if multirun else _placed(cfg, config_name, directory, chosen_dir))
     finally:
         lock.release()
+
+
+def _placed(cfg: DictConfig, config_name: str, directory: Path, chosen_dir: list[str]) -> DictConfig:
+    """The composed config as Hydra's run would have composed it with the directory chosen after composing:
+    its run directory, the override that chose it (recorded in .hydra/hydra.yaml) and the job's name."""
+    from omegaconf import open_dict, read_write
+
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.run.dir = str(directory)
+        cfg.hydra.overrides.hydra.extend(chosen_dir)
+        cfg.hydra.job.name = config_name.replace("/", "_")
+    return cfg
 
 
 def _claim(directory: Path, task: str, *, fix: str, multirun: bool, resume: bool) -> DirectoryLock:
@@ -571,12 +585,33 @@ def start(launch: Launch) -> Any:
         if launch.multirun:
             returns = hydra.multirun(config_name=launch.config_name, task_function=_sweep_job, overrides=launch.overrides)
             return [r for batch in returns for r in batch] if returns and isinstance(returns[0], list) else returns
-        job = hydra.run(config_name=launch.config_name, task_function=_job, overrides=launch.overrides)
+        job = _run_composed(hydra, launch) if launch.config is not None else hydra.run(config_name=launch.config_name, task_function=_job, overrides=launch.overrides)
     finally:
         GlobalHydra.instance().clear()
     if isinstance(job.return_value, JobFailure):
         raise job.return_value.error
     return job.return_value
+
+
+def _run_composed(hydra: Any, launch: Launch) -> Any:
+    """``Hydra.run`` (hydra-core 1.3) on the config ``prepare`` composed and checked, instead of composing it again:
+    the same logging set-up, callbacks and ``run_job`` (run directory, ``.hydra/``, HydraConfig)."""
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.utils import configure_log, run_job
+    from hydra.types import HydraContext, RunMode
+
+    cfg = launch.config
+    assert cfg is not None
+    configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
+    if cfg.hydra.mode is None:
+        cfg.hydra.mode = RunMode.RUN
+    callbacks = Callbacks(cfg)
+    callbacks.on_run_start(config=cfg, config_name=launch.config_name)
+    job = run_job(hydra_context=HydraContext(config_loader=hydra.config_loader, callbacks=callbacks), task_function=_job, config=cfg,
+                  job_dir_key="hydra.run.dir", job_subdir_key=None, configure_logging=True)  # fmt: skip
+    callbacks.on_run_end(config=cfg, config_name=launch.config_name, job_return=job)
+    _ = job.return_value  # raises what the job raised (as Hydra.run does)
+    return job
 
 
 def flat_config(cfg: DictConfig) -> dict[str, Any]:

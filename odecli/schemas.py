@@ -746,6 +746,11 @@ def check_values(cfg: DictConfig, *, require_all: bool = True) -> None:
     Types, nulls and unknown keys were refused by composition already. ``require_all=False`` (inspecting a config)
     lets a value that is still ``???`` pass, with the checks that need it; a run needs every value.
     """
+    try:
+        OmegaConf.to_object(_without_hydra(cfg))  # every __post_init__ at once: the usual case, nothing wrong
+        return
+    except (InvalidSetting, MissingMandatoryValue):
+        pass  # find the node that refused, deepest first, to name the full key
     for path, node in _schema_nodes(cfg):
         try:
             if path:

@@ -53,9 +53,9 @@ def free_port() -> int:
 
 def run(config_name: str, overrides: Sequence[str]) -> dict[str, Any] | None:
     """Check, prepare the run directory (node 0) and run the task on ``distributed.*`` processes; rank 0's metrics."""
-    cfg = hydra_bridge.validate(config_name, overrides, multirun=False)
-    if "distributed" not in cfg:  # the task's own config says whether it trains on several
+    if "distributed" not in hydra_bridge.compose(config_name):  # the task's own config says whether it trains on several
         raise ConfigError(f"odecli {config_name} trains in one process; distributed.* is for classify and cnf.")
+    cfg = hydra_bridge.validate(config_name, overrides, multirun=False)
     if int(cfg.distributed.node_rank) > 0:  # its ranks are replicas: no run directory on this machine
         _launch(cfg, config_name, list(overrides), None)
         return None

@@ -110,7 +110,7 @@ def test_same_config_gives_same_metrics(tmp_path: Path) -> None:
         (["resume=true"], "hydra.run.dir=<its directory>"),
         (["data.extrapolate=1.5"], "data.extrapolate"),
         (["dynamics=random_matrix", "dynamics.seed=0"], "has no usable trajectory"),
-        (["loss=huber"], "loss 'huber' is unknown"),
+        (["loss=huber"], "loss must be one of l1, mse, got 'huber'. Example: loss=l1"),
     ],
 )
 def test_bad_settings_exit_2_with_a_clear_message(overrides: list[str], message: str) -> None:
