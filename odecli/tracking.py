@@ -110,6 +110,8 @@ class Run:
         if self._writer is None and self._tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
+            if self._purge_step is not None:
+                _wait_to_sort_after_event_files(self.tb_dir)
             self._writer = SummaryWriter(log_dir=str(self.tb_dir), purge_step=self._purge_step)
         return self._writer
 
@@ -231,6 +233,19 @@ class Run:
 
     def progress(self, total: int, *, start: int = 0, description: str = "train") -> ProgressReporter:
         return ProgressReporter(self.console, total, start=start, description=description)
+
+
+def _wait_to_sort_after_event_files(directory: Path) -> None:
+    """Wait (at most a second) until a new event file's name sorts after every one already in ``directory``.
+
+    TensorBoard reads a directory's event files in name order, and a name starts with the second the file was
+    made (``events.out.tfevents.<seconds>.<host>.<pid>...``). A resumed run's purge (drop what the killed run
+    logged after its checkpoint) applies only to files read before its own; made in the same second as the killed
+    run's, its file could sort first (a smaller pid) and the killed run's events would then purge the resumed ones.
+    """
+    seconds = [int(part) for p in directory.glob("events.out.tfevents.*") if (part := p.name.split(".")[3]).isdigit()]
+    while seconds and time.time() < max(seconds) + 1:
+        time.sleep(0.02)
 
 
 def _session_end(end_time: float) -> Any:
