@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from rich.markup import escape
 
 from odecli.errors import ConfigError, did_you_mean
@@ -524,8 +524,6 @@ def prepare(config_name: str, overrides: Sequence[str] = (), *, multirun: bool |
 def _placed(cfg: DictConfig, config_name: str, directory: Path, chosen_dir: list[str]) -> DictConfig:
     """The composed config as Hydra's run would have composed it with the directory chosen after composing:
     its run directory, the override that chose it (recorded in .hydra/hydra.yaml) and the job's name."""
-    from omegaconf import open_dict, read_write
-
     with read_write(cfg.hydra), open_dict(cfg.hydra):
         cfg.hydra.run.dir = str(directory)
         cfg.hydra.overrides.hydra.extend(chosen_dir)
