@@ -731,12 +731,29 @@ SCHEMAS: dict[str, type] = {
 @functools.cache
 def register_schemas() -> None:
     """Put every schema into Hydra's ConfigStore under ``schema/`` (once per process)."""
+    for path, schema in SCHEMAS.items():
+        _store(path, schema)
+
+
+def register_schema(path: str, schema: type) -> type:
+    """A plugin's schema (its task's, or an option's) as ``/schema/PATH``, which its YAML names first in its defaults.
+
+    ``schema`` is a dataclass like the built-in ones (``TaskConfig`` and its fields; ranges in ``__post_init__``);
+    returned, so it can decorate the class.
+    """
+    known = SCHEMAS.get(path)
+    if known is not None and (known.__module__, known.__qualname__) != (schema.__module__, schema.__qualname__):  # a reload is no clash
+        raise ValueError(f"a schema is already registered as {path!r} ({SCHEMAS[path].__qualname__}); choose another path.")
+    SCHEMAS[path] = schema
+    _store(path, schema)
+    return schema
+
+
+def _store(path: str, schema: type) -> None:
     from hydra.core.config_store import ConfigStore
 
-    store = ConfigStore.instance()
-    for path, schema in SCHEMAS.items():
-        group, _, name = f"{SCHEMA_GROUP}/{path}".rpartition("/")
-        store.store(group=group, name=name, node=schema)
+    group, _, name = f"{SCHEMA_GROUP}/{path}".rpartition("/")
+    ConfigStore.instance().store(group=group, name=name, node=schema)
 
 
 # ----- checking a composed config ---------------------------------------------------------------------------

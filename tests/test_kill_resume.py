@@ -90,9 +90,6 @@ app(args=sys.argv[2:], prog_name="odecli")
 KILL_POINTS = ("first_checkpoint", "between_checkpoints", "after_last_checkpoint")
 # Resuming a run killed with nothing left to train reports loss_train_last = nan (the last loss is not in the
 # checkpoint). Being fixed on branch `driver`; when it lands these turn into failures and the marker goes.
-NOTHING_LEFT_TO_TRAIN_BUG = "resume with nothing left to train reports loss_train_last = nan (fix: carry the last metrics in the checkpoint)"
-
-
 def _run(task: str, run_dir: Path, *overrides: str) -> dict:
     args = [o for o in overrides if o != "mnist"]
     hydra_bridge.run(task, [*args, f"hydra.run.dir={run_dir}"])
@@ -122,8 +119,6 @@ def _params() -> list:
     for case in CASES:
         for kill_point in KILL_POINTS:
             marks = [] if (case.task, kill_point) == ("fit", "between_checkpoints") else [pytest.mark.slow]
-            if kill_point == "after_last_checkpoint":
-                marks.append(pytest.mark.xfail(strict=True, reason=NOTHING_LEFT_TO_TRAIN_BUG))
             params.append(pytest.param(case, kill_point, marks=marks, id=f"{case.task}-{kill_point}"))
     return params
 

@@ -1,5 +1,6 @@
-"""A training task added by a plugin (tests/task_plugin/: one module and its config, nothing else) is a command:
-it appears in `odecli --help` and `odecli list tasks`, runs, resumes, and logs TensorBoard scalars and metrics.json."""
+"""A training task added by a plugin (tests/task_plugin/: one module with its schema, and its config; nothing else) is
+a command: it appears in `odecli --help` and `odecli list tasks`, runs, resumes, logs TensorBoard scalars and
+metrics.json, and its schema checks and documents its settings."""
 
 from __future__ import annotations
 
@@ -62,3 +63,14 @@ def test_a_plugin_task_runs_logs_and_resumes_to_the_numbers_of_an_uninterrupted_
     for key in ("loss_train_last", "rate_error", "rate", "nfe_forward", "nfe_backward"):
         assert resumed[key] == metrics[key], key
     assert scalar_steps(halves)["loss/train"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_plugin_tasks_schema_checks_and_documents_its_settings(decay_plugin: None, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["decay", "rate=-1", f"hydra.run.dir={tmp_path / 'refused'}"])
+    assert result.exit_code == 2, result.output
+    assert "rate must be positive (the decay's k), got -1" in " ".join(result.output.split()) and "Traceback" not in result.output
+    assert not (tmp_path / "refused").exists()
+    wrong_type = runner.invoke(app, ["decay", "iters=many"])
+    assert wrong_type.exit_code == 2 and "iters" in wrong_type.output, wrong_type.output
+    keys = " ".join(invoke("config", "decay").output.split())
+    assert "rate" in keys and "the true k of dy/dt" in keys and "checkpoint every N iterations" in keys

@@ -1,20 +1,22 @@
 """A task brought by a plugin (tests/test_task_plugin.py): learn the rate k of dy/dt = −k·y from noisy samples of its solution.
 
-All that a new task takes: this module (its model and data, one training step, its evaluation) and its config
-beside it (decay.yaml), registered with ``config=``. Loaded like any plugin file (``ODECLI_PLUGINS=<this dir>``).
+All that a new task takes: this module (its model and data, one training step, its evaluation, and its config's
+schema) and its config beside it (decay.yaml), registered with ``config=``. Loaded like any plugin file
+(``ODECLI_PLUGINS=<this dir>``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
-from odecli.errors import ConfigError
 from odecli.registry import TASKS
+from odecli.schemas import TaskConfig, doc, integer, number, register_schema
 from odecli.tasks.common import build_optimizer, make_solve
 from odecli.tasks.driver import Every, Step, TrainingRecord, TrainingTask, train
 from odecli.tracking import Run
@@ -60,12 +62,29 @@ class DecayTask(TrainingTask):
         return {**final, **record.common_metrics(), "rate": self.model.rate.item()}
 
 
-def check_config(cfg: DictConfig) -> None:
-    if float(cfg.rate) <= 0:
-        raise ConfigError(f"rate must be positive (the decay's k), got {cfg.rate}. Example: rate=0.5")
+@dataclass
+class DecayConfig(TaskConfig):
+    """odecli decay: learn the rate k of dy/dt = -k·y from noisy samples of its solution."""
+
+    rate: float = doc("the true k of dy/dt = -k·y")
+    noise: float = doc("standard deviation of the observation noise")
+    iters: int = doc("training iterations")
+    eval_every: int = doc("evaluate the rate error every N iterations")
+    checkpoint_every: int = doc("checkpoint every N iterations (and at the end)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        number(self, "rate", 0.5, above=0, requirement="positive (the decay's k)")
+        number(self, "noise", 0.01, at_least=0, requirement=">= 0")
+        integer(self, "iters", 1, 6)
+        integer(self, "eval_every", 1, 2)
+        integer(self, "checkpoint_every", 1, 2)
 
 
-@TASKS.register("decay", validate=check_config, config=Path(__file__).with_name("decay.yaml"),
+register_schema("decay", DecayConfig)
+
+
+@TASKS.register("decay", config=Path(__file__).with_name("decay.yaml"),
                 description="Learn the rate of an exponential decay (a plugin's task).", examples=("odecli decay", "odecli decay rate=2"))  # fmt: skip
 def decay(cfg: DictConfig, run: Run) -> dict[str, Any]:
     return train(DecayTask, cfg, run)
