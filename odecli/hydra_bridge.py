@@ -583,7 +583,7 @@ def start(launch: Launch) -> Any:
         if launch.multirun:
             returns = hydra.multirun(config_name=launch.config_name, task_function=_sweep_job, overrides=launch.overrides)
             return [r for batch in returns for r in batch] if returns and isinstance(returns[0], list) else returns
-        job = _run_composed(hydra, launch) if launch.config is not None else hydra.run(config_name=launch.config_name, task_function=_job, overrides=launch.overrides)
+        job = _run_composed(hydra, launch, launch.config) if launch.config is not None else hydra.run(config_name=launch.config_name, task_function=_job, overrides=launch.overrides)
     finally:
         GlobalHydra.instance().clear()
     if isinstance(job.return_value, JobFailure):
@@ -591,15 +591,13 @@ def start(launch: Launch) -> Any:
     return job.return_value
 
 
-def _run_composed(hydra: Any, launch: Launch) -> Any:
+def _run_composed(hydra: Any, launch: Launch, cfg: DictConfig) -> Any:
     """``Hydra.run`` (hydra-core 1.3) on the config ``prepare`` composed and checked, instead of composing it again:
     the same logging set-up, callbacks and ``run_job`` (run directory, ``.hydra/``, HydraConfig)."""
     from hydra._internal.callbacks import Callbacks
     from hydra.core.utils import configure_log, run_job
     from hydra.types import HydraContext, RunMode
 
-    cfg = launch.config
-    assert cfg is not None
     configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
     if cfg.hydra.mode is None:
         cfg.hydra.mode = RunMode.RUN
