@@ -36,17 +36,15 @@ def test_each_sample_takes_the_steps_it_takes_alone(method, controller):
     y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0], [-1.5, 0.5]], dtype=F64)
     t = torch.linspace(0, 4, 9, dtype=F64)
     options = {"controller": controller}
-    # An 8th-order pair's error estimate on these steps is 1e-11..1e-8 of the tolerance, where the rounding of its
-    # stages (summed in another order per sample) moves it by up to 4x on the first step: the controller turns that
-    # into step sizes 1e-3 apart and solutions 3e-7 apart (measured for dopri8: same steps, NFE identical). Lower
-    # orders' estimates are far above rounding and the solutions agree to 4e-12 (measured).
-    close = 1e-9 if SOLVERS.get(method).order < 8 else 1e-6
-    batch, counts = odeint_independent(van_der_pol(mu), y0, t, rtol=1e-6, atol=1e-8, method=method, options=options, return_stats=True)
+    # rtol 1e-4: every registered pair's error estimates stay far above the rounding of its stages (at 1e-6 dopri8's
+    # first estimates are ~1e-11 of the tolerance, where rounding moves them 4x and the solutions 3e-7 apart), and
+    # the second-order pairs take ~2500 steps, not ~25000. Measured agreement: 1e-10 (dopri8), 3e-13 (the others).
+    batch, counts = odeint_independent(van_der_pol(mu), y0, t, rtol=1e-4, atol=1e-6, method=method, options=options, return_stats=True)
     assert batch.shape == (9, 3, 2)
     for b in range(3):
         with track_stats() as alone:
-            solo = odeint(van_der_pol(mu[b : b + 1]), y0[b : b + 1], t, rtol=1e-6, atol=1e-8, method=method, options=options)
-        torch.testing.assert_close(batch[:, b], solo[:, 0], rtol=close, atol=close)
+            solo = odeint(van_der_pol(mu[b : b + 1]), y0[b : b + 1], t, rtol=1e-4, atol=1e-6, method=method, options=options)
+        torch.testing.assert_close(batch[:, b], solo[:, 0], rtol=1e-9, atol=1e-9)
         assert int(counts.steps_accepted[b]) == alone.steps_accepted
         assert int(counts.steps_rejected[b]) == alone.steps_rejected
 
