@@ -165,7 +165,8 @@ class AbstractFixedGridSolver(AbstractSolver):
         else:
             t0, dt = t0_value, dt_value
         f0 = self.first_slope(t0, t0 + dt, y)
-        for _ in range(MAX_EVENT_STEPS):
+        limit = min(MAX_EVENT_STEPS, self.max_num_steps)  # the step budget, when the user set a smaller one
+        for _ in range(limit):
             t1 = t0 + dt
             y1, f0 = self.step(t0, t1, y, f0)
             self.steps_accepted += 1
@@ -179,4 +180,4 @@ class AbstractFixedGridSolver(AbstractSolver):
 
                 return watch.locate(interpolant, self.time(t0), self.time(t1))
             t0, y, f0 = t1, y1, None
-        raise MaxStepsExceeded(float(t0), MAX_EVENT_STEPS)
+        raise MaxStepsExceeded(float(t0), limit)

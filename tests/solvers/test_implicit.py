@@ -145,7 +145,8 @@ def test_fixed_grid_event_location(name):
 def test_fixed_grid_event_needs_step_size_and_an_end():
     with pytest.raises(InvalidInputError, match="step_size"):
         SOLVERS.get("gl4")(linear, Y0, 1e-7, 1e-9).integrate_until_event(torch.tensor(0.0, dtype=F64), lambda t, y: y[0])
-    solver = SOLVERS.get("implicit_euler")(lambda t, y: -y, torch.ones(1, dtype=F64), 1e-7, 1e-9, step_size=0.1)
-    solver.max_event_steps = 50
-    with pytest.raises(MaxStepsExceeded):
+    # An event that never comes ends at the step budget (max_num_steps, or torchdiffeq's 20000 event steps).
+    solver = SOLVERS.get("implicit_euler")(lambda t, y: -y, torch.ones(1, dtype=F64), 1e-7, 1e-9, step_size=0.1, max_num_steps=50)
+    with pytest.raises(MaxStepsExceeded, match="max_num_steps=50"):
         solver.integrate_until_event(torch.tensor(0.0, dtype=F64), lambda t, y: y[0] + 1.0)  # never reaches -1
+    assert solver.steps_accepted == 50
