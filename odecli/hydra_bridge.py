@@ -79,7 +79,8 @@ def register_config_options() -> None:
 
     global _registered_names
     load_all()
-    names = (*(tuple(registry.all_names()) for registry in (*REGISTRY_GROUPS.values(), SOLVERS)), tuple(task_configs()))
+    plugin_tasks = task_configs()
+    names = (*(tuple(registry.all_names()) for registry in (*REGISTRY_GROUPS.values(), SOLVERS)), tuple(plugin_tasks))
     if names == _registered_names:
         return
     store = ConfigStore.instance()
@@ -94,7 +95,7 @@ def register_config_options() -> None:
                 continue
             for option in (entry.name, *entry.aliases):
                 _store_once(store, group, option, node)
-    for task, path in task_configs().items():  # a plugin task's primary config (a shipped conf/TASK.yaml would win)
+    for task, path in plugin_tasks.items():  # a plugin task's primary config (a shipped conf/TASK.yaml would win)
         if not (config_root() / f"{task}.yaml").exists() and (None, task) not in _stored:
             store.store(name=task, node=_yaml_node(Path(path)))
             _stored.add((None, task))

@@ -40,7 +40,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -233,7 +232,6 @@ class _Backward:
         tab = solver.tableau
         self.carries, self.fsal = tab.carries_last_stage, tab.fsal
         self.coefficients = solver.coefficients
-        self.dense_t = np.ascontiguousarray(self.coefficients.dense.T) if self.adaptive else None
         if self.adaptive and self.t_leaf is not None:
             self.dense_tensor = torch.as_tensor(self.coefficients.dense, dtype=t.dtype, device=t.device)
         if not self.adaptive:
@@ -374,7 +372,7 @@ class _Backward:
         if self.adaptive:
             if self.t_leaf is None:
                 thetas = [theta for _, theta in plan if theta is not None]
-                inside = iter(dense_values(self.dense_t, thetas, y0, ks, dt)) if thetas else iter(())
+                inside = iter(dense_values(self.coefficients.dense_t, thetas, y0, ks, dt)) if thetas else iter(())
                 return torch.stack([y1 if theta is None else next(inside) for _, theta in plan])
             values = []
             for m, _ in plan:

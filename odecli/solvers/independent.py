@@ -38,7 +38,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from odecli.solvers import stats
@@ -220,7 +219,6 @@ class IndependentRungeKutta(AbstractAdaptiveSolver):
         self.stepper = cls(func, y0, 0.0, 0.0)
         self.steps_accepted = torch.zeros(self.batch, dtype=torch.long, device=self.device)
         self.steps_attempted = torch.zeros(self.batch, dtype=torch.long, device=self.device)
-        self.dense_t = np.ascontiguousarray(np.asarray(self.tableau.dense, dtype=np.float64).T)  # [degree, stages]
         self.progress: PerSampleProgress | None = None
 
     def evaluate(self, time: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -372,7 +370,7 @@ class IndependentRungeKutta(AbstractAdaptiveSolver):
                 continue
             idx, col = progress.hits.nonzero(as_tuple=True)
             target = taus[idx, col]
-            weights = dense_weights(self.dense_t, ((target - tau0[idx]) / step[idx]).cpu().numpy(), 1.0, dtype, device)  # (k, s)
+            weights = dense_weights(self.stepper.coefficients.dense_t, ((target - tau0[idx]) / step[idx]).cpu().numpy(), 1.0, dtype, device)  # (k, s)
             sample_stages = stages.view(-1, batch, n)[:, idx].transpose(0, 1)  # (k, s, n): dt ⊙ k_i (see begin)
             inside = torch.baddbmm(y0.view(batch, 1, n)[idx], weights.unsqueeze(1), sample_stages).squeeze(1)
             at_end = (target == (tau0 + step)[idx])[:, None]

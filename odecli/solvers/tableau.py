@@ -246,6 +246,7 @@ class TableauTensors:
     b: torch.Tensor
     b_error: torch.Tensor | None
     dense: np.ndarray | None  # float64 [stages, degree]; combined on the host, tiny
+    dense_t: np.ndarray | None  # the same transposed, [degree, stages], contiguous: interpolation.dense_weights' layout
     predictor: tuple[torch.Tensor | None, ...] | None  # predictor[i]: stage i's Newton start (None for stage 0)
 
 
@@ -263,6 +264,7 @@ def tableau_tensors(tableau: ButcherTableau, dtype: torch.dtype, device: torch.d
         b=tensor(tableau.b),
         b_error=None if tableau.b_error is None else tensor(tableau.b_error),
         dense=None if tableau.dense is None else np.array(tableau.dense, dtype=np.float64),
+        dense_t=None if tableau.dense is None else np.ascontiguousarray(np.array(tableau.dense, dtype=np.float64).T),
         predictor=predictor,
     )
 
