@@ -155,7 +155,8 @@ def initial_step_sizes(func: Callable, t0, direction, y0: torch.Tensor, f0: torc
 
 def per_sample_rms_norm(rows: torch.Tensor) -> torch.Tensor:
     """The RMS of each row of a ``(B, n)`` tensor: one error norm per sample (``batch_mode='independent'``)."""
-    return rows.square().mean(dim=1).sqrt() if rows.shape[1] else rows.new_zeros(rows.shape[0])
+    # The 2-norm over sqrt(n), as the joint norm computes it, so a sample alone and in a batch round alike.
+    return torch.linalg.vector_norm(rows, dim=1).mul_(1.0 / math.sqrt(rows.shape[1])) if rows.shape[1] else rows.new_zeros(rows.shape[0])
 
 
 class AbstractController(abc.ABC):
@@ -176,6 +177,7 @@ class IController(AbstractController):
     def __init__(self, order: int, safety: float = 0.9, ifactor: float = 10.0, dfactor: float = 0.2):
         self.exponent = 1.0 / order
         self.safety, self.ifactor, self.dfactor = float(safety), float(ifactor), float(dfactor)
+        self.dfactor_tensor: torch.Tensor | None = None
 
     def propose(self, h: float, error_ratio: float, accepted: bool) -> float:
         if error_ratio == 0:
@@ -187,7 +189,9 @@ class IController(AbstractController):
 
     def propose_per_sample(self, h: torch.Tensor, error_ratio: torch.Tensor, accepted: torch.Tensor) -> torch.Tensor:
         # The floor as a float64 0-d tensor: Python scalars in where() make a float32 tensor (0.2 -> 0.20000000298).
-        floor = torch.where(error_ratio < 1, 1.0, torch.tensor(self.dfactor, dtype=error_ratio.dtype))
+        if self.dfactor_tensor is None or self.dfactor_tensor.device != error_ratio.device:
+            self.dfactor_tensor = torch.tensor(self.dfactor, dtype=torch.float64, device=error_ratio.device)
+        floor = torch.where(error_ratio < 1, 1.0, self.dfactor_tensor)
         # A zero ratio gives 1e-300^(-1/order) > ifactor, clamped to ifactor: propose()'s growth by ifactor.
         factor = torch.maximum(error_ratio.clamp(min=1e-300).pow_(-self.exponent).mul_(self.safety).clamp_(max=self.ifactor), floor)
         return h * factor.nan_to_num_(nan=self.dfactor)

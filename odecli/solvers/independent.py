@@ -185,15 +185,62 @@ class PerSampleProgress:
     def __init__(self, taus: torch.Tensor):
         batch, n_out = taus.shape
         self.taus = taus  # (B, T) increasing per row (tau = direction·t)
+        # Each row with +inf appended: the time of a sample's next output, inf once it has them all.
+        self.taus_then_never = torch.cat([taus, taus.new_full((batch, 1), math.inf)], dim=1)
         self.columns = torch.arange(n_out, device=taus.device)
         self.next_output = torch.ones(batch, dtype=torch.long, device=taus.device)  # per sample: the first output not yet produced
+        self.next_tau = self.taus_then_never[:, 1]
         self.done = torch.zeros(batch, dtype=torch.bool, device=taus.device)
         self.active = ~self.done  # samples still stepping
-        self.pending = self.columns >= self.next_output.unsqueeze(1)  # (B, T): outputs not yet produced
         self.accept = self.done  # the last attempt's acceptance, (B,)
-        self.hits = None  # (B, T): the outputs the last accepted attempt produced
-        self.reached = self.next_output
-        self.any_hits = False
+        self.crossed = self.done  # accepted samples whose last step reached their next output, (B,)
+        self.any_crossed = False
+        self.tau1 = taus[:, 0]  # where the last attempt ended
+
+
+class PendingOutputs:
+    """Accepted steps that produced outputs, kept until ``flush`` reads the outputs off them all at once.
+
+    One dense-output evaluation per chunk of steps instead of one per step: the per-step cost is a
+    copy of the (reused) stage buffer, and the chunk is bounded in memory.
+    """
+
+    ELEMENTS = 1 << 22  # stage elements kept at most (32 MiB in float64)
+    MAX_STEPS = 64
+
+    def __init__(self, taus: torch.Tensor, columns: torch.Tensor, dense_t: torch.Tensor, batch: int, n: int):
+        self.taus, self.columns, self.dense_t, self.batch, self.n = taus, columns, dense_t, batch, n
+        self.steps: list[tuple] = []
+        self.rows: list[torch.Tensor] = []
+        self.cols: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.capacity = None
+
+    def add(self, tau0, step, y0, y1, stages, first, last) -> None:
+        """An accepted step from ``tau0`` by ``step`` (B,) that produced outputs ``first .. last-1`` of each sample."""
+        self.steps.append((tau0, step, y0, y1, stages, first, last))
+        if self.capacity is None:
+            self.capacity = max(1, min(self.MAX_STEPS, self.ELEMENTS // max(1, stages.numel())))
+        if len(self.steps) >= self.capacity:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.steps:
+            return
+        batch, n = self.batch, self.n
+        tau0, step, y0, y1, stages, first, last = (torch.stack(column) for column in zip(*self.steps, strict=True))  # (R, B...) each
+        self.steps = []
+        produced = (self.columns >= first.unsqueeze(2)).logical_and_(self.columns < last.unsqueeze(2))  # (R, B, T)
+        r, b, col = produced.nonzero(as_tuple=True)
+        start, size = tau0[r, b], step[r, b]
+        target = self.taus[b, col]
+        weights = dense_weights(self.dense_t, ((target - start) / size).cpu().numpy(), 1.0, stages.dtype, stages.device)  # (k, s)
+        sample_stages = stages.view(len(tau0), -1, batch, n)[r, :, b]  # (k, s, n): dt ⊙ k_i (see begin)
+        inside = torch.baddbmm(y0.view(-1, batch, 1, n)[r, b], weights.unsqueeze(1), sample_stages).squeeze(1)
+        at_end = (target == start + size).unsqueeze(1)
+        self.rows.append(b)
+        self.cols.append(col)
+        self.values.append(torch.where(at_end, y1.view(-1, batch, n)[r, b], inside))
 
 
 class IndependentRungeKutta(AbstractAdaptiveSolver):
@@ -252,7 +299,8 @@ class IndependentRungeKutta(AbstractAdaptiveSolver):
         Each sample's step ``t0_b → t0_b + dt_b`` is one step of size 1 of the method's own stepper on
         ``z(θ) = y(t0 + θ·dt)``, ``dz/dθ = dt ⊙ f(t0 + θ·dt, z)``, θ ∈ [0, 1]: the stages it computes are
         ``dt ⊙ k_i``, so its in-place fast path (one ``addmv`` per stage, reused buffers) serves every
-        sample at once, and the solution, error estimate and dense output need no further ``dt``.
+        sample at once, and the solution, error estimate and dense output need no further ``dt``. The
+        stepper is handed each stage's per-sample times, so f sees real times, not θ.
         """
         tab, dtype, rows, shape = self.tableau, self.dtype, (self.batch, self.n_sample), self.shape
         rtol, atol, progress, stepper, func = self.rtol, self.atol, self.progress, self.stepper, self.func
@@ -260,40 +308,40 @@ class IndependentRungeKutta(AbstractAdaptiveSolver):
         b, b_error = stepper.coefficients.b, stepper.coefficients.b_error
         c_column = torch.tensor(tab.c[1:], dtype=torch.float64, device=self.device)[:, None]
         c_is_one = c_column == 1.0
-        stage_view = (count, *self.time_view)
+        stage_view, time_view = (count, *self.time_view), self.time_view
+        times_in_state_dtype = dtype == torch.float64  # the loop's times are float64
         buffers = None if grad else stepper.stage_buffers_for_solve()
         slope, last_slope = f, None
-        stage_times: tuple[torch.Tensor, ...] = ()
         scale: torch.Tensor | None = None  # dt per sample, in the state's dtype and the batch's time shape
-        calls = 0
 
-        def scaled_field(theta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-            # Stage i of the θ-problem: f at sample times t0 + c_i dt (precomputed per attempt), scaled by dt.
-            nonlocal calls, last_slope
-            last_slope = func(stage_times[calls], z.view(shape))
-            calls += 1
+        def scaled_field(stage_time: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+            nonlocal last_slope
+            last_slope = func(stage_time, z)
             return last_slope * scale
 
         stepper.func = scaled_field
 
         def attempt(t0: torch.Tensor, dt: torch.Tensor, t1: torch.Tensor, h: torch.Tensor, y: torch.Tensor, f: torch.Tensor, grad: bool, nudge_end: bool):
-            nonlocal stage_times, scale, calls
-            stage_times = torch.where(c_is_one, t1, torch.addcmul(t0, c_column, dt)).to(dtype).view(stage_view).unbind(0)
-            scale = dt.to(dtype).view(self.time_view)
-            calls = 0
+            nonlocal scale
+            stage_times = torch.where(c_is_one, t1, torch.addcmul(t0, c_column, dt))
+            if not times_in_state_dtype:
+                stage_times, dt = stage_times.to(dtype), dt.to(dtype)
+            stage_times = stage_times.view(stage_view).unbind(0)
+            scale = dt.view(time_view)
             before = stepper.nfe
             if buffers is None:
-                y_last, stages = stepper.stages(0.0, 1.0, 1.0, y, (f.view(shape) * scale).reshape(-1))
+                y_last, stages = stepper.stages(0.0, 1.0, 1.0, y, (f.view(shape) * scale).reshape(-1), stage_times=stage_times)
             else:
                 torch.mul(f.view(shape), scale, out=buffers[2][0])
-                y_last, stages = stepper.stages_in_place(0.0, 1.0, 1.0, y, buffers, False)
+                y_last, stages = stepper.stages_in_place(0.0, 1.0, 1.0, y, buffers, False, stage_times)
             self.nfe += stepper.nfe - before
             y1 = y_last if fsal else combine(y, stages, b, 1.0)
             with torch.no_grad():
-                error = torch.mv(stages.detach().T, b_error).view(rows)
-                tolerance = torch.maximum(y.detach().abs(), y1.detach().abs()).view(rows).mul(rtol).add_(atol)
-                ratio = per_sample_rms_norm(error.div_(tolerance)).double()
-            return y1, stages, ratio, None
+                stages_, y_, y1_ = (stages, y, y1) if buffers is not None else (stages.detach(), y.detach(), y1.detach())
+                error = torch.mv(stages_.T, b_error).view(rows)
+                tolerance = torch.maximum(y_.abs(), y1_.abs()).view(rows).mul_(rtol).add_(atol)
+                ratio = per_sample_rms_norm(error.div_(tolerance))
+            return y1, stages, ratio if times_in_state_dtype else ratio.double(), None
 
         def next_slope(t1: torch.Tensor, y1: torch.Tensor, stages: torch.Tensor, f1, jumped: bool, direction) -> torch.Tensor:
             nonlocal slope
@@ -320,22 +368,20 @@ class IndependentRungeKutta(AbstractAdaptiveSolver):
             active = progress.active
             with torch.no_grad():
                 accept = (ratio <= 1).logical_or_(forced).logical_and_(active)
-                # Outputs this step reaches, per sample: columns next_output .. reached-1 of its time row.
-                reached = torch.searchsorted(progress.taus, tau1.unsqueeze(1), right=True).squeeze(1)
-                hits = (progress.columns < reached.unsqueeze(1)).logical_and_(progress.pending).logical_and_(accept.unsqueeze(1))
+                crossed = (tau1 >= progress.next_tau).logical_and_(accept)
+                trouble = (tau1 <= tau).logical_or_(torch.isfinite(ratio).logical_not_()).logical_and_(active)
+                any_trouble, any_crossed, any_accepted = torch.stack([trouble.any(), crossed.any(), accept.any()]).tolist()
+            if any_trouble:
                 stuck = (tau1 <= tau).logical_and_(active)
-                trouble = torch.isfinite(ratio).logical_not_().logical_and_(active)
-                is_stuck, in_trouble, any_hits, any_accepted = torch.stack([stuck.any(), trouble.any(), hits.any(), accept.any()]).tolist()
-            if is_stuck:
-                bad = int(stuck.nonzero()[0])
-                raise StepSizeTooSmall(float(t0[bad]), float(h[bad]), min_step)
-            if in_trouble:
-                bad = trouble.nonzero()[:, 0]
+                if bool(stuck.any()):
+                    bad = int(stuck.nonzero()[0])
+                    raise StepSizeTooSmall(float(t0[bad]), float(h[bad]), min_step)
+                bad = trouble.nonzero()[:, 0]  # a ratio that is not finite: rejected, unless the state itself is
                 if not bool(torch.isfinite(y1.detach().view(rows)[bad]).all()):
                     raise NonFiniteState(float(t0[bad[0]]))
             self.steps_accepted += accept
             self.steps_attempted += active  # rejected = attempted - accepted, counted once at the end
-            progress.accept, progress.hits, progress.reached, progress.any_hits = accept, hits, reached, any_hits
+            progress.accept, progress.crossed, progress.any_crossed, progress.tau1 = accept, crossed, any_crossed, tau1
             return accept, ratio, any_accepted
 
         def propose(h, ratio, accept):
@@ -357,36 +403,34 @@ class IndependentRungeKutta(AbstractAdaptiveSolver):
         batch, n, n_out = self.batch, self.n_sample, taus_t.shape[1]
         if n_out == 1:
             return self.y0.unsqueeze(0)
-        dtype, device = self.dtype, self.device
         direction = torch.sign(taus_t[:, 1] - taus_t[:, 0])  # float64 (B,)
         taus = (taus_t * direction[:, None]).contiguous()  # increasing per row
         progress = self.progress = PerSampleProgress(taus)
         y, f, h = self.start(taus_t[:, 0], direction)
         grad = self._needs_graph(y, f)
-        rows, cols, values = [torch.arange(batch, device=device)], [torch.zeros(batch, dtype=torch.long, device=device)], [y.view(batch, n)]
+        outputs = PendingOutputs(taus, progress.columns, self.stepper.coefficients.dense_t, batch, n)
+        outputs.rows.append(torch.arange(batch, device=self.device))
+        outputs.cols.append(torch.zeros(batch, dtype=torch.long, device=self.device))
+        outputs.values.append(y.view(batch, n))
         self.steps_since_output = 0
         for tau0, step, y0, y1, stages in self.march(taus[:, 0].clone(), direction, y, f, h, grad):
-            if not progress.any_hits:
+            if not progress.any_crossed:
                 continue
-            idx, col = progress.hits.nonzero(as_tuple=True)
-            target = taus[idx, col]
-            weights = dense_weights(self.stepper.coefficients.dense_t, ((target - tau0[idx]) / step[idx]).cpu().numpy(), 1.0, dtype, device)  # (k, s)
-            sample_stages = stages.view(-1, batch, n)[:, idx].transpose(0, 1)  # (k, s, n): dt ⊙ k_i (see begin)
-            inside = torch.baddbmm(y0.view(batch, 1, n)[idx], weights.unsqueeze(1), sample_stages).squeeze(1)
-            at_end = (target == (tau0 + step)[idx])[:, None]
-            rows.append(idx)
-            cols.append(col)
-            values.append(torch.where(at_end, y1.view(batch, n)[idx], inside))
-            progress.next_output = torch.maximum(progress.next_output, torch.where(progress.accept, progress.reached, progress.next_output))
-            progress.pending = progress.columns >= progress.next_output.unsqueeze(1)
-            progress.done = progress.next_output >= n_out
+            reached = torch.searchsorted(taus, progress.tau1.unsqueeze(1), right=True).squeeze(1)
+            first = progress.next_output
+            last = torch.where(progress.crossed, reached, first)
+            outputs.add(tau0, step, y0, y1, stages if grad else stages.clone(), first, last)  # the buffer is reused
+            progress.next_output = last
+            progress.next_tau = progress.taus_then_never.gather(1, last.unsqueeze(1)).squeeze(1)
+            progress.done = last >= n_out
             progress.active = ~progress.done
             self.steps_since_output = 0
             if bool(progress.done.all()):
                 break
+        outputs.flush()
         self.steps_rejected = self.steps_attempted - self.steps_accepted
-        flat = torch.cat(values)
-        solution = flat.new_zeros(batch, n_out, n).index_put((torch.cat(rows), torch.cat(cols)), flat)
+        flat = torch.cat(outputs.values)
+        solution = flat.new_zeros(batch, n_out, n).index_put((torch.cat(outputs.rows), torch.cat(outputs.cols)), flat)
         return solution.transpose(0, 1).reshape(n_out, *self.shape)
 
 

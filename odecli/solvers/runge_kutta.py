@@ -128,22 +128,27 @@ class AbstractRungeKutta(AbstractSolver):
             self.force_graph = True
             return loop(self, *args)
 
-    def stages(self, t0, dt, t1, y: torch.Tensor, k1: torch.Tensor, nudge_end: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def stages(self, t0, dt, t1, y: torch.Tensor, k1: torch.Tensor, nudge_end: bool = False, stage_times=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The stages ``[s, n]`` of one step from ``y`` with first stage ``k1``, and the last stage's input, with a graph.
 
         Times are floats, or 0-d tensors (from a ``t`` that requires grad): every stage time and input is
         then a function of t. ``nudge_end``: a ``c = 1`` stage sees ``t1`` one ulp inside the step.
+        ``stage_times``: the times f sees at stages 1..s-1, given as they are (per-sample mode's times of
+        its θ-rescaled step) instead of computed from ``t0``, ``dt`` and ``c``.
         """
         tab, a_rows, c, dtype = self.tableau, self.coefficients.a_rows, self.tableau.c, self.time_dtype
         ks, yi = [k1], y
         for i in range(1, tab.stages):
-            ti = (nudge_time(t1, t0, dtype) if nudge_end else t1) if c[i] == 1.0 else t0 + c[i] * dt
+            if stage_times is None:
+                ti = self.time((nudge_time(t1, t0, dtype) if nudge_end else t1) if c[i] == 1.0 else t0 + c[i] * dt)
+            else:
+                ti = stage_times[i - 1]
             yi = combine(y, torch.stack(ks), a_rows[i], dt)
-            ks.append(self.func(self.time(ti), yi.view(self.shape)).reshape(self.n))
+            ks.append(self.func(ti, yi.view(self.shape)).reshape(self.n))
         self.nfe += tab.stages - 1
         return yi, torch.stack(ks)
 
-    def stages_in_place(self, t0: float, dt: float, t1: float, y: torch.Tensor, buffers, nudge_end: bool):
+    def stages_in_place(self, t0: float, dt: float, t1: float, y: torch.Tensor, buffers, nudge_end: bool, stage_times=None):
         """``stages`` without a graph, written into ``buffers`` (from ``stage_buffers_for_solve``; stage 0 already in place)."""
         tab = self.tableau
         func, dtype, device = self.func, self.time_dtype, self.device  # dtype: of the times
@@ -154,18 +159,19 @@ class AbstractRungeKutta(AbstractSolver):
             # A [1, n] state: ``addmm`` of [1, i] weights and the first i stages yields the stage
             # input in the state's own shape, so no per-stage ``view``.
             y_row = y.view(1, self.n)
-            for prefix_i, a_i, row_i, ci in plan:
+            for i, (prefix_i, a_i, row_i, ci) in enumerate(plan):
                 yi = torch.addmm(y_row, a_i, prefix_i, alpha=dt)
-                f = func(torch.scalar_tensor(t_end if ci == 1.0 else t0 + ci * dt, dtype=dtype, device=device), yi)
+                ti = torch.scalar_tensor(t_end if ci == 1.0 else t0 + ci * dt, dtype=dtype, device=device) if stage_times is None else stage_times[i]
+                f = func(ti, yi)
                 if f.requires_grad:
                     raise _NeedsGraph
                 row_i.copy_(f)
             self.nfe += tab.stages - 1
             return yi.view(self.n), buffer
         view_args = self._view_args
-        for prefix_i, a_i, row_i, ci in plan:
+        for i, (prefix_i, a_i, row_i, ci) in enumerate(plan):
             yi = torch.addmv(y, prefix_i, a_i, alpha=dt)
-            ti = torch.scalar_tensor(t_end if ci == 1.0 else t0 + ci * dt, dtype=dtype, device=device)
+            ti = torch.scalar_tensor(t_end if ci == 1.0 else t0 + ci * dt, dtype=dtype, device=device) if stage_times is None else stage_times[i]
             f = func(ti, yi) if view_args is None else func(ti, yi.view(*view_args))
             if f.requires_grad:
                 raise _NeedsGraph

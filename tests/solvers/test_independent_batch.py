@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from odecli.registry import SOLVERS
-from odecli.solvers import InvalidInputError, odeint, odeint_adjoint, odeint_independent, track_stats
+from odecli.solvers import InvalidInputError, independent, odeint, odeint_adjoint, odeint_independent, track_stats
 from odecli.solvers.controllers import CONTROLLERS, AbstractController
 from odecli.solvers.errors import InvalidTimeGrid, MaxStepsExceeded
 from odecli.solvers.runge_kutta import AbstractAdaptiveRungeKutta
@@ -102,6 +102,21 @@ def test_per_sample_time_grids_in_both_directions():
     out = odeint(field, y0, t, rtol=1e-9, atol=1e-11, options=INDEPENDENT)
     exact = y0[None] * torch.exp(-rate[None, :, None] * (t.T[..., None] ** 2 - t.T[:1, :, None] ** 2) / 2)
     torch.testing.assert_close(out, exact, rtol=1e-7, atol=1e-8)
+
+
+@pytest.mark.parametrize("steps_per_chunk", [1, 3, 64])
+def test_outputs_read_in_chunks_of_steps(monkeypatch, steps_per_chunk):
+    # Outputs are read off the accepted steps in chunks (PendingOutputs): whatever the chunk, every one of many
+    # outputs is there, from the step that covers it, and the same to the last bit.
+    monkeypatch.setattr(independent, "PendingOutputs", type("Chunked", (independent.PendingOutputs,), {"MAX_STEPS": steps_per_chunk}))
+    rate = torch.tensor([0.5, 1.0, 2.0], dtype=F64)
+    y0 = torch.tensor([[1.0, -1.0], [2.0, 0.5], [-1.0, 3.0]], dtype=F64)
+    t = torch.linspace(0, 3, 200, dtype=F64)
+    out = odeint(lambda time, y: -rate[:, None] * y, y0, t, rtol=1e-8, atol=1e-10, options=INDEPENDENT)
+    exact = y0[None] * torch.exp(-rate[None, :, None] * t[:, None, None])
+    torch.testing.assert_close(out, exact, rtol=2e-7, atol=1e-9)
+    monkeypatch.undo()
+    assert torch.equal(out, odeint(lambda time, y: -rate[:, None] * y, y0, t, rtol=1e-8, atol=1e-10, options=INDEPENDENT))
 
 
 def test_direct_backprop_through_independent_steps():
