@@ -312,28 +312,27 @@ class IndependentRungeKutta(AbstractAdaptiveSolver):
         times_in_state_dtype = dtype == torch.float64  # the loop's times are float64
         buffers = None if grad else stepper.stage_buffers_for_solve()
         slope, last_slope = f, None
-        scale: torch.Tensor | None = None  # dt per sample, in the state's dtype and the batch's time shape
 
-        def scaled_field(stage_time: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        def field_keeping_last(stage_time: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+            # The last stage's f, unscaled: the next step's first stage (FSAL) is it times the next dt.
             nonlocal last_slope
             last_slope = func(stage_time, z)
-            return last_slope * scale
+            return last_slope
 
-        stepper.func = scaled_field
+        stepper.func = field_keeping_last
 
         def attempt(t0: torch.Tensor, dt: torch.Tensor, t1: torch.Tensor, h: torch.Tensor, y: torch.Tensor, f: torch.Tensor, grad: bool, nudge_end: bool):
-            nonlocal scale
             stage_times = torch.where(c_is_one, t1, torch.addcmul(t0, c_column, dt))
             if not times_in_state_dtype:
                 stage_times, dt = stage_times.to(dtype), dt.to(dtype)
             stage_times = stage_times.view(stage_view).unbind(0)
-            scale = dt.view(time_view)
+            scale = dt.view(time_view)  # dt per sample, in the state's dtype and the batch's time shape
             before = stepper.nfe
             if buffers is None:
-                y_last, stages = stepper.stages(0.0, 1.0, 1.0, y, (f.view(shape) * scale).reshape(-1), stage_times=stage_times)
+                y_last, stages = stepper.stages(0.0, 1.0, 1.0, y, (f.view(shape) * scale).reshape(-1), stage_times=stage_times, stage_scale=scale)
             else:
                 torch.mul(f.view(shape), scale, out=buffers[2][0])
-                y_last, stages = stepper.stages_in_place(0.0, 1.0, 1.0, y, buffers, False, stage_times)
+                y_last, stages = stepper.stages_in_place(0.0, 1.0, 1.0, y, buffers, False, stage_times, scale)
             self.nfe += stepper.nfe - before
             y1 = y_last if fsal else combine(y, stages, b, 1.0)
             with torch.no_grad():
@@ -370,7 +369,7 @@ class IndependentRungeKutta(AbstractAdaptiveSolver):
                 accept = (ratio <= 1).logical_or_(forced).logical_and_(active)
                 crossed = (tau1 >= progress.next_tau).logical_and_(accept)
                 trouble = (tau1 <= tau).logical_or_(torch.isfinite(ratio).logical_not_()).logical_and_(active)
-                any_trouble, any_crossed, any_accepted = torch.stack([trouble.any(), crossed.any(), accept.any()]).tolist()
+                any_trouble, any_crossed, any_accepted = torch.stack([trouble, crossed, accept]).any(dim=1).tolist()
             if any_trouble:
                 stuck = (tau1 <= tau).logical_and_(active)
                 if bool(stuck.any()):

@@ -128,13 +128,14 @@ class AbstractRungeKutta(AbstractSolver):
             self.force_graph = True
             return loop(self, *args)
 
-    def stages(self, t0, dt, t1, y: torch.Tensor, k1: torch.Tensor, nudge_end: bool = False, stage_times=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def stages(self, t0, dt, t1, y: torch.Tensor, k1: torch.Tensor, nudge_end: bool = False, stage_times=None, stage_scale=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The stages ``[s, n]`` of one step from ``y`` with first stage ``k1``, and the last stage's input, with a graph.
 
         Times are floats, or 0-d tensors (from a ``t`` that requires grad): every stage time and input is
         then a function of t. ``nudge_end``: a ``c = 1`` stage sees ``t1`` one ulp inside the step.
         ``stage_times``: the times f sees at stages 1..s-1, given as they are (per-sample mode's times of
-        its θ-rescaled step) instead of computed from ``t0``, ``dt`` and ``c``.
+        its θ-rescaled step) instead of computed from ``t0``, ``dt`` and ``c``; ``stage_scale``: a factor
+        every stage derivative is multiplied by as it is stored (that step's per-sample ``dt``).
         """
         tab, a_rows, c, dtype = self.tableau, self.coefficients.a_rows, self.tableau.c, self.time_dtype
         ks, yi = [k1], y
@@ -144,11 +145,12 @@ class AbstractRungeKutta(AbstractSolver):
             else:
                 ti = stage_times[i - 1]
             yi = combine(y, torch.stack(ks), a_rows[i], dt)
-            ks.append(self.func(ti, yi.view(self.shape)).reshape(self.n))
+            ki = self.func(ti, yi.view(self.shape))
+            ks.append((ki if stage_scale is None else ki * stage_scale).reshape(self.n))
         self.nfe += tab.stages - 1
         return yi, torch.stack(ks)
 
-    def stages_in_place(self, t0: float, dt: float, t1: float, y: torch.Tensor, buffers, nudge_end: bool, stage_times=None):
+    def stages_in_place(self, t0: float, dt: float, t1: float, y: torch.Tensor, buffers, nudge_end: bool, stage_times=None, stage_scale=None):
         """``stages`` without a graph, written into ``buffers`` (from ``stage_buffers_for_solve``; stage 0 already in place)."""
         tab = self.tableau
         func, dtype, device = self.func, self.time_dtype, self.device  # dtype: of the times
@@ -165,7 +167,10 @@ class AbstractRungeKutta(AbstractSolver):
                 f = func(ti, yi)
                 if f.requires_grad:
                     raise _NeedsGraph
-                row_i.copy_(f)
+                if stage_scale is None:
+                    row_i.copy_(f)
+                else:
+                    torch.mul(f, stage_scale, out=row_i)
             self.nfe += tab.stages - 1
             return yi.view(self.n), buffer
         view_args = self._view_args
@@ -175,7 +180,10 @@ class AbstractRungeKutta(AbstractSolver):
             f = func(ti, yi) if view_args is None else func(ti, yi.view(*view_args))
             if f.requires_grad:
                 raise _NeedsGraph
-            row_i.copy_(f)
+            if stage_scale is None:
+                row_i.copy_(f)
+            else:
+                torch.mul(f, stage_scale, out=row_i)
         self.nfe += tab.stages - 1
         return yi, buffer
 
