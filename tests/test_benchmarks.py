@@ -87,6 +87,11 @@ def test_fixed_step_memory_rows_compare_direct_and_adjoint(quick):
 def test_a_missing_peer_is_skipped_with_a_note(tmp_path):
     report, markdown = _run(tmp_path, "--problems", "spiral_b1", block_imports=("torchode",))
     assert report["peers"] == ["odecli", "torchdiffeq"]
+    # The eager floor: odecli's own torch calls per evaluation of f (f's excluded), priced at one tiny op each.
+    floor = report["eager_floor"]["spiral_b1_rtol0.001"]
+    assert 1 < floor["calls_per_eval"] < 20 and 0 < floor["op_us"] < 100
+    assert floor["floor"] == pytest.approx(1 + floor["calls_per_eval"] * floor["op_us"] / report["bare_eval_us"]["spiral_b1_rtol0.001"]["strict"])
+    assert "| spiral_b1_rtol0.001 |" in markdown.split("Eager floor")[1]
     assert any("torchode is not installed" in note for note in report["notes"])
     assert "torchode is not installed" in markdown
     assert [row["name"] for row in report["rows"]] == ["spiral_b1_rtol0.001"]
