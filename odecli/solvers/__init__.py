@@ -6,7 +6,7 @@ Importing this package registers every built-in method in ``odecli.registry.SOLV
 from __future__ import annotations
 
 # Each module registers its methods in odecli.registry.SOLVERS on import.
-from odecli.solvers import adams, esdirk, implicit, radau, runge_kutta, scipy_solver  # noqa: F401
+from odecli.solvers import adams, adaptive_adams, esdirk, implicit, radau, runge_kutta, scipy_solver  # noqa: F401
 from odecli.solvers.adjoint import odeint_adjoint
 from odecli.solvers.checkpoint_adjoint import odeint_checkpoint
 from odecli.solvers.errors import (

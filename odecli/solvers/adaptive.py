@@ -86,6 +86,8 @@ class AbstractAdaptiveSolver(AbstractSolver):
     keep_step_ratio: ClassVar[float] = 1.0
     # The stage buffer is overwritten by the next attempt (dense outputs then keep a copy when they defer).
     reuses_stage_buffer: ClassVar[bool] = False
+    # The order Hairer's initial step is sized for; by default the method's (a variable-order method starts lower).
+    initial_step_order: ClassVar[int | None] = None
 
     def __init__(self, func, y0: torch.Tensor, rtol, atol, first_step: float | None = None, min_step: float = 0.0,
                  max_step: float = math.inf, safety: float = 0.9, ifactor: float = 10.0, dfactor: float = 0.2,
@@ -146,7 +148,7 @@ class AbstractAdaptiveSolver(AbstractSolver):
         if self.first_step is not None:
             return y, f, self.first_step
         norm = self.norm if self.norm is not None else rms_norm
-        return y, f, select_initial_step(self.evaluate, t0, direction, y, f, self.order, self.rtol, self.atol, norm)
+        return y, f, select_initial_step(self.evaluate, t0, direction, y, f, self.initial_step_order or self.order, self.rtol, self.atol, norm)
 
     def step_rules(self, direction: float, end: float | None) -> tuple[Callable, Callable, Callable, Callable]:
         """This solve's ``(limit, judge, propose, advance)``: the loop's step-size arithmetic, as closures.
