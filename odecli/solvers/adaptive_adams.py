@@ -40,6 +40,7 @@ Initial Value Problem (1975), ch. 5 and DE/STEP; Hairer, Nørsett & Wanner, Solv
 
 from __future__ import annotations
 
+import itertools
 import math
 from fractions import Fraction
 from functools import cache
@@ -69,59 +70,65 @@ GAMMA_STAR = error_constants(MAX_ORDER + 2)
 
 
 class StepCoefficients:
-    """One step's host-side coefficients at order ``k`` (see the module docstring), as tensors for the state."""
+    """One step's coefficients at order ``k`` (see the module docstring), for past steps ``ratios = h_{n-i}/h``.
+
+    They depend on the step sizes only through these ratios (the error factors ``err``, ``erk``, ... are per
+    unit ``h``), so a pattern that recurs — equal steps, a doubling — reuses them. The tensors are views of one
+    host buffer moved to the state's dtype and device in one transfer.
+    """
 
     __slots__ = ("k", "g", "predict", "differences", "dense", "update", "err", "erk", "erkm1", "erkm2", "erkp1")
 
-    def __init__(self, h: float, past: list[float], k: int, width: int, dtype: torch.dtype, device: torch.device):
-        psi = [h]  # ψ_i = t_{n+1} - t_{n-i}
+    def __init__(self, ratios: tuple[float, ...], k: int, width: int, dtype: torch.dtype, device: torch.device):
+        psi = [1.0]  # ψ_i / h, ψ_i = t_{n+1} - t_{n-i}
         for i in range(k - 1):
-            psi.append(psi[-1] + past[i])
-        a = [h / p for p in psi]
+            psi.append(psi[-1] + ratios[i])
+        a = [1.0 / p for p in psi]
         beta = [1.0]
         old = 0.0
         for j in range(k - 1):
-            old += past[j]  # t_n - t_{n-1-j}
+            old += ratios[j]  # (t_n - t_{n-1-j}) / h
             beta.append(beta[-1] * psi[j] / old)
-        # integral[j, p]: the coefficient of θ^(p+1) in ∫_0^θ b_j.
-        integral = np.zeros((k + 1, k + 1))
-        poly = np.zeros(k + 1)
-        poly[0] = 1.0
-        divisors = np.arange(1, k + 2, dtype=np.float64)
+        rows = min(k, 3)
+        ends = list(itertools.accumulate((k, rows * k, width * (k + 1), (k + 2) * (k + 4), (k + 1) * (k + 1))))
+        buffer = np.zeros(ends[-1])
+        predict, differences = buffer[: ends[0]], buffer[ends[0] : ends[1]].reshape(rows, k)
+        dense, update = buffer[ends[1] : ends[2]].reshape(width, k + 1), buffer[ends[2] : ends[3]].reshape(k + 2, k + 4)
+        integral = buffer[ends[3] :].reshape(k + 1, k + 1)
+        # integral[j, p]: the coefficient of θ^(p+1) in ∫_0^θ b_j, b_j(θ) = Π_{i<j} (1 - a_i + a_i θ).
+        poly = [1.0]
         for j in range(k + 1):
-            integral[j] = poly / divisors
+            integral[j, : j + 1] = poly
             if j < k:
-                shifted = np.zeros(k + 1)
-                shifted[1:] = poly[:-1]
-                poly = poly * (1.0 - a[j]) + shifted * a[j]
-        g = integral.sum(axis=1)
+                keep, grow = 1.0 - a[j], a[j]
+                poly = [poly[0] * keep] + [poly[p] * keep + poly[p - 1] * grow for p in range(1, j + 1)] + [poly[j] * grow]
+        integral /= np.arange(1.0, k + 2.0)
+        g = integral.sum(axis=1).tolist()
         sigma = [1.0]  # DE/STEP's σ(m) for m = 1..k+1
         for j in range(k):
             sigma.append(sigma[-1] * (j + 1) * a[j])
-        self.k, self.g = k, g
         beta_np = np.array(beta)
-        rows = min(k, 3)
-        differences = np.zeros((rows, k))  # Δ_{k-r} = fp - Σ_{j<k-r} β_j φ_j
-        for r in range(rows):
+        predict[:] = g[:k]
+        predict *= beta_np
+        for r in range(rows):  # Δ_{k-r} = fp - Σ_{j<k-r} β_j φ_j
             differences[r, : k - r] = beta_np[: k - r]
-        dense = np.zeros((width, k + 1))  # stages = dense @ [φ_0..φ_{k-1}, Δ_k]
-        dense[: k + 1, :k] = integral[:k].T * beta_np
+        dense[: k + 1, :k] = integral[:k].T * beta_np  # stages = dense @ [φ_0..φ_{k-1}, Δ_k]
         dense[: k + 1, k] = integral[k]
-        update = np.zeros((k + 2, k + 4))  # new φ from [φ_0..φ_k (old), Δ_k, f_{n+1}, fp], e = Δ_k + f_{n+1} - fp
+        # new φ from [φ_0..φ_k (old), Δ_k, f_{n+1}, fp], with e = Δ_k + f_{n+1} - fp = φ_k(n+1):
+        # φ_i(n+1) = Σ_{i≤j<k} β_j φ_j + e, φ_k(n+1) = e, φ_{k+1}(n+1) = e - φ_k(n).
         for i in range(k):
             update[i, i:k] = beta_np[i:]
-        update[: k + 2, k + 1 :] = (1.0, 1.0, -1.0)
+        update[:, k + 1 :] = (1.0, 1.0, -1.0)
         update[k + 1, k] = -1.0
-        as_tensor = lambda m: torch.from_numpy(m).to(dtype=dtype, device=device)  # noqa: E731
-        self.predict = as_tensor(g[:k] * beta_np)
-        self.differences = as_tensor(differences)
-        self.dense = as_tensor(dense)
-        self.update = as_tensor(update)
-        self.err = h * (g[k - 1] - g[k])
-        self.erk = h * sigma[k] * GAMMA_STAR[k]
-        self.erkm1 = h * sigma[k - 1] * GAMMA_STAR[k - 1] if k >= 2 else 0.0
-        self.erkm2 = h * sigma[k - 2] * GAMMA_STAR[k - 2] if k >= 3 else 0.0
-        self.erkp1 = h * GAMMA_STAR[k + 1]
+        moved = torch.from_numpy(buffer).to(dtype=dtype, device=device)
+        self.k, self.g = k, g
+        self.predict, self.differences = moved[: ends[0]], moved[ends[0] : ends[1]].view(rows, k)
+        self.dense, self.update = moved[ends[1] : ends[2]].view(width, k + 1), moved[ends[2] : ends[3]].view(k + 2, k + 4)
+        self.err = g[k - 1] - g[k]
+        self.erk = sigma[k] * GAMMA_STAR[k]
+        self.erkm1 = sigma[k - 1] * GAMMA_STAR[k - 1] if k >= 2 else 0.0
+        self.erkm2 = sigma[k - 2] * GAMMA_STAR[k - 2] if k >= 3 else 0.0
+        self.erkp1 = GAMMA_STAR[k + 1]
 
 
 @SOLVERS.register("adams")
@@ -145,59 +152,59 @@ class AdaptiveAdams(AbstractAdaptiveSolver):
         self.dense = np.eye(max_order + 1)
         self.inv_sqrt_n = 1.0 / math.sqrt(self.n) if self.n else 0.0
         self.orders_used: list[int] = []  # the order of every accepted step (for tests and reports)
+        self._cache: dict[tuple, StepCoefficients] = {}  # by order and past step ratios (equal steps, doublings recur)
 
     # -- per-solve state ----------------------------------------------------------------------------
 
     def _restart(self, f: torch.Tensor) -> None:
         self._phi = torch.cat([f.unsqueeze(0), f.new_zeros(2, self.n)])
         self._k, self._phase1, self._past, self._failures = 1, True, [], 0
-        self._constant: dict[int, tuple[float, StepCoefficients]] = {}
 
     def begin(self, y: torch.Tensor, f: torch.Tensor, grad: bool):
         self._restart(f)
         self._pending = None
+        self._abs_y = y.detach().abs()
         return self.attempt, self.next_slope
 
     def _coefficients(self, h: float, k: int) -> StepCoefficients:
-        past = self._past
-        if past[: k - 1].count(h) == k - 1:  # constant steps: the same coefficients for every step at this order
-            cached = self._constant.get(k)
-            if cached is not None and cached[0] == h:
-                return cached[1]
-            coefficients = StepCoefficients(h, past, k, self.max_order + 1, self.dtype, self.device)
-            self._constant[k] = (h, coefficients)
-            return coefficients
-        return StepCoefficients(h, past, k, self.max_order + 1, self.dtype, self.device)
+        key = (k, *[p / h for p in self._past[: k - 1]])
+        coefficients = self._cache.get(key)
+        if coefficients is None:
+            if len(self._cache) >= 4096:
+                self._cache.clear()
+            coefficients = self._cache[key] = StepCoefficients(key[1:], k, self.max_order + 1, self.dtype, self.device)
+        return coefficients
 
     # -- the step -----------------------------------------------------------------------------------
 
     def attempt(self, t0: float, dt: float, t1: float, h: float, y: torch.Tensor, f: torch.Tensor, grad: bool, nudge_end: bool):
         k = self._k
         c = self._coefficients(h, k)
-        phi = self._phi
+        history = self._phi[:k]
         t_end = nudge(t1, t0, self.time_dtype) if nudge_end else t1  # f just before a jump at t1
-        predicted = torch.addmv(y, phi[:k].T, c.predict, alpha=dt)
+        predicted = torch.addmv(y, history.T, c.predict, alpha=dt)
         fp = self.evaluate(t_end, predicted)
-        differences = torch.addmm(fp.expand(c.differences.shape[0], self.n), c.differences, phi[:k], alpha=-1.0)
+        differences = torch.addmm(fp.expand(c.differences.shape[0], self.n), c.differences, history, alpha=-1.0)
         delta = differences[0]
-        y1 = torch.add(predicted, delta, alpha=dt * float(c.g[k]))
+        y1 = torch.add(predicted, delta, alpha=dt * c.g[k])
         with torch.no_grad():
-            tolerance = torch.maximum(y.detach().abs(), y1.detach().abs()).mul_(self.rtol).add_(self.atol)
-            scaled = differences.detach() / tolerance
+            abs_y1 = y1.detach().abs()
+            tolerance = torch.maximum(self._abs_y, abs_y1).mul_(self.rtol).add_(self.atol)
+            scaled = torch.div(differences.detach(), tolerance)
             if self.norm is None:
-                norms = (torch.linalg.vector_norm(scaled, dim=1) * self.inv_sqrt_n).tolist()
+                norms = [value * (h * self.inv_sqrt_n) for value in torch.linalg.vector_norm(scaled, dim=1).tolist()]
             else:
-                norms = [float(self.norm(row)) for row in scaled]
+                norms = [h * float(self.norm(row)) for row in scaled]
         ratio = c.err * norms[0]
         if not math.isfinite(ratio) and not bool(torch.isfinite(y1.detach()).all()) and not bool(torch.isfinite(predicted.detach()).all()):
             raise NonFiniteState(t0)
-        stages = torch.mm(c.dense, torch.cat([phi[:k], delta.unsqueeze(0)]))
+        stages = torch.mm(c.dense, torch.cat([history, delta.unsqueeze(0)]))
         f1 = self.evaluate(t_end, y1) if ratio <= 1.0 else None
         erk = c.erk * norms[0]
         erkm1 = c.erkm1 * norms[1] if k >= 2 else math.inf
         erkm2 = c.erkm2 * norms[2] if k >= 3 else math.inf
         lower = k > self.min_order and ((k >= 3 and max(erkm1, erkm2) <= erk) or (k == 2 and erkm1 <= 0.5 * erk))
-        self._pending = (c, t_end, y1, delta, fp, f1, tolerance, erk, erkm1, lower)
+        self._pending = (c, t_end, y1, delta, fp, f1, tolerance, abs_y1, erk, erkm1, lower)
         return y1, stages, ratio, f1
 
     def step_rules(self, direction: float, end: float | None):
@@ -206,7 +213,7 @@ class AdaptiveAdams(AbstractAdaptiveSolver):
 
     def _propose(self, h: float, ratio: float, accept: bool) -> float:
         """DE/STEP's step size (and order) after an attempt: the stepper's own ``propose`` rule."""
-        c, t_end, y1, delta, fp, f1, tolerance, erk, erkm1, lower = self._pending
+        c, t_end, y1, delta, fp, f1, tolerance, abs_y1, erk, erkm1, lower = self._pending
         k = c.k
         if not accept:
             self._phase1 = False
@@ -221,9 +228,9 @@ class AdaptiveAdams(AbstractAdaptiveSolver):
         self._failures = 0
         if f1 is None:  # a step accepted whatever its error (min_step)
             f1 = self.evaluate(t_end, y1)
-            self._pending = (c, t_end, y1, delta, fp, f1, tolerance, erk, erkm1, lower)
-        phi = torch.mm(c.update, torch.cat([self._phi[: k + 1], delta.unsqueeze(0), f1.unsqueeze(0), fp.unsqueeze(0)]))
-        self._phi = phi
+            self._pending = (c, t_end, y1, delta, fp, f1, tolerance, abs_y1, erk, erkm1, lower)
+        phi = torch.mm(c.update, torch.cat([self._phi[: k + 1], torch.stack([delta, f1, fp])]))
+        self._phi, self._abs_y = phi, abs_y1
         self._past.insert(0, h)
         del self._past[MAX_ORDER + 1 :]
         self.orders_used.append(k)
@@ -238,7 +245,7 @@ class AdaptiveAdams(AbstractAdaptiveSolver):
             with torch.no_grad():
                 scaled = phi[k + 1].detach() / tolerance
                 norm = float(torch.linalg.vector_norm(scaled)) * self.inv_sqrt_n if self.norm is None else float(self.norm(scaled))
-            erkp1 = c.erkp1 * norm
+            erkp1 = c.erkp1 * h * norm
             if k == 1:
                 if erkp1 < 0.5 * erk:
                     new_k, error = 2, erkp1
