@@ -57,7 +57,7 @@ class NeuralField(torch.nn.Module):
 def test_coefficients_on_constant_steps_are_the_classical_adams_ones():
     # On equal steps the divided differences are backward differences: g_j are Adams–Bashforth's γ_j
     # (1, 1/2, 5/12, 3/8, 251/720) and the error constants are Adams–Moulton's |γ*_j|.
-    c = StepCoefficients(0.1, [0.1] * 5, 5, 13, F64, torch.device("cpu"))
+    c = StepCoefficients((1.0,) * 4, 5, 13, F64, torch.device("cpu"))
     np.testing.assert_allclose(c.g[:5], [1, 1 / 2, 5 / 12, 3 / 8, 251 / 720], rtol=1e-13)
     np.testing.assert_allclose(GAMMA_STAR[:5], [1, 1 / 2, 1 / 12, 1 / 24, 19 / 720], rtol=1e-13)
     np.testing.assert_allclose(c.predict.numpy(), c.g[:5], rtol=1e-13)  # β = 1
@@ -78,7 +78,7 @@ def test_variable_step_coefficients_integrate_the_interpolating_polynomial_exact
         table = [(table[i] - table[i + 1]) / (nodes[i] - nodes[i + j]) for i in range(k - j)]
         divided.append(table[0])
     phi = [divided[j] * math.prod(nodes[0] - nodes[i + 1] for i in range(j)) for j in range(k)]
-    c = StepCoefficients(h, past, k, 13, F64, torch.device("cpu"))
+    c = StepCoefficients(tuple(p / h for p in past), k, 13, F64, torch.device("cpu"))
     predicted = h * float(c.predict @ torch.tensor(phi, dtype=F64))
     exact = h + h**2 - h**3 + 0.125 * h**4  # ∫_0^h f
     assert predicted == pytest.approx(exact, rel=1e-13)
