@@ -211,7 +211,7 @@ def test_every_shipped_sweep_composes_as_documented() -> None:
     if not _installed("cluster"):
         return
     cluster = hydra_bridge.compose("sweep/cluster", [], with_hydra=True)  # the tolerance study, a SLURM job per solver
-    assert cluster.task == "sweep_tol" and cluster.hydra.sweeper.params.solvers.count("],[") == 5
+    assert cluster.task == "sweep_tol" and cluster.hydra.sweeper.params.solvers.count("],[") == 6
     assert cluster.hydra.launcher._target_.endswith("SlurmLauncher") and cluster.hydra.launcher.timeout_min > 0
 
 
