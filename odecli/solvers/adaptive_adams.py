@@ -170,7 +170,7 @@ class AdaptiveAdams(AbstractAdaptiveSolver):
         key = (k, *[p / h for p in self._past[: k - 1]])
         coefficients = self._cache.get(key)
         if coefficients is None:
-            if len(self._cache) >= 4096:
+            if len(self._cache) >= 512:
                 self._cache.clear()
             coefficients = self._cache[key] = StepCoefficients(key[1:], k, self.max_order + 1, self.dtype, self.device)
         return coefficients
