@@ -11,7 +11,8 @@ again (PECE, two evaluations per step). With ``φ_j`` the modified divided diffe
     y_{n+1} = p + h g_k Δ_k                         (correct), then f_{n+1} = f(t_{n+1}, y_{n+1})
 
 where ``g_j = ∫_0^1 b_j(θ) dθ`` with ``b_j(θ) = Π_{i<j} (1 - a_i + a_i θ)``, ``a_i = h/ψ_i``, and ``β_j`` the
-ratios of ``ψ`` between two steps (all 1 on constant steps, when the coefficients are cached per order).
+ratios of ``ψ`` between two steps (all 1 on constant steps). They depend only on the ratios of the last steps
+to ``h`` and are cached by them: equal steps and doublings recur.
 
 **Error and order.** DE/STEP's estimates in the mixed norm of the other adaptive methods
 (``atol + rtol·max(|y_n|, |y_{n+1}|)``, RMS or the ``norm`` option): the step's local error
