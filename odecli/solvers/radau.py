@@ -39,7 +39,14 @@ import numpy as np
 import torch
 
 from odecli.registry import SOLVERS
-from odecli.solvers.adaptive_implicit import AbstractAdaptiveImplicit, IterationMatrix, NewtonFailed, ShiftedLU
+from odecli.solvers.adaptive_implicit import (
+    SMALL_SYSTEM,
+    AbstractAdaptiveImplicit,
+    InverseMatrix,
+    IterationMatrix,
+    NewtonFailed,
+    ShiftedLU,
+)
 from odecli.solvers.errors import InvalidInputError
 from odecli.solvers.tableau import RADAU_IIA_5, ButcherTableau
 
@@ -115,15 +122,31 @@ def _constants(dtype: torch.dtype, device: torch.device):
 
 
 class _CollocationMatrix(IterationMatrix):
-    """``P = I - h (A ⊗ J)`` applied through A's eigenbasis: one real and one complex LU."""
+    """``P = I - h (A ⊗ J)``: through A's eigenbasis (one real and one complex LU), or, for a small dense
+    ``J`` (``3n ≤ SMALL_SYSTEM``), as the explicit inverse of the ``3n × 3n`` matrix itself (one ``mv`` per solve).
 
-    def __init__(self, jac: torch.Tensor, h: float, transforms):
+    ``real`` is the factorisation of ``I - hγ₀J`` either way (the error estimate's filter).
+    """
+
+    def __init__(self, jac: torch.Tensor, h: float, transforms, explicit: bool | None = None):
+        blocks, d, _ = jac.shape
+        if explicit is None:
+            explicit = blocks == 1 and 3 * d <= SMALL_SYSTEM
         self.real = ShiftedLU(jac, h * GAMMA0)
-        self.complex = ShiftedLU(jac, h * PAIR)
         self.transforms = transforms
+        if explicit:
+            full_j = jac[0] if blocks == 1 else torch.block_diag(*jac)
+            a = _constants(jac.dtype, jac.device)[0]
+            eye = torch.eye(3 * full_j.shape[0], dtype=jac.dtype, device=jac.device)
+            self.explicit = InverseMatrix(eye.sub_(torch.kron(a, full_j), alpha=h).unsqueeze(0))
+        else:
+            self.explicit = None
+            self.complex = ShiftedLU(jac, h * PAIR)
 
     def solve(self, rhs: torch.Tensor, transpose: bool = False) -> torch.Tensor:
         """``P⁻¹ rhs`` or ``P⁻ᵀ rhs`` for ``rhs`` of shape ``[3, n]``."""
+        if self.explicit is not None:
+            return self.explicit.solve(rhs, transpose)
         into, out_of = self.transforms[transpose]
         w = into @ rhs
         w0 = self.real.solve(w[0], transpose)
@@ -152,47 +175,52 @@ class Radau5(AbstractAdaptiveImplicit):
         super().__init__(func, y0, rtol, atol, **options)
         self.a, self.error_weights, self.transforms = _constants(self.dtype, self.device)
         self.dense = DENSE
+        self.dense_rows = DENSE.tolist()
         self.nodes = NODES.tolist()
+        self.zero = torch.zeros(3, self.n, dtype=self.dtype, device=self.device)  # never written to
         self._last_step = None  # (t0, h, y0, Z) of the last solved step: the next Newton start
 
     def _factorise(self, jac: torch.Tensor, h: float) -> _CollocationMatrix:
         return _CollocationMatrix(jac, h, self.transforms)
 
     def _extrapolated_guess(self, t0: float, h: float, y0: torch.Tensor) -> torch.Tensor | None:
-        """``Z`` at the new nodes from the last step's collocation polynomial."""
+        """``Z`` at the new nodes from the last step's collocation polynomial (Python floats, then one ``addmm``)."""
         if self._last_step is None:
             return None
         t_last, h_last, y_last, z_last = self._last_step
-        thetas = np.array([(t0 + c * h - t_last) / h_last for c in self.nodes])
-        weights = np.stack([thetas**p for p in (1, 2, 3)], axis=1) @ DENSE.T  # [node, stage]
-        guess = y_last - y0 + torch.from_numpy(weights).to(dtype=self.dtype, device=self.device) @ z_last
-        return guess if bool(torch.isfinite(guess).all()) else None
+        weights = []  # [node, stage]: ℓ_stage(θ_node) without its constant term
+        for c in self.nodes:
+            theta = (t0 + c * h - t_last) / h_last
+            powers = (theta, theta * theta, theta * theta * theta)
+            weights.append([row[0] * powers[0] + row[1] * powers[1] + row[2] * powers[2] for row in self.dense_rows])
+        return torch.addmm(y_last - y0, torch.tensor(weights, dtype=self.dtype, device=self.device), z_last)
 
     def _step(self, t0: float, h: float, y0: torch.Tensor, f0: torch.Tensor, matrix: _CollocationMatrix, grad: bool):
         y0_d = y0.detach()
         scale = self.atol + self.newton_rtol * y0_d.abs()
         times = [self.time(t0 + c * h if c != 1.0 else t0 + h) for c in self.nodes]
-        a_h = self.a * h
+        func, a = self.func, self.a
 
         def stage_slopes(z: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
             self.nfe += 3
-            return torch.stack([self.func(times[i], base + z[i]) for i in range(3)])
+            p0, p1, p2 = (base + z).unbind(0)
+            return torch.stack([func(times[0], p0), func(times[1], p1), func(times[2], p2)])
 
         def residual(z: torch.Tensor) -> torch.Tensor:
-            return z - a_h @ stage_slopes(z, y0_d)
+            return torch.addmm(z, a, stage_slopes(z, y0_d), alpha=-h)  # Z - h A F(Z)
 
-        zero = torch.zeros(3, self.n, dtype=self.dtype, device=self.device)
         guess = self._extrapolated_guess(t0, h, y0_d)
         with torch.no_grad():
             try:
-                z_star, theta = self._newton(residual, zero if guess is None else guess, matrix, scale)
+                z_star, theta = self._newton(residual, self.zero if guess is None else guess, matrix, scale)
             except NewtonFailed:
                 if guess is None:
                     raise
                 self._eta = 1.0
-                z_star, theta = self._newton(residual, zero, matrix, scale)
+                z_star, theta = self._newton(residual, self.zero, matrix, scale)
         self._last_step = (t0, h, y0_d, z_star)
         if grad:
+            a_h = a * h
             slopes = stage_slopes(z_star, y0)
             z = self._attach(z_star, a_h @ slopes, lambda z: a_h @ stage_slopes(z, y0_d), matrix)
             f1 = slopes[-1].detach()
@@ -201,13 +229,14 @@ class Radau5(AbstractAdaptiveImplicit):
         y1 = y0 + z[-1]
         with torch.no_grad():
             if not grad:
-                f1 = self.evaluate(t0 + h, y1)
-            weighted_z = self.error_weights @ z_star
-            raw = weighted_z + (GAMMA0 * h) * f0.detach()
+                self.nfe += 1
+                f1 = func(times[2], y1)
+            # ŷ1 - y1 = γ₀h f0 + Σ e_i Z_i, filtered by (I - hγ₀J)⁻¹
+            raw = torch.addmv(f0.detach(), z_star.T, self.error_weights, beta=GAMMA0 * h)
             error = matrix.real.solve(raw)
             ratio = self._error_ratio(error.clone(), y0_d, y1)
             if ratio > 1.0 and self.previous_rejected:
                 # Stiff components can inflate the first estimate; one refinement (Hairer's RADAU5).
-                refined = weighted_z + (GAMMA0 * h) * self.evaluate(t0, y0_d + error)
+                refined = torch.addmv(self.evaluate(t0, y0_d + error), z_star.T, self.error_weights, beta=GAMMA0 * h)
                 ratio = self._error_ratio(matrix.real.solve(refined), y0_d, y1)
         return y1, z / h, ratio, theta, f1

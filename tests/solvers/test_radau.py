@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from odecli import odeint
-from odecli.solvers import radau
+from odecli.solvers import adaptive_implicit, radau
 from tests.solvers.test_stiff import _trees, van_der_pol
 
 solve_ivp = pytest.importorskip("scipy.integrate").solve_ivp
@@ -71,18 +71,42 @@ def test_dense_output_passes_through_the_stages():
 
 @pytest.mark.parametrize("blocks", [1, 3])
 @pytest.mark.parametrize("transpose", [False, True])
-def test_eigenbasis_solve_equals_the_dense_3n_system(blocks, transpose):
+@pytest.mark.parametrize("explicit", [False, True], ids=["eigenbasis", "explicit_inverse"])
+def test_eigenbasis_solve_equals_the_dense_3n_system(blocks, transpose, explicit):
+    """Both ways of applying P⁻¹ (the eigenbasis LUs; the small-system inverse of the 3n × 3n matrix) solve P."""
     gen = torch.Generator().manual_seed(0)
     d, h = 2, 0.7
     jac = torch.randn(blocks, d, d, generator=gen, dtype=F64) * 3
     _, _, transforms = radau._constants(F64, torch.device("cpu"))
-    matrix = radau._CollocationMatrix(jac, h, transforms)
+    matrix = radau._CollocationMatrix(jac, h, transforms, explicit=explicit)
+    assert (matrix.explicit is not None) == explicit
     rhs = torch.randn(3, blocks * d, generator=gen, dtype=F64)
     full_j = torch.block_diag(*jac)
     dense = torch.eye(3 * blocks * d, dtype=F64) - h * torch.kron(torch.tensor(radau.A, dtype=F64), full_j)
     dense = dense.T if transpose else dense
     expected = torch.linalg.solve(dense, rhs.reshape(-1)).view(3, -1)
     torch.testing.assert_close(matrix.solve(rhs, transpose=transpose), expected, rtol=1e-12, atol=1e-12)
+    # The error estimate's filter (I - hγ₀J)⁻¹, either way.
+    filtered = torch.linalg.solve(torch.eye(blocks * d, dtype=F64) - h * radau.GAMMA0 * full_j, rhs[0])
+    torch.testing.assert_close(matrix.real.solve(rhs[0]), filtered, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("d", [3, adaptive_implicit.SMALL_SYSTEM + 2], ids=["inverse", "lu"])
+@pytest.mark.parametrize("shift", [0.3, 0.2 + 0.5j], ids=["real", "complex"])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_shifted_factorisation_solves_with_an_inverse_or_an_lu(d, shift, transpose):
+    """``ShiftedLU`` holds a small block's explicit inverse and factorises a large one: both solve I - sJ (or its plain transpose)."""
+    gen = torch.Generator().manual_seed(1)
+    blocks = 2
+    jac = torch.randn(blocks, d, d, generator=gen, dtype=F64)
+    matrix = adaptive_implicit.ShiftedLU(jac, shift)
+    assert (matrix.inverse is not None) == (d <= adaptive_implicit.SMALL_SYSTEM)
+    rhs = torch.randn(blocks * d, generator=gen, dtype=F64)
+    shifted = torch.eye(d, dtype=torch.complex128) - shift * jac.to(torch.complex128)
+    shifted = shifted.mT if transpose else shifted
+    expected = torch.linalg.solve(shifted, rhs.to(torch.complex128).view(blocks, d, 1)).reshape(-1)
+    got = matrix.solve(rhs, transpose=transpose)
+    torch.testing.assert_close(got.to(torch.complex128), expected if isinstance(shift, complex) else expected.real.to(torch.complex128), rtol=1e-10, atol=1e-10)
 
 
 def test_global_error_within_tolerance_through_the_van_der_pol_fold():
