@@ -3,10 +3,10 @@
 A method subclasses ``AbstractAdaptiveImplicit`` and supplies one step (``_step``) and the
 factorisation of its iteration matrix (``_factorise``); this module gives it the rest:
 
-**Jacobian.** ``J = ∂f/∂y`` at the start of a step, by autograd (one VJP per row; batched by vmap
+**Jacobian.** ``J = ∂f/∂y`` at the start of a step: ``func.jacobian_matrix(t, y)`` when ``func`` supplies
+it (``odeint_adjoint``'s augmented system does), else by autograd (one VJP per row; batched by vmap
 above 32 rows) or by forward differences (``options={'jacobian': 'finite_difference'}``; chosen
-automatically when ``func``'s output is not connected to ``y`` in the autograd graph, as in
-``odeint_adjoint``'s augmented system). J is kept for later steps and recomputed only after a Newton
+automatically when ``func``'s output is not connected to ``y`` in the autograd graph). J is kept for later steps and recomputed only after a Newton
 failure with it or when its last solve contracted slowly (``max θ > 0.05``). The iteration matrix is
 refactorised only when J or h changes; after an accepted step h is left as it is when the controller
 would raise it by less than 20%, so the factorisation is reused as well. ``options={'jacobian_blocks': B}``
@@ -36,7 +36,7 @@ the implicit function theorem as ``Y = Y* + (Φ(Y*) - Φ(Y*).detach())`` (its va
 gradient g to ``(I - ∂Φ/∂Y(Y*))⁻ᵀ g``, solved by an iteration preconditioned with the step's
 factorisation (one VJP of Φ per iteration; a dense solve if it stalls). This is the exact derivative
 of the solved stage equations. ``odeint_adjoint`` integrates the adjoint system with these solvers
-like any other (its Jacobian by finite differences, see above) — but the adjoint re-solves ``y``
+like any other (its Jacobian from the blocks J, -Jᵀ, -(∂f/∂θ)ᵀ, see ``adjoint.py``) — but the adjoint re-solves ``y``
 backwards in time, where a stiff decaying mode grows like ``exp(|λ| t)`` and forces tiny steps on any
 solver: for stiff problems prefer direct backprop.
 """

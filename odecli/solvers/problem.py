@@ -196,6 +196,16 @@ def forward_func_attributes(wrapper: FlatStateFunc, func, reverse: bool) -> None
     """Give ``wrapper`` what solvers read from ``func`` besides calling it: step callbacks and the Jacobian hint."""
     if getattr(func, "jacobian_columns", None) is not None and not wrapper.layout.is_tuple:
         wrapper.jacobian_columns = func.jacobian_columns
+    jacobian_matrix = getattr(func, "jacobian_matrix", None)
+    if jacobian_matrix is not None and not wrapper.layout.is_tuple:
+        layout = wrapper.layout
+
+        def flat_jacobian(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            """∂f/∂y on the flat state; with reversed time f becomes -f(-t, y), and so does its Jacobian."""
+            jac = jacobian_matrix(-t if reverse else t, layout.unflatten(y)).reshape(y.numel(), y.numel())
+            return -jac if reverse else jac
+
+        wrapper.jacobian_matrix = flat_jacobian
     for name in CALLBACK_NAMES:
         callback = getattr(func, name, None)
         if callback is None:

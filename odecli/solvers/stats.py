@@ -121,7 +121,7 @@ def count_direct_backward(func: Callable[[torch.Tensor, torch.Tensor], torch.Ten
             out.register_hook(_count_one_backward_evaluation)
         return out
 
-    for name in (*CALLBACK_NAMES, *ADJOINT_CALLBACK_NAMES):
+    for name in (*CALLBACK_NAMES, *ADJOINT_CALLBACK_NAMES, "jacobian_columns", "jacobian_matrix"):  # callbacks and Jacobian hints
         if hasattr(func, name):
             setattr(counted, name, getattr(func, name))
     return counted

@@ -16,6 +16,7 @@ from odecli.registry import SOLVERS, load_builtins
 from odecli.solvers.adaptive_implicit import AbstractAdaptiveImplicit
 from odecli.solvers.errors import InvalidInputError, MaxStepsExceeded, NewtonDidNotConverge, StepSizeTooSmall
 from odecli.solvers.esdirk import AbstractESDIRK
+from odecli.solvers.jacobian import Jacobian
 from tests.solvers.test_gradcheck import _field, _inputs
 
 solve_ivp = pytest.importorskip("scipy.integrate").solve_ivp
@@ -345,6 +346,71 @@ def test_adjoint_matches_direct_backprop_on_a_module(name):
         results.append(torch.autograd.grad(y.sum(), (y0, *field.parameters())))
     for adjoint, direct in zip(results[1], results[0], strict=True):
         torch.testing.assert_close(adjoint, direct, rtol=1e-6, atol=1e-8)
+
+
+class _MildlyStiff(torch.nn.Module):
+    """Rates 1 and 20 with a nonlinear coupling and a time dependence: every block of the augmented Jacobian is nonzero."""
+
+    def __init__(self):
+        super().__init__()
+        self.rates = torch.nn.Parameter(torch.tensor([1.0, 20.0], dtype=F64))
+        self.coupling = torch.nn.Parameter(torch.tensor(0.5, dtype=F64))
+
+    def forward(self, t, y):
+        return -self.rates * y + self.coupling * torch.sin(y.flip(0)) * torch.cos(t)
+
+
+def _no_differences(self, t, y):
+    raise AssertionError("an implicit adjoint solve took its Jacobian by finite differences")
+
+
+@pytest.mark.parametrize("name", STIFF)
+def test_adjoint_of_an_implicit_method_takes_no_finite_difference_jacobian(name, monkeypatch):
+    """The backward solve's Newton gets the augmented Jacobian from its blocks (``augmented_dynamics.jacobian_matrix``):
+    ``Jacobian._differences`` is never called, and the gradients (y0, t, parameters) are direct backprop's."""
+    field = _MildlyStiff()
+    y0 = torch.tensor([1.0, 1.0], dtype=F64, requires_grad=True)
+    weights = torch.tensor([[0.0, 0.0], [1.0, -2.0], [0.5, 3.0]], dtype=F64)
+    results = []
+    for solve in (odeint, odeint_adjoint):
+        if solve is odeint_adjoint:
+            monkeypatch.setattr(Jacobian, "_differences", _no_differences)
+        t = torch.tensor([0.0, 0.25, 0.5], dtype=F64, requires_grad=True)
+        y = solve(field, y0, t, method=name, rtol=1e-6, atol=1e-7)
+        results.append(torch.autograd.grad((y * weights).sum(), (y0, t, *field.parameters())))
+    for adjoint, direct in zip(results[1], results[0], strict=True):  # both within the solve's tolerance of the truth
+        torch.testing.assert_close(adjoint, direct, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["increasing_t", "decreasing_t"])
+def test_augmented_jacobian_blocks_equal_finite_differences_but_the_second_derivative_block(reverse, monkeypatch):
+    """Every Jacobian the backward solve uses equals the finite-difference Jacobian of the augmented system (as the
+    solver sees it: reversed time included), except the second-derivative block ∂(adjoint rates)/∂y, which is zero."""
+    taken = []
+    real_call = Jacobian.__call__
+
+    def spy(self, t, y):
+        jac, evaluations = real_call(self, t, y)
+        taken.append((self.kind, jac[0], self._differences(t, y)[0][0]))
+        return jac, evaluations
+
+    monkeypatch.setattr(Jacobian, "__call__", spy)
+    field = _MildlyStiff()
+    t = torch.tensor([0.0, 0.2], dtype=F64, requires_grad=True)  # short: backwards in time, y grows like exp(20 t)
+    t = t.flip(0) if reverse else t
+    y0 = torch.tensor([1.0, -0.5], dtype=F64, requires_grad=True)
+    y = odeint_adjoint(field, y0, t, method="kvaerno5", rtol=1e-7, atol=1e-9)
+    taken.clear()  # the forward solve's Jacobians are of f itself
+    y[-1].sum().backward()
+    assert taken and {kind for kind, _, _ in taken} == {"provided"}
+    n = 2
+    second_derivative = (slice(1 + n, None), slice(1, 1 + n))  # rows: a, a_θ (and below); columns: y
+    for _, blocks, differences in taken:
+        assert blocks[second_derivative].abs().max() == 0
+        differences[second_derivative] = 0
+        differences[0, 1 : 1 + n] = 0  # ∂(a_t rate)/∂y: second derivative too
+        torch.testing.assert_close(blocks, differences, rtol=1e-5, atol=1e-6)
+        assert blocks[1 : 1 + n, 1 : 1 + n].abs().max() > 1  # J is there, not zeros
 
 
 @pytest.mark.parametrize("name", ["kvaerno5", "radau5"])
