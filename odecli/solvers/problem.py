@@ -163,12 +163,15 @@ class FlatStateFunc:
     def __init__(self, func: Callable, layout: StateLayout, reverse: bool):
         self.func, self.layout, self.reverse = func, layout, reverse
         self.checked = False
+        # A 1-D tensor state is its own flat form: no reshape in or out (two dispatches per evaluation).
+        self.one_dim = not layout.is_tuple and len(layout.shapes[0]) == 1
 
     def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = self.func(-t if self.reverse else t, self.layout.unflatten(y))
+        one_dim = self.one_dim and y.ndim == 1
+        out = self.func(-t if self.reverse else t, y if one_dim else self.layout.unflatten(y))
         if not self.checked:
             self._check(out, y)
-        flat = self.layout.flatten(out)
+        flat = out if one_dim and out.ndim == 1 else self.layout.flatten(out)
         if flat.dtype != y.dtype:  # an accepted other dtype (base.output_dtype_accepted): the state's, as torchdiffeq
             flat = flat.to(y.dtype)
         return -flat if self.reverse else flat
