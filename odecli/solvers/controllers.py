@@ -78,6 +78,19 @@ def rms_norm(tensor: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(tensor) / math.sqrt(tensor.numel())
 
 
+def error_ratio(error: torch.Tensor, abs_y0: torch.Tensor, abs_y1: torch.Tensor, rtol, atol, h, norm: Norm | None = None) -> torch.Tensor:
+    """A step's error ratio as a 0-d tensor: ``norm(h·error / (atol + rtol·max(|y0|, |y1|)))``, the RMS when ``norm`` is None.
+
+    ``error`` is the embedded error per unit step (``Σ b_error_i k_i``), written over; ``h`` a float or a 0-d tensor.
+    """
+    tolerance = torch.maximum(abs_y0, abs_y1)
+    tolerance = tolerance * rtol + atol
+    error = error / tolerance
+    if norm is None:
+        return h * torch.linalg.vector_norm(error) * (1.0 / math.sqrt(error.numel()) if error.numel() else 0.0)
+    return norm(error * h)
+
+
 def mixed_rms_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """The largest RMS over several tensors (torchdiffeq's default norm for a tuple state); 0 for none."""
     return torch.stack([rms_norm(t) for t in tensors]).max() if tensors else torch.zeros(())

@@ -103,3 +103,7 @@ class NewtonDidNotConverge(SolverError):
 
 class MissingDependency(InvalidInputError, ImportError):
     """A method needs an optional package that is not installed."""
+
+
+class CompileFallback(UserWarning):
+    """``options={'compile': True}``: the step could not be compiled with this ``func`` (it runs eagerly; warned once per ``func``)."""

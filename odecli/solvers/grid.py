@@ -30,11 +30,12 @@ def nudge(t: float, toward: float, dtype: torch.dtype) -> float:
 
 def nudge_time(t: float | torch.Tensor, toward: float | torch.Tensor, dtype: torch.dtype) -> float | torch.Tensor:
     """``nudge`` for a float time, or for a tensor time that keeps its gradient (the ulp added is a constant)."""
-    toward = float(toward.detach()) if isinstance(toward, torch.Tensor) else toward
     if isinstance(t, torch.Tensor):
-        value = float(t.detach())
-        return t + (nudge(value, toward, dtype) - value)
-    return nudge(t, toward, dtype)
+        # In tensors, without reading the time on the host: a compiled step (``compiled.py``) traces this.
+        value = t.detach().to(dtype)
+        target = toward.detach().to(dtype) if isinstance(toward, torch.Tensor) else torch.tensor(toward, dtype=dtype, device=t.device)
+        return t + (torch.nextafter(value, target) - value).to(t.dtype)
+    return nudge(t, float(toward.detach()) if isinstance(toward, torch.Tensor) else toward, dtype)
 
 
 def count_grid_steps(t: torch.Tensor, step_size: float) -> tuple[int, int, int]:

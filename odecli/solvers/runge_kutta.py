@@ -30,6 +30,8 @@ import torch
 from odecli.registry import SOLVERS
 from odecli.solvers.adaptive import AbstractAdaptiveSolver
 from odecli.solvers.base import AbstractSolver, output_dtype_accepted
+from odecli.solvers.compiled import COMPILE_OPTIONS, check_compile_options, compiled_step
+from odecli.solvers.controllers import error_ratio
 from odecli.solvers.errors import (
     FuncOutputMismatch,
     NonFiniteState,
@@ -137,6 +139,12 @@ class AbstractRungeKutta(AbstractSolver):
         its θ-rescaled step) instead of computed from ``t0``, ``dt`` and ``c``; ``stage_scale``: a factor
         every stage derivative is multiplied by as it is stored (that step's per-sample ``dt``).
         """
+        result = self.stage_values(t0, dt, t1, y, k1, nudge_end, stage_times, stage_scale)
+        self.nfe += self.tableau.stages - 1
+        return result
+
+    def stage_values(self, t0, dt, t1, y: torch.Tensor, k1: torch.Tensor, nudge_end: bool = False, stage_times=None, stage_scale=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``stages`` without counting the evaluations: a function of its arguments only, so ``torch.compile`` can trace it."""
         tab, a_rows, c, dtype = self.tableau, self.coefficients.a_rows, self.tableau.c, self.time_dtype
         ks, yi = [k1], y
         for i in range(1, tab.stages):
@@ -147,7 +155,6 @@ class AbstractRungeKutta(AbstractSolver):
             yi = combine(y, torch.stack(ks), a_rows[i], dt)
             ki = self.func(ti, yi.view(self.shape))
             ks.append((ki if stage_scale is None else ki * stage_scale).reshape(self.n))
-        self.nfe += tab.stages - 1
         return yi, torch.stack(ks)
 
     def stages_in_place(self, t0: float, dt: float, t1: float, y: torch.Tensor, buffers, nudge_end: bool, stage_times=None, stage_scale=None):
@@ -215,9 +222,52 @@ class AbstractAdaptiveRungeKutta(AbstractAdaptiveSolver, AbstractRungeKutta):
     differentiates_output_times: ClassVar[bool] = True
     reuses_stage_buffer: ClassVar[bool] = True
 
-    def __init__(self, func, y0: torch.Tensor, rtol, atol, **options: Any):
+    options: ClassVar[frozenset[str]] = AbstractAdaptiveSolver.options | COMPILE_OPTIONS
+
+    def __init__(self, func, y0: torch.Tensor, rtol, atol, compile: bool = False, compile_backend=None, **options: Any):
+        self.compile, self.compile_backend = check_compile_options(compile, compile_backend)
         super().__init__(func, y0, rtol, atol, **options)
         self.dense = self.coefficients.dense
+
+    def attempt_values(self, times: torch.Tensor, y: torch.Tensor, f: torch.Tensor, abs_y: torch.Tensor, rtol, atol, nudge_end: bool):
+        """One attempted step as a function of tensors only (what ``options={'compile': True}`` compiles; see ``compiled.py``).
+
+        ``times`` holds ``(t0, dt, t1, h)``; ``rtol``/``atol`` are tensors. Returns ``(y1, stages, error ratio (0-d), |y1|)``;
+        evaluations are not counted here.
+        """
+        t0, dt, t1, h = times.unbind()
+        y_last, stages = self.stage_values(t0, dt, t1, y, f, nudge_end)
+        y1 = y_last if self.fsal else combine(y, stages, self.coefficients.b, dt)
+        with torch.no_grad():
+            abs_y1 = y1.detach().abs()
+            ratio = error_ratio(torch.mv(stages.detach().T, self.coefficients.b_error), abs_y, abs_y1, rtol, atol, h.to(abs_y1.dtype), self.norm)
+        return y1, stages, ratio, abs_y1
+
+    def compiled_begin(self, y: torch.Tensor, f: torch.Tensor):
+        """This solve's ``(attempt, next_slope)`` through the compiled ``attempt_values`` (``options={'compile': True}``)."""
+        step = compiled_step(AbstractAdaptiveRungeKutta.attempt_values, self.compile_backend)
+        real = y.real.dtype
+        rtol, atol = (torch.as_tensor(tol, dtype=real, device=self.device) for tol in (self.rtol, self.atol))
+        field, time_dtype, device, evaluations = self.func, self.time_dtype, self.device, self.tableau.stages - 1
+        carries, evaluate_next = self.tableau.carries_last_stage, super().next_slope
+        abs_y = abs_y1 = y.detach().abs()
+
+        def attempt(t0: float, dt: float, t1: float, h: float, y: torch.Tensor, f: torch.Tensor, grad: bool, nudge_end: bool):
+            nonlocal abs_y1
+            times = torch.tensor((t0, dt, t1, h), dtype=time_dtype, device=device)
+            y1, stages, ratio, abs_y1 = step(field, self, times, y, f, abs_y, rtol, atol, nudge_end)
+            self.nfe += evaluations
+            ratio = ratio.item()
+            if not math.isfinite(ratio) and not (bool(torch.isfinite(y1).all()) and bool(torch.isfinite(stages).all())):
+                raise NonFiniteState(t0)
+            return y1, stages, ratio, None
+
+        def next_slope(t1: float, y1: torch.Tensor, stages: torch.Tensor, f1, jumped: bool, direction: float) -> torch.Tensor:
+            nonlocal abs_y
+            abs_y = abs_y1
+            return evaluate_next(t1, y1, stages, f1, jumped, direction) if jumped or not carries else stages[-1]
+
+        return attempt, next_slope
 
     def integrate(self, t: torch.Tensor) -> torch.Tensor:
         return self._restartable(AbstractAdaptiveSolver.integrate, t)
@@ -234,6 +284,8 @@ class AbstractAdaptiveRungeKutta(AbstractAdaptiveSolver, AbstractRungeKutta):
         They hold the error estimate's constants, the fast path's stage buffer (``f`` as its first stage) and
         ``|y|`` of the step's start, so that a step costs no attribute lookups and no tensor indexing.
         """
+        if self.compile and compiled_step(AbstractAdaptiveRungeKutta.attempt_values, self.compile_backend).traceable(self.func):
+            return self.compiled_begin(y, f)
         rtol, atol, norm, n = self.rtol, self.atol, self.norm, self.n
         fast_norm = norm is None
         inv_sqrt_n = 1.0 / math.sqrt(n) if n else 0.0
@@ -271,12 +323,8 @@ class AbstractAdaptiveRungeKutta(AbstractAdaptiveSolver, AbstractRungeKutta):
                     ratio = (torch.linalg.vector_norm(error).item() if fast_norm else float(norm(error))) * (h * norm_scale)
             else:
                 with torch.no_grad():
-                    error = torch.mv(stages.detach().T, b_error)
                     abs_y1 = y1.detach().abs()
-                    tolerance = torch.maximum(abs_y, abs_y1)
-                    tolerance.mul_(rtol).add_(atol)
-                    error.div_(tolerance)
-                    ratio = h * torch.linalg.vector_norm(error).item() * inv_sqrt_n if fast_norm else float(norm(error.mul_(h)))
+                    ratio = float(error_ratio(torch.mv(stages.detach().T, b_error), abs_y, abs_y1, rtol, atol, h, norm))
             if not math.isfinite(ratio) and not (bool(torch.isfinite(y1).all()) and bool(torch.isfinite(stages).all())):
                 raise NonFiniteState(t0)
             return y1, stages, ratio, None
