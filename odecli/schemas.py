@@ -134,6 +134,11 @@ class SolverConfig:
     adjoint_rtol: float = doc("relative tolerance of the adjoint's backward solve (default: rtol)")
     adjoint_atol: float = doc("absolute tolerance of the adjoint's backward solve (default: atol)")
     adjoint_seminorm: bool = doc("Kidger et al. 2021: leave the parameter gradients out of the backward error norm (fewer evaluations)")
+    compile: bool = doc(
+        "compile each attempted step (stages with the model inside, error norm) with torch.compile: adaptive explicit "
+        "Runge-Kutta methods, batch_mode=joint; pays after many solves of one shape (docs/solvers.md); a model it cannot "
+        "trace runs eagerly after one warning; solver.options.compile_backend picks the backend (inductor)"
+    )
     options: dict[str, Any] = doc("passed to odeint as options= (first_step, max_step, controller, ...): a method's own settings go here")
 
     def __post_init__(self) -> None:
@@ -149,6 +154,8 @@ class SolverConfig:
             )
         integer(self, "checkpoints", 1, 16, optional=True, requirement="a positive integer or null (store every step)")
         one_of(self, "batch_mode", BATCH_MODES, requirement="joint or independent")
+        if self.compile and self.batch_mode == "independent":
+            raise InvalidSetting("{at}compile=true works with batch_mode=joint only; set {at}batch_mode=joint or {at}compile=false.")
         if self.batch_mode == "independent" and self.adjoint is not False:
             raise InvalidSetting(
                 "{at}batch_mode=independent works with direct backprop only; set {at}adjoint=false (got {value!r}).", value=self.adjoint

@@ -97,7 +97,7 @@ def check_shared_settings(cfg: DictConfig, solver: DictConfig | Mapping[str, Any
 
 # What a solver given as a plain mapping (Python code, not a composed config) may leave out: the solvers' own defaults.
 PLAIN_SOLVER_DEFAULTS: dict[str, Any] = {"step_size": None, "max_num_steps": DEFAULT_MAX_NUM_STEPS, "adjoint": False, "checkpoints": None,
-                                         "batch_mode": "joint", "adjoint_seminorm": False, "options": {}}  # fmt: skip
+                                         "batch_mode": "joint", "adjoint_seminorm": False, "compile": False, "options": {}}  # fmt: skip
 
 
 def solver_settings(solver: DictConfig | Mapping[str, Any]) -> SolverConfig:
@@ -121,6 +121,8 @@ def make_solve(solver: DictConfig | Mapping[str, Any]) -> Solve:
     options = dict(settings.options)
     if settings.step_size is not None:
         options["step_size"] = float(settings.step_size)
+    if settings.compile:
+        options["compile"] = True
     independent = settings.batch_mode == "independent"
     if independent:
         options["batch_mode"] = "independent"
