@@ -11,7 +11,7 @@ runs eagerly, as without the option, after one ``CompileFallback`` warning for t
 eager step raises too (``func`` itself failing) is raised as it is, without the warning.
 
 ``compile_backend`` chooses ``torch.compile``'s backend: ``'inductor'`` (the default: generated C++/Triton
-code; its first compile takes tens of seconds), or ``'eager'``/``'aot_eager'`` (tracing only: what the fast
+code behind inductor's C++ wrapper; its first compile takes tens of seconds), or ``'eager'``/``'aot_eager'`` (tracing only: what the fast
 tests use), or any name ``torch._dynamo.list_backends()`` offers, or a backend callable.
 """
 
@@ -51,7 +51,10 @@ class CompiledStep:
 
     def __init__(self, function: Callable, backend: str | Callable):
         self.function = function
-        self.compiled = torch.compile(function, backend=backend, fullgraph=True)
+        # Inductor's C++ wrapper calls the step's kernels without a Python call each: at the spiral's size the
+        # Python wrapper costs about as much as the kernels (benchmarks/compile.md).
+        options = {"cpp_wrapper": True} if backend == "inductor" else None
+        self.compiled = torch.compile(function, backend=backend, fullgraph=True, options=options)
         # The fields that could not be compiled (weakly: a field's lifetime is its owner's).
         self.eager_fields: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 

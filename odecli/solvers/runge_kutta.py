@@ -227,6 +227,12 @@ class AbstractAdaptiveRungeKutta(AbstractAdaptiveSolver, AbstractRungeKutta):
     def __init__(self, func, y0: torch.Tensor, rtol, atol, compile: bool = False, compile_backend=None, **options: Any):
         self.compile, self.compile_backend = check_compile_options(compile, compile_backend)
         super().__init__(func, y0, rtol, atol, **options)
+        # Compiled unless this func already failed to compile (then the eager path from the start, and one warning in all).
+        self.compiled_step = compiled_step(AbstractAdaptiveRungeKutta.attempt_values, self.compile_backend) if self.compile else None
+        if self.compiled_step is not None and not self.compiled_step.traceable(func):
+            self.compiled_step = None
+        if self.compiled_step is not None:
+            self.reuses_stage_buffer = False  # the compiled step returns new stages every attempt: dense outputs need no copy
         self.dense = self.coefficients.dense
 
     def attempt_values(self, times: torch.Tensor, y: torch.Tensor, f: torch.Tensor, abs_y: torch.Tensor, rtol, atol, nudge_end: bool):
@@ -245,9 +251,9 @@ class AbstractAdaptiveRungeKutta(AbstractAdaptiveSolver, AbstractRungeKutta):
 
     def compiled_begin(self, y: torch.Tensor, f: torch.Tensor):
         """This solve's ``(attempt, next_slope)`` through the compiled ``attempt_values`` (``options={'compile': True}``)."""
-        step = compiled_step(AbstractAdaptiveRungeKutta.attempt_values, self.compile_backend)
-        real = y.real.dtype
-        rtol, atol = (torch.as_tensor(tol, dtype=real, device=self.device) for tol in (self.rtol, self.atol))
+        step = self.compiled_step
+        # One tolerance per element, scalar or not: a 0-d tensor would reach the graph as a float with a guard in Python.
+        rtol, atol = (torch.as_tensor(tol, dtype=y.real.dtype, device=self.device).expand(self.n) for tol in (self.rtol, self.atol))
         field, time_dtype, device, evaluations = self.func, self.time_dtype, self.device, self.tableau.stages - 1
         carries, evaluate_next = self.tableau.carries_last_stage, super().next_slope
         abs_y = abs_y1 = y.detach().abs()
@@ -284,7 +290,7 @@ class AbstractAdaptiveRungeKutta(AbstractAdaptiveSolver, AbstractRungeKutta):
         They hold the error estimate's constants, the fast path's stage buffer (``f`` as its first stage) and
         ``|y|`` of the step's start, so that a step costs no attribute lookups and no tensor indexing.
         """
-        if self.compile and compiled_step(AbstractAdaptiveRungeKutta.attempt_values, self.compile_backend).traceable(self.func):
+        if self.compiled_step is not None:
             return self.compiled_begin(y, f)
         rtol, atol, norm, n = self.rtol, self.atol, self.norm, self.n
         fast_norm = norm is None
