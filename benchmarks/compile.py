@@ -11,7 +11,7 @@ One problem, the one the compiled step is for: the spiral ``y**3 @ A``, batch 1,
 * first solve: the wall time of the first call in a process (for a compiled peer: tracing, the backend's
   compile and the solve), in two processes sharing one fresh inductor cache: cold (the first) and warm (the
   second finds the first's compiled code on disk);
-* steady state: the median of ``--repeats`` further solves;
+* steady state: the median of ``--repeats`` further solves, the peers taking turns;
 * compile wait: first solve - steady state;
 * break-even: the solves after which compiling has paid for itself, compile wait / (eager steady - compiled
   steady), against the same library's eager solve ("never" when the compiled solve is not faster);
@@ -120,18 +120,26 @@ def peers(backend: str):
     ]
 
 
-def measure(make, repeats: int) -> dict:
-    solve = make()
+def measure(makers: dict, repeats: int) -> dict:
+    """Each peer's first solve, then ``repeats`` rounds in which the peers take turns (a slow phase of a shared
+    machine then hits all of them alike); the median and range of each peer's solves."""
+    solves, results = {}, {}
     with torch.no_grad():
-        start = time.perf_counter()
-        solution, nfe = solve()
-        first = time.perf_counter() - start
-        times = []
-        for _ in range(repeats):
+        for name, make in makers.items():
+            solves[name] = make()
             start = time.perf_counter()
-            solution, nfe = solve()
-            times.append(time.perf_counter() - start)
-    return {"first": first, "steady": statistics.median(times), "spread": (min(times), max(times)), "nfe": nfe, "solution": solution}
+            solution, nfe = solves[name]()
+            results[name] = {"first": time.perf_counter() - start, "nfe": nfe, "solution": solution, "times": []}
+            print(f"{name}: first {results[name]['first']:.2f} s, NFE {nfe}", file=sys.stderr, flush=True)
+        for _ in range(repeats):
+            for name, solve in solves.items():
+                start = time.perf_counter()
+                solve()
+                results[name]["times"].append(time.perf_counter() - start)
+    for result in results.values():
+        times = result.pop("times")
+        result["steady"], result["spread"] = statistics.median(times), (min(times), max(times))
+    return results
 
 
 def load_average() -> str:
@@ -144,15 +152,15 @@ def load_average() -> str:
 def table(repeats: int, backend: str) -> tuple[list[str], list[str]]:
     """Every peer measured in this process: the table's rows, and notes on skipped peers."""
     torch.set_num_threads(1)
-    results, notes = {}, []
+    makers, notes = {}, []
     for name, library, make in peers(backend):
         try:
             __import__(library)
         except ImportError as exc:
             notes.append(f"{library} is not installed ({exc}): {name} skipped.")
             continue
-        results[name] = result = measure(make, repeats)
-        print(f"{name}: first {result['first']:.2f} s, steady {result['steady'] * 1e3:.1f} ms, NFE {result['nfe']}", file=sys.stderr, flush=True)
+        makers[name] = make
+    results = measure(makers, repeats)
     reference = results.get("odecli eager", {}).get("solution")
     rows = []
     for name, result in results.items():
@@ -206,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "Problem: the spiral `y**3 @ A`, batch 1, float64, 1000 outputs on [0, 25], dopri5, rtol 1e-7 / atol 1e-9, "
         "no_grad. First solve: the first call in the process (compiling included); steady: the median (range) of the "
-        f"{args.repeats} solves after it; compile wait: first - steady; break-even: the number of solves after which the "
+        f"{args.repeats} solves after it, the peers taking turns; compile wait: first - steady; break-even: the number of solves after which the "
         "compiled peer has caught up with the same library's eager one, (its extra first-solve wait) / (steady-state gain); "
         "difference: max |y - y(odecli eager)|.",
         "",

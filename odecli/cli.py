@@ -358,10 +358,14 @@ def _table(kind: str, *, fill: bool) -> Table:
 
 
 def _solver_kind(solver: Any) -> str:
-    """``adaptive`` or ``fixed grid``, then ``implicit`` and ``FSAL`` where they hold (``?``: the solver does not say)."""
+    """``adaptive`` or ``fixed grid``, then ``implicit``, ``FSAL`` and ``compile`` (options={'compile': True}) where they hold.
+
+    ``?``: the solver does not say.
+    """
     adaptive, implicit, fsal = (getattr(solver, flag, None) for flag in ("adaptive", "implicit", "fsal"))
     grid = "?" if adaptive is None else "adaptive" if adaptive else "fixed grid"
-    return ", ".join([grid, *(["implicit"] if implicit else []), *(["FSAL"] if fsal else [])])
+    compiles = "compile" in getattr(solver, "options", ())
+    return ", ".join([grid, *(["implicit"] if implicit else []), *(["FSAL"] if fsal else []), *(["compile"] if compiles else [])])
 
 
 @app.command(epilog="Examples:  odecli config fit dynamics=lotka solver=dopri5   ·   odecli config fit --yaml")

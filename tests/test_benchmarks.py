@@ -95,3 +95,19 @@ def test_a_missing_peer_is_skipped_with_a_note(tmp_path):
     assert any("torchode is not installed" in note for note in report["notes"])
     assert "torchode is not installed" in markdown
     assert [row["name"] for row in report["rows"]] == ["spiral_b1_rtol0.001"]
+
+
+@pytest.mark.slow
+def test_compile_benchmark_reports_every_peer(tmp_path):
+    """benchmarks/compile.py with dynamo's eager backend (tracing only, ~1 min): both tables, every peer, one NFE per library."""
+    output = tmp_path / "compile.md"
+    argv = [sys.executable, str(ROOT / "benchmarks" / "compile.py"), "--repeats", "1", "--backend", "eager", "--output", str(output)]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = output.read_text()
+    assert "## Cold" in text and "## Warm" in text
+    for peer in ("odecli eager", "odecli compiled (eager)", "torchode eager", "torchode compiled (eager)", "torchdiffeq eager"):
+        rows = [line for line in text.splitlines() if line.startswith(f"| {peer} |")]
+        assert len(rows) == 2, peer
+        cells = [cell.strip() for cell in rows[0].strip("|").split("|")]
+        assert math.isfinite(float(cells[1])) and int(cells[5]) > 100  # first solve (s), NFE

@@ -190,3 +190,20 @@ def test_inductor_compiled_step_gives_the_eager_solution():
         again = solve(field, "dopri5", "inductor", t=T * 1.5, rtol=1e-6)
     torch.testing.assert_close(compiled, eager, rtol=1e-10, atol=1e-10)
     assert torch.isfinite(again).all()
+
+
+def test_list_solvers_marks_the_methods_that_compile():
+    """``odecli list solvers``: ``compile`` in the kind column of exactly the adaptive explicit pairs."""
+    from typer.testing import CliRunner
+
+    from odecli.cli import app
+
+    result = CliRunner().invoke(app, ["list", "solvers"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    kinds = {}
+    for line in result.output.splitlines():
+        cells = [cell.strip() for cell in line.split("│")]
+        if len(cells) > 4 and cells[1] in SOLVERS:
+            kinds[cells[1]] = cells[4]
+    assert set(kinds) == set(SOLVERS.names())
+    assert {name for name, kind in kinds.items() if "compile" in kind} == set(ADAPTIVE_EXPLICIT)
