@@ -38,6 +38,7 @@ from torch import nn
 from odecli.registry import SOLVERS
 from odecli.solvers import stats
 from odecli.solvers.base import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES
+from odecli.solvers.compiled import COMPILE_OPTIONS
 from odecli.solvers.controllers import SegmentedRMS, mixed_rms_norm, rms_norm
 from odecli.solvers.errors import InvalidInputError
 from odecli.solvers.jacobian import BATCHED_JACOBIAN_ROWS, jacobian_rows
@@ -324,7 +325,8 @@ def odeint_adjoint(
         adjoint_rtol, adjoint_atol, adjoint_method: for the backward solve; default to the forward ones
             (the smallest value of a tuple or per-element tolerance).
         adjoint_options: options of the backward solve; ``{'norm': 'seminorm'}`` excludes the parameter
-            adjoint from the error norm (fewer backward steps). Defaults to ``options`` minus ``norm``.
+            adjoint from the error norm (fewer backward steps). Defaults to ``options`` minus ``norm`` and
+            ``compile``/``compile_backend`` (the backward field cannot be compiled).
         adjoint_params: tensors to differentiate with respect to; default ``func.parameters()``.
             Pass ``()`` for a func without parameters.
 
@@ -354,7 +356,8 @@ def odeint_adjoint(
             "pass adjoint_options as well (adjoint_options={} for the method's defaults)."
         )
     if adjoint_options is None:
-        adjoint_options = {k: v for k, v in (options or {}).items() if k != "norm"}
+        # Not the compiled step either: the backward field calls torch.autograd.grad, which cannot be traced into one graph.
+        adjoint_options = {k: v for k, v in (options or {}).items() if k != "norm" and k not in COMPILE_OPTIONS}
     else:
         adjoint_options = dict(adjoint_options)  # never modify the caller's dict
     adjoint_norm = adjoint_options.pop("norm", "default")

@@ -207,3 +207,20 @@ def test_list_solvers_marks_the_methods_that_compile():
             kinds[cells[1]] = cells[4]
     assert set(kinds) == set(SOLVERS.names())
     assert {name for name, kind in kinds.items() if "compile" in kind} == set(ADAPTIVE_EXPLICIT)
+
+
+def test_adjoint_compiles_the_forward_solve_only():
+    """odeint_adjoint: the forward solve compiles; the backward one (autograd.grad inside its field) stays eager, unwarned."""
+    from odecli import odeint_adjoint
+
+    field, backend = Spiral(), CountingBackend()
+    y0 = Y0.clone().requires_grad_()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            solution = odeint_adjoint(field, y0, T, rtol=1e-5, atol=1e-7, options={"compile": True, "compile_backend": backend}, adjoint_params=())
+            (gradient,) = torch.autograd.grad(solution.square().sum(), y0)
+    assert backend.graphs == 1
+    assert not [w for w in caught if issubclass(w.category, CompileFallback)]
+    (expected,) = torch.autograd.grad(odeint_adjoint(field, y0, T, rtol=1e-5, atol=1e-7, adjoint_params=()).square().sum(), y0)
+    torch.testing.assert_close(gradient, expected, rtol=1e-8, atol=1e-10)
