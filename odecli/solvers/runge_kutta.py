@@ -38,6 +38,7 @@ from odecli.solvers.errors import (
 )
 from odecli.solvers.fixed_grid import AbstractFixedGridSolver
 from odecli.solvers.grid import nudge, nudge_time
+from odecli.solvers.stats import count_backward_of
 from odecli.solvers.tableau import (
     ADAPTIVE_HEUN,
     BOSH3,
@@ -255,6 +256,11 @@ class AbstractAdaptiveRungeKutta(AbstractAdaptiveSolver, AbstractRungeKutta):
         # One tolerance per element, scalar or not: a 0-d tensor would reach the graph as a float with a guard in Python.
         rtol, atol = (torch.as_tensor(tol, dtype=y.real.dtype, device=self.device).expand(self.n) for tol in (self.rtol, self.atol))
         field, time_dtype, device, evaluations = self.func, self.time_dtype, self.device, self.tableau.stages - 1
+        # A field wrapped to count backward evaluations registers a hook per call, which dynamo cannot trace: the
+        # compiled step calls the field itself and counts its evaluations with one hook on the stages, outside.
+        uncounted = getattr(field, "uncounted", None)
+        if uncounted is not None:
+            self.func = field = uncounted
         carries, evaluate_next = self.tableau.carries_last_stage, super().next_slope
         abs_y = abs_y1 = y.detach().abs()
 
@@ -263,6 +269,8 @@ class AbstractAdaptiveRungeKutta(AbstractAdaptiveSolver, AbstractRungeKutta):
             times = torch.tensor((t0, dt, t1, h), dtype=time_dtype, device=device)
             y1, stages, ratio, abs_y1 = step(field, self, times, y, f, abs_y, rtol, atol, nudge_end)
             self.nfe += evaluations
+            if uncounted is not None:
+                count_backward_of(stages, evaluations)
             ratio = ratio.item()
             if not math.isfinite(ratio) and not (bool(torch.isfinite(y1).all()) and bool(torch.isfinite(stages).all())):
                 raise NonFiniteState(t0)

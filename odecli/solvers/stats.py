@@ -124,7 +124,14 @@ def count_direct_backward(func: Callable[[torch.Tensor, torch.Tensor], torch.Ten
     for name in (*CALLBACK_NAMES, *ADJOINT_CALLBACK_NAMES, "jacobian_columns", "jacobian_matrix"):  # callbacks and Jacobian hints
         if hasattr(func, name):
             setattr(counted, name, getattr(func, name))
+    counted.uncounted = func  # a compiled step calls this (a hook cannot be traced) and counts with count_backward_of
     return counted
+
+
+def count_backward_of(output: torch.Tensor, evaluations: int) -> None:
+    """Count ``evaluations`` backward NFE each time a backward pass reaches ``output`` (the stages of a compiled step)."""
+    if output.requires_grad and tracking():
+        output.register_hook(lambda grad: record_backward(evaluations))
 
 
 def _count_one_backward_evaluation(grad: torch.Tensor) -> None:

@@ -54,10 +54,10 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def solve(field, method, compile_backend=None, t=T, y0=Y0, rtol=1e-3, atol=1e-6):
+def solve(field, method, compile_backend=None, t=T, y0=Y0, rtol=1e-3, atol=1e-6, **extra):
     """At tolerances where every pair's error estimate is well above rounding (dopri8's at 1e-7 is not: the steps then
     differ with the rounding of the stage sums, as they would between any two correct codes), from a first step where it is too."""
-    options = {"first_step": 0.05}
+    options = {"first_step": 0.05, **extra}
     if compile_backend is not None:
         options |= {"compile": True, "compile_backend": compile_backend}
     return odeint(field, y0, t, method=method, rtol=rtol, atol=atol, options=options)
@@ -94,6 +94,27 @@ def test_compiled_step_counts_the_same_evaluations():
             solve(field, "dopri5", backend)
         counts.append((stats.nfe_forward, stats.steps_accepted, stats.steps_rejected))
     assert counts[0] == counts[1] and counts[0][0] > 20
+
+
+@pytest.mark.parametrize("method, jumps", [*((name, None) for name in ADAPTIVE_EXPLICIT), ("dopri5", [0.3, 0.7])])
+def test_tracked_training_solve_compiles_and_counts_as_eager(method, jumps):
+    """Under track_stats with a graph (how the tasks train): compiled, no fallback, eager's NFE forward and backward
+    (with jump_t too, where the slope after a jump is evaluated outside the compiled step)."""
+    from odecli import track_stats
+
+    field = Spiral()
+    field.A = torch.nn.Parameter(field.A.clone())
+    counts, gradients = [], []
+    for backend in (None, "aot_eager"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", CompileFallback)
+            with track_stats() as stats:
+                solve(field, method, backend, t=T[:6], **({"jump_t": jumps} if jumps else {})).square().sum().backward()
+        counts.append((stats.nfe_forward, stats.nfe_backward))
+        gradients.append(field.A.grad)
+        field.A.grad = None
+    assert counts[0] == counts[1] and counts[0][1] > 0
+    torch.testing.assert_close(gradients[1], gradients[0], rtol=1e-9, atol=1e-12)
 
 
 def test_new_times_and_tolerances_reuse_the_compiled_step():
