@@ -10,6 +10,7 @@ from odecli.solvers import adams, adaptive_adams, esdirk, implicit, radau, runge
 from odecli.solvers.adjoint import odeint_adjoint
 from odecli.solvers.checkpoint_adjoint import odeint_checkpoint
 from odecli.solvers.errors import (
+    CompileFallback,
     FuncOutputMismatch,
     InvalidInputError,
     InvalidTimeGrid,
@@ -43,4 +44,5 @@ __all__ = [
     "FuncOutputMismatch",
     "UnknownMethod",
     "UnknownOption",
+    "CompileFallback",
 ]
