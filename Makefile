@@ -35,9 +35,10 @@ test: install ## Fast test tier (what CI runs)
 test-full: install ## All tests, including the slow tier
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-bench: install ## Solver benchmarks against torchdiffeq and torchode (writes benchmarks/results.md, batch_mode.md)
+bench: install ## Solver benchmarks against torchdiffeq and torchode (writes benchmarks/results.md, batch_mode.md, compile.md)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/batch_mode.py
+	$(BIN)/python benchmarks/compile.py
 
 board: install ## TensorBoard over outputs/
 	$(BIN)/odecli board --logdir outputs
