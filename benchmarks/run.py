@@ -686,9 +686,11 @@ def render(report: dict[str, Any]) -> str:
         lines += ["Eager floor: each torch call (an op, a view, a tensor method) costs the dispatcher about as much as one tiny "
                   "op, whatever the solver's Python does around it. odecli's torch calls per evaluation of f (counted over one "
                   "solve, f's own calls excluded), times the cost of one tiny op (`torch.add` of two 2-element tensors, "
-                  "median of 7 blocks of 1000), give the overhead of dispatch alone: `1 + calls x op / f`. A strict overhead "
-                  "of 2 in eager mode needs this floor well below 2; the compiled step (`options={'compile': True}`) removes "
-                  "the per-call dispatch.", "",
+                  "median of 7 blocks of 1000), give the overhead of dispatch alone: `1 + calls x op / f`. What the strict "
+                  "overhead has above this floor is the step's Python (the loop, its step rules and closures) and calls dearer "
+                  "than a tiny add (`addmm`, `vector_norm`, `.item()`): docs/solvers.md, \"The hot path\". The compiled step "
+                  "(`options={'compile': True}`, benchmarks/compile.md) takes the stages and the error norm out of eager "
+                  "dispatch.", "",
                   "| problem | torch calls per f call | one tiny op (us) | bare f (us) | eager floor | odecli strict overhead |",
                   "|---|---:|---:|---:|---:|---:|"]
         for name, floor in report["eager_floor"].items():
