@@ -199,19 +199,22 @@ def test_direct_and_adjoint_gradients_agree():
         assert torch.allclose(direct, adjoint, rtol=1e-6, atol=1e-7)
 
 
-def test_a_sudden_bump_is_met_by_rejections_and_smaller_steps():
-    # f = exp(-((t - 5)/0.2)²): steps grown on the flat part are rejected at the bump and shrink through it.
-    width = 0.2
+# A narrower bump (0.2 wide at 3.3 or 7.7) is stepped over: f is exactly 0.0 where the steps land, so every
+# error estimate is 0 (dopri5 steps over bumps up to 0.2 wide at all three centres too).
+@pytest.mark.parametrize("centre", [3.3, 5.0, 7.7])
+def test_a_sudden_bump_is_met_by_rejections_and_smaller_steps(centre):
+    # f = exp(-((t - centre)/0.5)²): steps grown on the flat part are rejected at the bump and shrink through it.
+    width = 0.5
 
     def bump(t, y):
-        return torch.exp(-(((t - 5) / width) ** 2)).expand(1) + 0 * y
+        return torch.exp(-(((t - centre) / width) ** 2)).expand(1) + 0 * y
 
     t = torch.tensor([0.0, 10.0], dtype=F64)
     with track_stats() as stats:
         y = odeint(bump, torch.zeros(1, dtype=F64), t, method="adams", rtol=1e-8, atol=1e-8)
-    exact = width * math.sqrt(math.pi) * math.erf(5 / width)
+    exact = width * math.sqrt(math.pi) * (math.erf(centre / width) + math.erf((10 - centre) / width)) / 2
     assert stats.steps_rejected > 0
-    assert abs(float(y[-1]) - exact) < 1e-6  # measured: 4.7e-8 after 7 rejections in 110 attempts
+    assert abs(float(y[-1]) - exact) < 1e-6  # measured: 5.9e-8 to 8.5e-8 after 4-8 rejections in 100-106 steps
 
 
 def test_step_budget_is_enforced():
@@ -234,21 +237,35 @@ def test_the_rk_controller_options_are_not_adams_options():
         odeint(Spiral(), SPIRAL_Y0, torch.tensor([0.0, 1.0], dtype=F64), method="adams", options={"safety": 0.5})
 
 
-# (field, adams' rtol): on the spiral adams at dopri5's tolerance; on the MLP one decade looser, where it is
-# already more accurate than dopri5 at 1e-8. Measured (101 outputs on [0, 25], float64): spiral at 1e-8 adams
-# 1230 NFE (error 2.2e-7) vs dopri5 2720 (5.2e-7); MLP at 1e-8 adams 135 (3.0e-8) vs dopri5 122 (2.7e-7), at 1e-7
-# adams 102 (1.2e-7): at the same tolerance adams spends 11% more there, for a 9x smaller error.
-@pytest.mark.parametrize(("field", "adams_tol"), [(Spiral, 1e-8), (NeuralField, 1e-7)], ids=["spiral", "mlp_2_50_2"])
-def test_fewer_evaluations_than_dopri5_at_rtol_1e_8_for_a_smaller_error(field, adams_tol):
+def _nfe_and_error(field, method: str, tol: float, reference: torch.Tensor, t: torch.Tensor) -> tuple[int, float]:
+    with track_stats() as stats, torch.no_grad():
+        y = odeint(field, SPIRAL_Y0, t, method=method, rtol=tol, atol=tol)
+    return stats.nfe_forward, float((y - reference).abs().max())
+
+
+def test_fewer_evaluations_than_dopri5_at_rtol_1e_8_on_the_spiral_for_a_smaller_error():
+    # Measured (101 outputs on [0, 25], float64): adams 1230 NFE (error 2.2e-7) vs dopri5 2720 (5.2e-7).
     t = torch.linspace(0.0, 25.0, 101, dtype=F64)
     with torch.no_grad():
-        reference = odeint(field(), SPIRAL_Y0, t, method="dopri8", rtol=1e-13, atol=1e-13)
-    nfe, error = {}, {}
-    for method, tol in (("adams", adams_tol), ("dopri5", 1e-8)):
-        with track_stats() as stats, torch.no_grad():
-            y = odeint(field(), SPIRAL_Y0, t, method=method, rtol=tol, atol=tol)
-        nfe[method], error[method] = stats.nfe_forward, float((y - reference).abs().max())
-    assert nfe["adams"] < nfe["dopri5"] and error["adams"] < error["dopri5"], (nfe, error)
+        reference = odeint(Spiral(), SPIRAL_Y0, t, method="dopri8", rtol=1e-13, atol=1e-13)
+    adams, dopri5 = (_nfe_and_error(Spiral(), method, 1e-8, reference, t) for method in ("adams", "dopri5"))
+    assert adams[0] < dopri5[0] and adams[1] < dopri5[1], (adams, dopri5)
+
+
+def test_fewer_evaluations_than_dopri5_at_rtol_1e_8_on_neural_fields():
+    # Eight seeded 2-50-2 tanh fields (101 outputs on [0, 25], float64). Measured: adams 1296 NFE in all vs
+    # dopri5 1618 (fewer on 6 of 8; seed 0: 135 vs 122, seed 6: 168 vs 146), max error 3.5e-7 vs 8.7e-7, per
+    # field at most 1.13x dopri5's (seed 7: 1.8e-8 vs 1.6e-8; elsewhere 1.2-35x smaller).
+    t = torch.linspace(0.0, 25.0, 101, dtype=F64)
+    totals = {"adams": 0, "dopri5": 0}
+    for seed in range(8):
+        with torch.no_grad():
+            reference = odeint(NeuralField(seed), SPIRAL_Y0, t, method="dopri8", rtol=1e-13, atol=1e-13)
+        results = {method: _nfe_and_error(NeuralField(seed), method, 1e-8, reference, t) for method in totals}
+        for method, (nfe, _) in results.items():
+            totals[method] += nfe
+        assert results["adams"][1] < 1.5 * results["dopri5"][1], (seed, results)
+    assert totals["adams"] < 0.85 * totals["dopri5"], totals
 
 
 def test_error_constants_are_adams_moulton():
