@@ -152,7 +152,10 @@ def test_bouncing_ball_event_times_match_closed_form(interface):
 def test_bouncing_ball_gradients_match_finite_differences(interface):
     # Gradients of every bounce time and the final velocity w.r.t. the initial state, the start time
     # and both parameters (torchdiffeq's examples/bouncing_ball.py checks the same situation).
-    assert torch.autograd.gradcheck(lambda *inputs: _bounces(*inputs, interface), _bounce_inputs(), atol=1e-6, rtol=1e-5)
+    # eps = 1e-4: the chained event solves (rtol 1e-10) move the outputs by rounding-level noise of up to
+    # ~6e-12 when an input moves (measured on an AVX-512 CPU), which gradcheck's default eps = 1e-6 turns into
+    # a 1.5e-6 finite-difference error (over atol) where the exact derivative is 0 (final velocity vs t0).
+    assert torch.autograd.gradcheck(lambda *inputs: _bounces(*inputs, interface), _bounce_inputs(), eps=1e-4, atol=1e-6, rtol=1e-5)
 
 
 def adaptive_methods() -> list[str]:
