@@ -1,7 +1,7 @@
 """The one adaptive loop: every adaptive method (explicit Runge–Kutta pairs, ESDIRK, Radau) steps through it.
 
 The loop owns what does not depend on how a step is computed: the step limits (``first_step``,
-``min_step``, ``max_step``, ``max_num_steps``), the controller (``controller='i'|'pi'``, ``safety``,
+``min_step``, ``max_step``, ``max_num_steps``), the controller (``controller='i'|'pi'|'predictive'``, ``safety``,
 ``ifactor``, ``dfactor``), Hairer's initial step, the step callbacks, points the steps must hit
 (``step_t``) or restart at (``jump_t``: a discontinuity of ``f``), acceptance (``ratio ≤ 1``, or a step
 of ``min_step``, as torchdiffeq), the outputs read from each accepted step's dense output, the step

@@ -28,7 +28,7 @@ accepted whatever its error estimate.
 
 **Step size.** A step is accepted when ``norm(err / (atol + rtol·max(|y0|, |y1|))) ≤ 1`` (RMS, or
 the ``norm`` option); the next h comes from the shared controllers (``controller='pi'`` by default
-here; ``'i'`` for torchdiffeq's), with the exponent of the error estimate's order.
+here, ``'predictive'`` — Gustafsson's, as RADAU5 and scipy — for radau5; ``'i'`` for torchdiffeq's), with the exponent of the error estimate's order.
 
 **Gradients.** Direct backprop: Newton runs without a graph; the converged ``Y*`` is attached by
 the implicit function theorem as ``Y = Y* + (Φ(Y*) - Φ(Y*).detach())`` (its value is exactly ``Y*``;

@@ -133,7 +133,7 @@ def odeint_independent(
         rtol, atol: numbers, or tensors broadcastable to ``y0`` (e.g. per sample, shape ``(B, 1)``).
         method: an adaptive explicit Runge–Kutta method (default ``dopri5``).
         options: ``first_step, min_step, max_step, safety, ifactor, dfactor, max_num_steps``,
-            ``controller`` (``'i'`` or ``'pi'``, each sample with its own controller state); ``batch_mode`` is accepted and ignored.
+            ``controller`` (``'i'``, ``'pi'`` or ``'predictive'``, each sample with its own controller state); ``batch_mode`` is accepted and ignored.
         return_stats: also return a ``BatchStats`` with per-sample step counts.
 
     Returns:

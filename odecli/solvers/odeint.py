@@ -100,7 +100,7 @@ def odeint(
         rtol, atol: relative and absolute tolerances (numbers, per-element tensors, or a tuple per tuple state).
         method: a registered solver name (``odecli list solvers``); default ``'dopri5'``.
         options: method options as torchdiffeq's (``step_size``, ``first_step``, ``max_num_steps``, ...)
-            plus ``controller='pi'`` for adaptive methods, and ``batch_mode='independent'``: per-sample
+            plus ``controller='pi'`` or ``'predictive'`` for adaptive methods, and ``batch_mode='independent'``: per-sample
             step control over the first dimension of ``y0`` (``odecli.solvers.independent``).
         event_fn: ``event_fn(t, y) -> Tensor``; solve until any component crosses zero. ``t`` must
             then hold two times (the start, and any later time giving the direction).
