@@ -1,5 +1,8 @@
 """Stiff problems side by side: odecli's radau5, kvaerno5/kvaerno3 and dopri5, torchdiffeq's dopri5, scipy's Radau and BDF.
 
+scipy runs twice: on a numpy field, and on the torch field odecli solves (called through numpy, as a torch
+user would call scipy). Below each table: one direct call of each field, and NFE × that per solver.
+
     .venv/bin/python benchmarks/stiff.py [--out benchmarks/stiff.md] [--max-steps 10000]
 
 Problems (float64, one CPU thread):
@@ -35,6 +38,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 F64 = torch.float64
+
+
+HAND_WRITTEN = "<!-- hand-written below: kept when this file is regenerated -->"
 
 
 @dataclass
@@ -186,11 +192,18 @@ def run_torchdiffeq(problem: Problem, max_steps: int):
     return Row("torchdiffeq dopri5", func.calls, "—", func.accepted, func.rejected, None, time.perf_counter() - start), y.numpy()
 
 
-def run_scipy(problem: Problem, method: str):
+def run_scipy(problem: Problem, method: str, field: str = "numpy"):
+    """scipy's ``method`` on the problem's numpy field, or (``field="torch"``) on the torch field odecli solves."""
     from scipy.integrate import solve_ivp
 
     calls = [0]
-    inner = problem.numpy_func()
+    if field == "torch":
+        torch_func = problem.torch_func()
+
+        def inner(t, y):
+            return torch_func(t, torch.from_numpy(y)).numpy()
+    else:
+        inner = problem.numpy_func()
 
     def func(t, y):
         calls[0] += 1
@@ -202,7 +215,34 @@ def run_scipy(problem: Problem, method: str):
     seconds = time.perf_counter() - start
     y[0] = problem.y0
     # scipy reports accepted steps only (solution.t holds every step's end).
-    return Row(f"scipy {method}", calls[0], str(solution.njev), len(solution.t) - 1, None, None, seconds), y
+    label = f"scipy {method}" + (" (torch field)" if field == "torch" else "")
+    return Row(label, calls[0], str(solution.njev), len(solution.t) - 1, None, None, seconds), y
+
+
+def seconds_per_call(func, y: np.ndarray | torch.Tensor, calls: int = 3000) -> float:
+    """The median over 5 rounds of one direct call of ``func(0.0, y)``: no wrapper, no counting."""
+    rounds = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(calls):
+            func(0.0, y)
+        rounds.append((time.perf_counter() - start) / calls)
+    return sorted(rounds)[2]
+
+
+def field_floor(problem: Problem, rows: list[Row]) -> str:
+    """What evaluating each field costs a solver that calls it as often as each row did."""
+    torch_call = seconds_per_call(problem.torch_func(), torch.tensor(problem.y0, dtype=F64))
+    numpy_call = seconds_per_call(problem.numpy_func(), np.array(problem.y0))
+    floors = ", ".join(
+        f"{row.solver} {1e3 * row.nfe * (numpy_call if row.solver in ('scipy Radau', 'scipy BDF') else torch_call):.0f} ms"
+        for row in rows
+        if row.solver in ("odecli radau5", "odecli kvaerno5", "scipy Radau", "scipy BDF")
+    )
+    return (
+        f"One direct call of the field: torch {1e6 * torch_call:.1f} µs, numpy {1e6 * numpy_call:.1f} µs. NFE × that "
+        f"(the time in f alone; the rest of each row's time is the solver's): {floors}."
+    )
 
 
 def fmt_row(row: Row) -> str:
@@ -238,6 +278,8 @@ def main() -> None:
             (run_odecli, "kvaerno3", args.max_steps),
             (run_scipy, "Radau"),
             (run_scipy, "BDF"),
+            (run_scipy, "Radau", "torch"),
+            (run_scipy, "BDF", "torch"),
             (run_odecli, "dopri5", args.max_steps),
             (run_torchdiffeq, args.max_steps),
         )
@@ -259,6 +301,8 @@ def main() -> None:
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
             *map(fmt_row, rows),
             "",
+            field_floor(problem, rows),
+            "",
         ]
     elapsed = time.perf_counter() - total
     header = [
@@ -275,6 +319,9 @@ def main() -> None:
         "",
     ]
     text = "\n".join(header + sections)
+    previous = args.out.read_text() if args.out.exists() else ""
+    if HAND_WRITTEN in previous:  # notes written below the generated tables survive a regeneration
+        text += "\n" + previous[previous.index(HAND_WRITTEN) :]
     args.out.write_text(text)
     print(text)
 
