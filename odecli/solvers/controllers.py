@@ -81,7 +81,8 @@ def rms_norm(tensor: torch.Tensor) -> torch.Tensor:
 def error_ratio(error: torch.Tensor, abs_y0: torch.Tensor, abs_y1: torch.Tensor, rtol, atol, h, norm: Norm | None = None) -> torch.Tensor:
     """A step's error ratio as a 0-d tensor: ``norm(h·error / (atol + rtol·max(|y0|, |y1|)))``, the RMS when ``norm`` is None.
 
-    ``error`` is the embedded error per unit step (``Σ b_error_i k_i``), written over; ``h`` a float or a 0-d tensor.
+    ``error`` is the embedded error per unit step (``Σ b_error_i k_i``), left as it is (out-of-place, so that
+    ``torch.compile`` can trace it); ``h`` a float or a 0-d tensor.
     """
     tolerance = torch.maximum(abs_y0, abs_y1)
     tolerance = tolerance * rtol + atol

@@ -63,11 +63,6 @@ class Jacobian:
             return jac, 1 + evaluations
         return self._differences(t, y)
 
-    @property
-    def kind(self) -> str:
-        """How the next Jacobian will be taken: ``'provided'`` (``func.jacobian_matrix``), ``'autograd'`` or ``'finite_difference'``."""
-        return "provided" if self.provided is not None else "finite_difference" if self.finite_difference else "autograd"
-
     def _autograd(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         with torch.enable_grad():
             y_ = y.detach().requires_grad_(True)

@@ -79,6 +79,13 @@ def _cast_output(func: Callable, dtype: torch.dtype) -> Callable:
     return cast
 
 
+def raise_if_not_finite(t0: float, y1: torch.Tensor, stages: torch.Tensor) -> None:
+    """For a step whose error ratio is not finite: ``NonFiniteState`` when its solution or a stage is not finite
+    either (an overflow in the state, not only in the error estimate, which the loop answers by rejecting)."""
+    if not (bool(torch.isfinite(y1).all()) and bool(torch.isfinite(stages).all())):
+        raise NonFiniteState(t0)
+
+
 class AbstractRungeKutta(AbstractSolver):
     """Shared set-up of the explicit Runge–Kutta methods; subclasses set ``tableau`` and ``order``."""
 
@@ -272,8 +279,8 @@ class AbstractAdaptiveRungeKutta(AbstractAdaptiveSolver, AbstractRungeKutta):
             if uncounted is not None:
                 count_backward_of(stages, evaluations)
             ratio = ratio.item()
-            if not math.isfinite(ratio) and not (bool(torch.isfinite(y1).all()) and bool(torch.isfinite(stages).all())):
-                raise NonFiniteState(t0)
+            if not math.isfinite(ratio):
+                raise_if_not_finite(t0, y1, stages)
             return y1, stages, ratio, None
 
         def next_slope(t1: float, y1: torch.Tensor, stages: torch.Tensor, f1, jumped: bool, direction: float) -> torch.Tensor:
@@ -339,8 +346,8 @@ class AbstractAdaptiveRungeKutta(AbstractAdaptiveSolver, AbstractRungeKutta):
                 with torch.no_grad():
                     abs_y1 = y1.detach().abs()
                     ratio = float(error_ratio(torch.mv(stages.detach().T, b_error), abs_y, abs_y1, rtol, atol, h, norm))
-            if not math.isfinite(ratio) and not (bool(torch.isfinite(y1).all()) and bool(torch.isfinite(stages).all())):
-                raise NonFiniteState(t0)
+            if not math.isfinite(ratio):
+                raise_if_not_finite(t0, y1, stages)
             return y1, stages, ratio, None
 
         def next_slope(t1: float, y1: torch.Tensor, stages: torch.Tensor, f1, jumped: bool, direction: float) -> torch.Tensor:
