@@ -154,6 +154,12 @@ class Counted:
         self.rejected += 1
 
 
+def warm_up_autograd() -> None:
+    """torch's first ``autograd.grad`` with explicit grad_outputs imports sympy (~1 s, once per process): not the solver's time."""
+    y = torch.ones(2, dtype=F64, requires_grad=True)
+    torch.autograd.grad(y * y, y, torch.ones(2, dtype=F64))
+
+
 def run_odecli(problem: Problem, method: str, max_steps: int, tighten: float = 1.0):
     from odecli import odeint
     from odecli.solvers.errors import MaxStepsExceeded
@@ -261,9 +267,7 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import odecli.solvers  # noqa: F401  (registers the solvers)
 
-    # Warm-up: torch's first autograd.grad with explicit grad_outputs imports sympy (~1 s, once per process).
-    y = torch.ones(2, dtype=F64, requires_grad=True)
-    torch.autograd.grad(y * y, y, torch.ones(2, dtype=F64))
+    warm_up_autograd()
 
     total = time.perf_counter()
     sections = []

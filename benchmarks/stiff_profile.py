@@ -24,23 +24,10 @@ import stiff  # noqa: E402  (the benchmark's problems)
 
 
 def solve_once(problem, method: str):
-    """``(counted func or None, solution as numpy)``."""
+    """``(row, solution as numpy)`` of one solve, by ``stiff.py``'s own runners (``row``: its NFE, Jacobians, steps)."""
     if method.startswith("scipy:"):
-        from scipy.integrate import solve_ivp
-
-        solution = solve_ivp(problem.numpy_func(), (problem.t[0], problem.t[-1]), problem.y0, method=method[6:],
-                             rtol=problem.rtol, atol=problem.atol, dense_output=True)  # fmt: skip
-        y = solution.sol(problem.t).T
-        y[0] = problem.y0
-        return None, y
-    from odecli import odeint
-
-    func = stiff.Counted(problem.torch_func())
-    y0, t = torch.tensor(problem.y0, dtype=stiff.F64), torch.tensor(problem.t, dtype=stiff.F64)
-    atol = torch.tensor(problem.atol, dtype=stiff.F64) if isinstance(problem.atol, list) else problem.atol
-    with torch.no_grad():
-        y = odeint(func, y0, t, rtol=problem.rtol, atol=atol, method=method)
-    return func, y.numpy()
+        return stiff.run_scipy(problem, method[6:])
+    return stiff.run_odecli(problem, method, max_steps=10**9)
 
 
 def main() -> None:
@@ -52,16 +39,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     problem = next(p for p in stiff.PROBLEMS if p.name == args.problem)
-    y = torch.ones(2, dtype=stiff.F64, requires_grad=True)
-    torch.autograd.grad(y * y, y, torch.ones(2, dtype=stiff.F64))  # torch's one-time autograd import
+    stiff.warm_up_autograd()
     solve_once(problem, args.method)  # warm-up
     times = []
     for _ in range(args.repeat):
         start = time.process_time()
-        func, y = solve_once(problem, args.method)
+        row, y = solve_once(problem, args.method)
         times.append(time.process_time() - start)
     units = stiff.error_in_tolerance_units(y, stiff.reference(problem), problem)
-    counts = "" if func is None else f", NFE {func.calls}, Jacobians {func.jacobian_calls}, steps {func.accepted} / {func.rejected}"
+    counts = f", NFE {row.nfe}, Jacobians {row.jacobians}, steps {row.accepted} / {'n/a' if row.rejected is None else row.rejected}"
     print(f"{problem.name} {args.method}: CPU {min(times):.3f} s (best of {args.repeat}){counts}, error {units:.3g} tolerance units")
     if args.profile:
         profiler = cProfile.Profile()

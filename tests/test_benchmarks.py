@@ -99,7 +99,7 @@ def test_a_missing_peer_is_skipped_with_a_note(tmp_path):
 
 @pytest.mark.slow
 def test_compile_benchmark_reports_every_peer(tmp_path):
-    """benchmarks/compile.py with dynamo's eager backend (tracing only, ~1 min): both tables, every peer, one NFE per library."""
+    """benchmarks/compile.py with dynamo's eager backend (tracing only, ~1 min): both tables, every peer, with its NFE."""
     output = tmp_path / "compile.md"
     argv = [sys.executable, str(ROOT / "benchmarks" / "compile.py"), "--repeats", "1", "--backend", "eager", "--output", str(output)]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from odecli.registry import SOLVERS
+from odecli.solvers.runge_kutta import AbstractAdaptiveRungeKutta
 
 # torchdiffeq's explicit_adams lets the Bashforth order climb to 11 by default, whose stability region is too
 # small for a damped rotation at the steps these tests take: it diverges there, as torchdiffeq's does.
@@ -18,6 +19,12 @@ def registered_methods(strict: bool = True) -> list:
         pytest.param(name, marks=[pytest.mark.xfail(strict=strict, reason=DIVERGES_WITH_DEFAULTS[name])] if name in DIVERGES_WITH_DEFAULTS else [])
         for name in SOLVERS.names()
     ]
+
+def adaptive_explicit_methods() -> list[str]:
+    """The registered adaptive explicit Runge–Kutta pairs (the methods ``options={'compile': True}`` and
+    ``batch_mode='independent'`` take), sorted."""
+    return sorted(name for name in SOLVERS.names() if isinstance(SOLVERS.get(name), type) and issubclass(SOLVERS.get(name), AbstractAdaptiveRungeKutta))
+
 
 # A damped rotation: smooth, non-stiff, with a known solution y(t) = expm(A (t - t0)) y0.
 LINEAR_A = torch.tensor([[-0.5, 1.0], [-1.0, -0.5]], dtype=torch.float64)

@@ -15,11 +15,13 @@ import pytest
 import torch
 
 from odecli import odeint, track_stats
+from odecli.dynamics.matrix import MatrixField
 from odecli.solvers import MaxStepsExceeded
 from odecli.solvers.adaptive_adams import GAMMA_STAR, AdaptiveAdams, StepCoefficients
 from odecli.solvers.adjoint import odeint_adjoint
 from odecli.solvers.errors import InvalidInputError
 from tests.solvers.conftest import LINEAR_Y0, LinearField, exact_linear
+from tests.solvers.test_gradcheck import _field, _inputs
 
 solve_ivp = pytest.importorskip("scipy.integrate").solve_ivp
 
@@ -28,29 +30,21 @@ SPIRAL_A = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=F64)  # odecli's `spi
 SPIRAL_Y0 = torch.tensor([2.0, 0.0], dtype=F64)
 
 
-class Spiral(torch.nn.Module):
-    """dy/dt = (y**3) @ A: odecli's ``spiral`` (torchdiffeq's ode_demo), with an evaluation counter."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def forward(self, t, y):
-        self.calls += 1
-        return (y**3) @ SPIRAL_A
+def Spiral() -> MatrixField:  # noqa: N802 -- used as the field's class
+    """dy/dt = (y**3) @ A: odecli's ``spiral`` dynamics (torchdiffeq's ode_demo)."""
+    return MatrixField(SPIRAL_A, 3)
 
 
 class NeuralField(torch.nn.Module):
-    """A small tanh MLP vector field, 2-50-2, seeded."""
+    """A small tanh MLP vector field, 2-50-2, seeded (without touching the global generator's state)."""
 
     def __init__(self, seed: int = 0):
         super().__init__()
-        torch.manual_seed(seed)
-        self.net = torch.nn.Sequential(torch.nn.Linear(2, 50), torch.nn.Tanh(), torch.nn.Linear(50, 2)).double()
-        self.calls = 0
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.net = torch.nn.Sequential(torch.nn.Linear(2, 50), torch.nn.Tanh(), torch.nn.Linear(50, 2)).double()
 
     def forward(self, t, y):
-        self.calls += 1
         return self.net(y)
 
 
@@ -164,37 +158,26 @@ def test_dense_output_is_the_steps_polynomial_from_y_n_to_y_n_plus_1():
         assert float((probe[2] - exact_linear(times)[2]).abs().max()) < 1e-4
 
 
-def _gradcheck_inputs():
-    gen = torch.Generator().manual_seed(0)
-    y0 = torch.randn(2, generator=gen, dtype=F64).requires_grad_(True)
-    weight = (0.5 * torch.randn(2, 2, generator=gen, dtype=F64)).requires_grad_(True)
-    return y0, weight
-
-
-def _field(weight):
-    return lambda t, y: torch.tanh(y @ weight) * torch.cos(t) - 0.1 * y
-
-
 @pytest.mark.parametrize("solve", [odeint, odeint_adjoint], ids=["direct", "adjoint"])
 def test_gradcheck(solve):
-    y0, weight = _gradcheck_inputs()
+    y0, weight, bias = _inputs()
     t = torch.linspace(0.0, 1.0, 3, dtype=F64)
 
-    def run(y0, weight):
-        kwargs = {"adjoint_params": (weight,)} if solve is odeint_adjoint else {}
-        return solve(_field(weight), y0, t, method="adams", rtol=1e-10, atol=1e-11, **kwargs)
+    def run(y0, weight, bias):
+        kwargs = {"adjoint_params": (weight, bias)} if solve is odeint_adjoint else {}
+        return solve(_field(weight, bias), y0, t, method="adams", rtol=1e-10, atol=1e-11, **kwargs)
 
-    assert torch.autograd.gradcheck(run, (y0, weight), atol=1e-6, rtol=1e-5)
+    assert torch.autograd.gradcheck(run, (y0, weight, bias), atol=1e-6, rtol=1e-5)
 
 
 def test_direct_and_adjoint_gradients_agree():
-    y0, weight = _gradcheck_inputs()
+    y0, weight, bias = _inputs()
     t = torch.linspace(0.0, 3.0, 5, dtype=F64)
     grads = []
     for solve in (odeint, odeint_adjoint):
-        kwargs = {"adjoint_params": (weight,)} if solve is odeint_adjoint else {}
-        y = solve(_field(weight), y0, t, method="adams", rtol=1e-10, atol=1e-10, **kwargs)
-        grads.append(torch.autograd.grad(y.square().sum(), (y0, weight)))
+        kwargs = {"adjoint_params": (weight, bias)} if solve is odeint_adjoint else {}
+        y = solve(_field(weight, bias), y0, t, method="adams", rtol=1e-10, atol=1e-10, **kwargs)
+        grads.append(torch.autograd.grad(y.square().sum(), (y0, weight, bias)))
     for direct, adjoint in zip(*grads, strict=True):
         assert torch.allclose(direct, adjoint, rtol=1e-6, atol=1e-7)
 

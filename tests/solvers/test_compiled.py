@@ -16,10 +16,10 @@ from odecli import odeint
 from odecli.errors import ConfigError
 from odecli.registry import SOLVERS
 from odecli.solvers.errors import CompileFallback, InvalidInputError
-from odecli.solvers.runge_kutta import AbstractAdaptiveRungeKutta
 from odecli.tasks.common import make_solve
+from tests.solvers.conftest import adaptive_explicit_methods
 
-ADAPTIVE_EXPLICIT = [name for name in SOLVERS.names() if isinstance(SOLVERS.get(name), type) and issubclass(SOLVERS.get(name), AbstractAdaptiveRungeKutta)]
+ADAPTIVE_EXPLICIT = adaptive_explicit_methods()
 SPIRAL_A = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=torch.float64)
 Y0 = torch.tensor([[2.0, 0.0]], dtype=torch.float64)
 T = torch.linspace(0.0, 5.0, 21, dtype=torch.float64)

@@ -12,6 +12,7 @@ from odecli.registry import SOLVERS, load_builtins
 from odecli.solvers.errors import InvalidInputError, MaxStepsExceeded, NewtonDidNotConverge
 from odecli.solvers.implicit import AbstractImplicitRungeKutta
 from odecli.solvers.jacobian import Jacobian
+from tests.solvers.test_stiff import MildlyStiff, no_differences
 
 load_builtins()
 
@@ -159,17 +160,11 @@ def test_adjoint_takes_its_newton_jacobian_from_the_augmented_blocks_not_differe
     """``odeint_adjoint`` on a fixed grid: the backward Newton uses the augmented system's block Jacobian
     (``Jacobian._differences`` raises here), and the gradients agree with direct backprop up to the
     discretisation (the adjoint of a fixed-grid method is not the discrete gradient: O(h^order) apart)."""
-    rates = torch.nn.Parameter(torch.tensor([1.0, 20.0], dtype=F64))
-
-    def field(t, y):
-        return -rates * y + 0.5 * torch.sin(y.flip(0))
-
+    field = MildlyStiff(time_dependent=False)
+    rates = field.rates
     y0 = torch.tensor([1.0, 1.0], dtype=F64, requires_grad=True)
     t = torch.tensor([0.0, 0.25, 0.5], dtype=F64)
     direct = torch.autograd.grad(odeint(field, y0, t, method=name, options={"step_size": 0.01}).sum(), (y0, rates))
-
-    def no_differences(self, t, y):
-        raise AssertionError("an implicit adjoint solve took its Jacobian by finite differences")
 
     monkeypatch.setattr(Jacobian, "_differences", no_differences)
     y = odeint_adjoint(field, y0, t, method=name, options={"step_size": 0.01}, adjoint_params=(rates,))

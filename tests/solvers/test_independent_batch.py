@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from odecli.registry import SOLVERS
 from odecli.solvers import InvalidInputError, independent, odeint, odeint_adjoint, odeint_independent, track_stats
 from odecli.solvers.controllers import CONTROLLERS, AbstractController
 from odecli.solvers.errors import InvalidTimeGrid, MaxStepsExceeded
-from odecli.solvers.runge_kutta import AbstractAdaptiveRungeKutta
 from odecli.tasks.common import ConfigError, make_solve
+from tests.solvers.conftest import adaptive_explicit_methods
 
 F64 = torch.float64
 INDEPENDENT = {"batch_mode": "independent"}
@@ -26,7 +25,7 @@ def van_der_pol(mu: torch.Tensor):
     return field
 
 
-ADAPTIVE_EXPLICIT = sorted(name for name in SOLVERS.names() if issubclass(SOLVERS.get(name), AbstractAdaptiveRungeKutta))
+ADAPTIVE_EXPLICIT = adaptive_explicit_methods()
 
 
 @pytest.mark.parametrize("controller", sorted(CONTROLLERS))

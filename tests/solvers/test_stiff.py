@@ -328,16 +328,7 @@ def test_adjoint_matches_direct_backprop_on_a_module(name):
     """Mildly stiff only: the adjoint re-solves y backwards in time, where a stiff decaying mode grows
     like exp(λ|t|) and forces tiny steps on any solver; stiff problems want direct backprop."""
 
-    class Stiff(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.rates = torch.nn.Parameter(torch.tensor([1.0, 20.0], dtype=F64))
-            self.coupling = torch.nn.Parameter(torch.tensor(0.5, dtype=F64))
-
-        def forward(self, t, y):
-            return -self.rates * y + self.coupling * torch.sin(y.flip(0))
-
-    field = Stiff()
+    field = MildlyStiff(time_dependent=False)
     y0 = torch.tensor([1.0, 1.0], dtype=F64, requires_grad=True)
     t = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
     results = []
@@ -372,19 +363,22 @@ def test_a_jacobian_the_field_supplies_is_used_and_gives_the_same_solution(name)
         torch.testing.assert_close(hinted, plain, rtol=1e-12, atol=1e-12)
 
 
-class _MildlyStiff(torch.nn.Module):
-    """Rates 1 and 20 with a nonlinear coupling and a time dependence: every block of the augmented Jacobian is nonzero."""
+class MildlyStiff(torch.nn.Module):
+    """Rates 1 and 20 with a nonlinear coupling, and (``time_dependent``) a factor cos(t) on it: then every block
+    of the augmented Jacobian is nonzero."""
 
-    def __init__(self):
+    def __init__(self, time_dependent: bool = True):
         super().__init__()
         self.rates = torch.nn.Parameter(torch.tensor([1.0, 20.0], dtype=F64))
         self.coupling = torch.nn.Parameter(torch.tensor(0.5, dtype=F64))
+        self.time_dependent = time_dependent
 
     def forward(self, t, y):
-        return -self.rates * y + self.coupling * torch.sin(y.flip(0)) * torch.cos(t)
+        coupled = self.coupling * torch.sin(y.flip(0))
+        return -self.rates * y + (coupled * torch.cos(t) if self.time_dependent else coupled)
 
 
-def _no_differences(self, t, y):
+def no_differences(self, t, y):
     raise AssertionError("an implicit adjoint solve took its Jacobian by finite differences")
 
 
@@ -392,13 +386,13 @@ def _no_differences(self, t, y):
 def test_adjoint_of_an_implicit_method_takes_no_finite_difference_jacobian(name, monkeypatch):
     """The backward solve's Newton gets the augmented Jacobian from its blocks (``augmented_dynamics.jacobian_matrix``):
     ``Jacobian._differences`` is never called, and the gradients (y0, t, parameters) are direct backprop's."""
-    field = _MildlyStiff()
+    field = MildlyStiff()
     y0 = torch.tensor([1.0, 1.0], dtype=F64, requires_grad=True)
     weights = torch.tensor([[0.0, 0.0], [1.0, -2.0], [0.5, 3.0]], dtype=F64)
     results = []
     for solve in (odeint, odeint_adjoint):
         if solve is odeint_adjoint:
-            monkeypatch.setattr(Jacobian, "_differences", _no_differences)
+            monkeypatch.setattr(Jacobian, "_differences", no_differences)
         t = torch.tensor([0.0, 0.25, 0.5], dtype=F64, requires_grad=True)
         y = solve(field, y0, t, method=name, rtol=1e-6, atol=1e-7)
         results.append(torch.autograd.grad((y * weights).sum(), (y0, t, *field.parameters())))
@@ -419,7 +413,7 @@ def test_augmented_jacobian_blocks_equal_finite_differences_but_the_second_deriv
         return jac, evaluations
 
     monkeypatch.setattr(Jacobian, "__call__", spy)
-    field = _MildlyStiff()
+    field = MildlyStiff()
     t = torch.tensor([0.0, 0.2], dtype=F64, requires_grad=True)  # short: backwards in time, y grows like exp(20 t)
     t = t.flip(0) if reverse else t
     y0 = torch.tensor([1.0, -0.5], dtype=F64, requires_grad=True)
