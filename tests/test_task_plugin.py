@@ -74,3 +74,16 @@ def test_a_plugin_tasks_schema_checks_and_documents_its_settings(decay_plugin: N
     assert wrong_type.exit_code == 2 and "iters" in wrong_type.output, wrong_type.output
     keys = " ".join(invoke("config", "decay").output.split())
     assert "rate" in keys and "the true k of dy/dt" in keys and "checkpoint every N iterations" in keys
+
+
+def test_a_plugin_tasks_config_places_its_groups_like_a_shipped_one(clean_registries: None, tmp_path: Path) -> None:
+    """A plugin task whose defaults put a group at another package (density@data) gets the same `data=NAME`
+    translation as cnf: packaged_groups reads the config the task registered, not only conf/NAME.yaml."""
+    from odecli import hydra_bridge
+    from odecli.registry import TASKS
+
+    config = tmp_path / "flowlike.yaml"
+    config.write_text("defaults:\n  - density@data: moons\n  - _self_\nseed: 0\n")
+    TASKS.add(lambda cfg, run: {}, "flowlike_plugin_task", config=config, description="A plugin task with a density.")
+    assert hydra_bridge.packaged_groups("flowlike_plugin_task") == {"data": "density"}
+    assert hydra_bridge.packaged_groups("cnf") == {"data": "density"}  # the shipped config, read the same way

@@ -38,14 +38,15 @@ from odecli.dynamics import build_system
 from odecli.errors import ConfigError, did_you_mean
 from odecli.models import build_model
 from odecli.registry import SOLVERS, TASKS
+from odecli.schemas import SWEEP_DTYPES, SWEEP_MODES
 from odecli.solvers import SolverError, odeint, odeint_adjoint, track_stats
 from odecli.tasks.common import apply_threads, check_shared_settings, seed_everything, select_device
 from odecli.tasks.fit import ShiftedTime, fit
 from odecli.tasks.fit import check_config as check_fit_config
 from odecli.tracking import Run, atomic_write_bytes, atomic_write_json
 
-MODES = ("direct", "adjoint", "seminorm")
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+MODES = SWEEP_MODES
+DTYPES = {name: getattr(torch, name) for name in SWEEP_DTYPES}
 # summary.csv columns, in order (the first seven are the ones every consumer can rely on).
 COLUMNS = (
     "solver", "tol", "nfe_forward", "nfe_backward", "error", "grad_error", "wall_time_s",
